@@ -124,6 +124,12 @@ class TrainConfig(_Section):
     early_stopping_patience: int | None = Field(3, gt=0, description="Evals without improvement; null: off.")
     eval_max_rows: int | None = Field(200, gt=0, description="Validation rows used for the loss.")
 
+    @model_validator(mode="after")
+    def _checkpoints_align_with_evals(self) -> TrainConfig:
+        if self.early_stopping_patience is not None and self.save_steps % self.eval_steps:
+            raise ValueError("save_steps must be a multiple of eval_steps when early stopping keeps the best")
+        return self
+
 
 class EvaluationConfig(_Section):
     metrics: list[Literal["accuracy", "exact_match", "f1", "rouge"]] = Field(

@@ -1,0 +1,154 @@
+"""Experiment tracking: a small protocol, an MLflow implementation and a null one.
+
+Everything sent to MLflow passes through `scrub`, so a secret never reaches the store: values
+of secret-looking keys are dropped and credentials embedded in URIs are masked.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+SECRET_KEY_PATTERN = re.compile(r"(token|secret|password|passwd|api[_-]?key|credential|auth)", re.IGNORECASE)
+URI_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+
+
+def _known_secret_values() -> list[str]:
+    names = [name for name in os.environ if SECRET_KEY_PATTERN.search(name)]
+    return [os.environ[name] for name in names if len(os.environ[name]) >= 6]
+
+
+def scrub(value: str) -> str:
+    """Masks credentials in URIs and any value equal to a secret from the environment."""
+    value = URI_CREDENTIALS.sub(r"\g<scheme>***@", value)
+    for secret in _known_secret_values():
+        value = value.replace(secret, "***")
+    return value
+
+
+def scrub_mapping(values: Mapping[str, Any]) -> dict[str, str]:
+    return {
+        key: ("***" if SECRET_KEY_PATTERN.search(key) and value not in (None, "", False) else scrub(str(value)))
+        for key, value in values.items()
+    }
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def tracking_uri(configured: str | None) -> str:
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+class Tracker(Protocol):
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+
+
+class NullTracker:
+    """Stands in where no tracking is wanted (unit tests, dry runs)."""
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        pass
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+
+class MlflowTracker:
+    """Logs into one MLflow run (by id), so it works from any task or thread."""
+
+    def __init__(self, run_id: str):
+        import mlflow
+
+        self.run_id = run_id
+        self.client = mlflow.MlflowClient()
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        clean = scrub_mapping(flatten(params))
+        items = [Param(key, value[:6000]) for key, value in clean.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(key, float(value), now, step or 0)
+            for key, value in metrics.items()
+            if isinstance(value, int | float) and math.isfinite(float(value))
+        ]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for key, value in scrub_mapping(tags).items():
+            self.client.set_tag(self.run_id, key, value)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+def configure_mlflow(uri: str | None, experiment: str, artifact_location: str | None = None) -> str:
+    """Points MLflow at the store and makes sure the experiment exists; returns the experiment id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(uri))
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    return mlflow.create_experiment(experiment, artifact_location=artifact_location)
+
+
+@contextmanager
+def mlflow_run(
+    experiment_id: str, run_name: str, run_id: str | None = None, parent_run_id: str | None = None
+) -> Iterator[str]:
+    """Starts (or resumes, given run_id) a run without touching MLflow's global active-run stack."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if run_id is None:
+        tags = {"mlflow.runName": run_name}
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    else:
+        client.update_run(run_id, status="RUNNING")
+    try:
+        yield run_id
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")

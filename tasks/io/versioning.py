@@ -1,0 +1,74 @@
+"""Versions every run records: the DVC md5 of the data, the git commit, the package versions."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+TRACKED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "lm-eval", "prefect", "mlflow", "dvc")
+
+
+def _dvc_pointer_md5(path: Path) -> str | None:
+    """The md5 in the `.dvc` pointer of `path` or of the folder holding it (e.g. data/raw/sst2.dvc)."""
+    for candidate in [path, *path.parents]:
+        pointer = candidate.with_name(candidate.name + ".dvc")
+        if pointer.is_file():
+            outs = (yaml.safe_load(pointer.read_text()) or {}).get("outs") or [{}]
+            return outs[0].get("md5")
+    return None
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def raw_data_version(data_path: str) -> str:
+    """DVC md5 when the data is DVC-tracked; else the file's own md5; a hub id stands for itself."""
+    path = Path(data_path)
+    if not path.exists():
+        return f"hub:{data_path}"
+    return _dvc_pointer_md5(path.resolve()) or _dvc_pointer_md5(path) or file_md5(path)
+
+
+def dvc_lock_md5(out_path: str, lock_file: Path = Path("dvc.lock")) -> str | None:
+    """The md5 dvc.lock records for a stage output, when a DVC stage produced it."""
+    if not lock_file.is_file():
+        return None
+    lock = yaml.safe_load(lock_file.read_text()) or {}
+    for stage in (lock.get("stages") or {}).values():
+        for out in stage.get("outs") or []:
+            if out.get("path") == out_path:
+                return out.get("md5")
+    return None
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, timeout=10,
+        ).stdout.strip()
+        return f"{commit}-dirty" if dirty else commit
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions

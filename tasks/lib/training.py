@@ -1,0 +1,283 @@
+"""QLoRA training with the HF Trainer: packing without cross-contamination, validation loss, early
+stopping, checkpoints, resume from the latest checkpoint, and a guard against diverging runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from peft import get_peft_model, prepare_model_for_kbit_training
+from transformers import (
+    DataCollatorForSeq2Seq,
+    DataCollatorWithFlattening,
+    EarlyStoppingCallback,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from tasks.lib.config import RunConfig
+from tasks.lib.modeling import peft_lora_config, resolve_compute_dtype
+
+MetricsSink = Callable[[Mapping[str, float], int], None]
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or the adapter weights stopped being finite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    resumed_from_step: int | None
+    global_step: int
+    best_eval_loss: float | None
+    first_eval_loss: float | None
+    trainable_params: int
+    total_params: int
+    tokens_per_second: float
+    stopped_early: bool
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def read_token_split(path: Path, max_rows: int | None = None) -> Dataset:
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            rows.append({"input_ids": row["input_ids"], "labels": row["labels"]})
+            if max_rows is not None and len(rows) >= max_rows:
+                break
+    return Dataset.from_list(rows)
+
+
+class TokenCountingCollator:
+    """Wraps a collator and counts the real (non-padding) tokens it hands to the model."""
+
+    def __init__(self, inner: Callable, pad_token_id: int):
+        self.inner = inner
+        self.pad_token_id = pad_token_id
+        self.real_tokens = 0
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        self.real_tokens += sum(len(feature["input_ids"]) for feature in features)
+        return self.inner(features)
+
+
+def build_collator(tokenizer: PreTrainedTokenizerBase, packing: bool) -> Callable:
+    if packing:
+        # One row per batch with position_ids restarting per example: transformers derives a
+        # block-diagonal mask from them, so attention never crosses examples and nothing is padded.
+        return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+    return DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100, pad_to_multiple_of=None)
+
+
+class DivergenceGuard(TrainerCallback):
+    """Stops before a non-finite step can be saved: checks the trainable weights after every
+    optimizer step (LoRA weights are few, so this is cheap) and every logged loss."""
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad and not torch.isfinite(parameter).all():
+                raise TrainingDivergedError(
+                    f"adapter weight {name} became NaN/inf at step {state.global_step}; training stopped. "
+                    f"The last good checkpoint is kept in {args.output_dir}. Lower train.learning_rate."
+                )
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "grad_norm", "eval_loss"):
+            value = (logs or {}).get(key)
+            if value is not None and not math.isfinite(value):
+                raise TrainingDivergedError(
+                    f"{key} became {value} at step {state.global_step}; training stopped. "
+                    f"The last good checkpoint is kept in {args.output_dir}. Lower train.learning_rate."
+                )
+
+
+class MetricsCallback(TrainerCallback):
+    """Forwards Trainer logs (loss, lr, grad norm, eval loss) plus real tokens/s to a metrics sink."""
+
+    def __init__(self, sink: MetricsSink, counter: TokenCountingCollator):
+        self.sink = sink
+        self.counter = counter
+        self._last_time = time.perf_counter()
+        self._last_tokens = 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        metrics = {key: float(value) for key, value in (logs or {}).items() if isinstance(value, int | float)}
+        if "loss" in metrics:
+            now, tokens = time.perf_counter(), self.counter.real_tokens
+            if now > self._last_time and tokens > self._last_tokens:
+                metrics["tokens_per_second"] = (tokens - self._last_tokens) / (now - self._last_time)
+            self._last_time, self._last_tokens = now, tokens
+        self.sink(metrics, state.global_step)
+
+
+def _resolve_auto(config: RunConfig) -> tuple[str, bool]:
+    cuda = torch.cuda.is_available()
+    optimizer = config.train.optimizer
+    if optimizer == "auto":
+        optimizer = "paged_adamw_8bit" if cuda and config.quantization.enabled else "adamw_torch"
+    checkpointing = config.train.gradient_checkpointing
+    if checkpointing == "auto":
+        checkpointing = cuda
+    return optimizer, bool(checkpointing)
+
+
+def attach_lora(base: PreTrainedModel, config: RunConfig, gradient_checkpointing: bool) -> PreTrainedModel:
+    if config.quantization.enabled:
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()
+    base.config.use_cache = False
+    return get_peft_model(base, peft_lora_config(config.lora))
+
+
+def training_arguments(config: RunConfig, output_dir: Path, optimizer: str, checkpointing: bool) -> TrainingArguments:
+    train = config.train
+    compute_dtype = resolve_compute_dtype(config.quantization.compute_dtype)
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=train.max_steps,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=train.warmup_ratio,
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        optim=optimizer,
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        bf16=compute_dtype == torch.bfloat16,
+        fp16=compute_dtype == torch.float16,
+        eval_strategy="steps",
+        eval_steps=train.eval_steps,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        save_total_limit=train.save_total_limit,
+        load_best_model_at_end=train.early_stopping_patience is not None,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=train.logging_steps,
+        logging_first_step=True,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to="none",
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
+
+
+def train_adapter(
+    config: RunConfig,
+    load_base: Callable[[], PreTrainedModel],
+    tokenizer: PreTrainedTokenizerBase,
+    data_dir: Path,
+    run_dir: Path,
+    metrics_sink: MetricsSink | None = None,
+) -> TrainResult:
+    """Trains a LoRA adapter on `data_dir`'s train split; resumes if `run_dir` holds checkpoints."""
+    run_dir = Path(run_dir)
+    checkpoint_dir = run_dir / "checkpoints"
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    last_checkpoint = get_last_checkpoint(str(checkpoint_dir))
+    optimizer, checkpointing = _resolve_auto(config)
+
+    torch.manual_seed(config.seed)
+    model = attach_lora(load_base(), config, checkpointing)
+    trainable, total = model.get_nb_trainable_parameters()
+
+    train_set = read_token_split(Path(data_dir) / "train.jsonl")
+    eval_set = read_token_split(Path(data_dir) / "validation.jsonl", config.train.eval_max_rows)
+    collator = TokenCountingCollator(build_collator(tokenizer, config.train.packing), tokenizer.pad_token_id)
+    callbacks: list[TrainerCallback] = [DivergenceGuard()]
+    if metrics_sink is not None:
+        callbacks.append(MetricsCallback(metrics_sink, collator))
+    if config.train.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.train.early_stopping_patience))
+
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(config, checkpoint_dir, optimizer, checkpointing),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    resumed_from = int(Path(last_checkpoint).name.split("-")[-1]) if last_checkpoint else None
+    first_eval = None
+    if last_checkpoint is None:
+        first_eval = trainer.evaluate()["eval_loss"]
+        _remember_first_eval(run_dir, first_eval)
+        if metrics_sink is not None:
+            metrics_sink({"eval_loss": first_eval}, 0)
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=last_checkpoint)
+    elapsed = time.perf_counter() - started
+
+    adapter_dir = run_dir / "adapter"
+    model.save_pretrained(adapter_dir, safe_serialization=True)
+    history = trainer.state.log_history
+    eval_losses = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
+    if first_eval is None:
+        first_eval = _first_eval_loss(run_dir)
+    return TrainResult(
+        adapter_dir=adapter_dir,
+        resumed_from_step=resumed_from,
+        global_step=output.global_step,
+        best_eval_loss=min(eval_losses) if eval_losses else None,
+        first_eval_loss=first_eval,
+        trainable_params=int(trainable),
+        total_params=int(total),
+        tokens_per_second=collator.real_tokens / elapsed if elapsed > 0 else 0.0,
+        stopped_early=output.global_step < config.train.max_steps,
+        log_history=history,
+    )
+
+
+def _remember_first_eval(run_dir: Path, value: float | None) -> None:
+    if value is not None:
+        (run_dir / "first_eval_loss.json").write_text(json.dumps({"eval_loss": value}))
+
+
+def _first_eval_loss(run_dir: Path) -> float | None:
+    path = run_dir / "first_eval_loss.json"
+    return json.loads(path.read_text())["eval_loss"] if path.is_file() else None
+
+
+def loss_curve_png(log_history: list[dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
+    evals = [(entry["step"], entry["eval_loss"]) for entry in log_history if "eval_loss" in entry]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    if train:
+        axis.plot(*zip(*train, strict=True), label="train loss")
+    if evals:
+        axis.plot(*zip(*evals, strict=True), marker="o", label="validation loss")
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss")
+    axis.set_title("QLoRA training")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

@@ -1,0 +1,102 @@
+from pathlib import Path
+
+import pytest
+
+from tasks.lib.config import ConfigError, apply_overrides, config_from_dict, load_config
+from tasks.lib.preflight import check_inputs, looks_like_hub_id
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def minimal(**sections):
+    raw = {
+        "name": "t",
+        "model": {"name_or_path": "org/model"},
+        "data": {"path": "data.jsonl"},
+        "registry": {"model_name": "t"},
+    }
+    for key, value in sections.items():
+        raw.setdefault(key, {}).update(value) if isinstance(value, dict) else raw.__setitem__(key, value)
+    return raw
+
+
+def test_demo_config_is_valid():
+    config = load_config(REPO / "configs" / "demo.yaml")
+    assert config.quantization.enabled and config.quantization.quant_type == "nf4"
+    assert config.quantization.double_quant
+    assert config.data.format == "template"
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "key"),
+    [
+        ("lora", {"r": 0}, "lora.r"),
+        ("train", {"learning_rate": 0}, "train.learning_rate"),
+        ("train", {"learning_rate": -1e-4}, "train.learning_rate"),
+        ("data", {"split": {"validation": 1.5}}, "data.split.validation"),
+        ("data", {"split": {"test": 0.0}}, "data.split.test"),
+        ("lora", {"rank": 8}, "lora.rank"),
+        ("train", {"max_steps": "many"}, "train.max_steps"),
+        ("quantization", {"quant_type": "int3"}, "quantization.quant_type"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(section, values, key):
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(minimal(**{section: values}))
+    assert key in str(error.value)
+
+
+def test_unknown_top_level_key_is_named():
+    with pytest.raises(ConfigError, match="trainig: unknown key"):
+        config_from_dict(minimal(trainig={"max_steps": 1}))
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(minimal(lora={"r": 0}, train={"learning_rate": 0}))
+    assert "lora.r" in str(error.value) and "train.learning_rate" in str(error.value)
+
+
+def test_splits_must_leave_training_rows():
+    with pytest.raises(ConfigError, match="validation \\+ test"):
+        config_from_dict(minimal(data={"split": {"validation": 0.5, "test": 0.5}}))
+
+
+def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text((REPO / "configs" / "demo.yaml").read_text())
+    config = load_config(path, ["train.learning_rate=1e-4", "lora.target_modules=[q_proj, v_proj]"])
+    assert config.train.learning_rate == pytest.approx(1e-4)
+    assert config.lora.target_modules == ["q_proj", "v_proj"]
+    with pytest.raises(ConfigError, match="lora.r"):
+        load_config(path, ["lora.r=-2"])
+    with pytest.raises(ConfigError, match="must look like"):
+        apply_overrides({}, ["no-equals-sign"])
+
+
+def test_missing_config_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_missing_data_file_is_refused_before_work(tmp_path):
+    config = config_from_dict(minimal(data={"path": str(tmp_path / "absent.jsonl")}, forgetting={"enabled": False}))
+    with pytest.raises(ConfigError, match="data.path"):
+        check_inputs(config)
+
+
+def test_hub_ids_are_told_from_paths():
+    assert looks_like_hub_id("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert not looks_like_hub_id("data/train.jsonl")
+    assert not looks_like_hub_id("a/b/c")
+
+
+def test_fingerprint_changes_with_any_value():
+    first = config_from_dict(minimal())
+    second = config_from_dict(minimal(lora={"r": 8}))
+    assert first.fingerprint() == config_from_dict(minimal()).fingerprint()
+    assert first.fingerprint() != second.fingerprint()
