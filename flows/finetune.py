@@ -1,0 +1,70 @@
+"""The pipeline as one Prefect flow: prepare -> train -> evaluate -> forgetting -> gate -> merge -> register.
+
+Run it with `qlora run configs/demo.yaml`, from the Prefect UI (deployments in flows/serve.py),
+or call `finetune(...)` from Python.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from tasks.data import prepare_data
+from tasks.evaluate import evaluate_target_task
+from tasks.forgetting import check_forgetting
+from tasks.merge import merge_adapter_task
+from tasks.pipeline_run import artifact_key, finish_pipeline_run, last_registered_inputs, start_pipeline_run
+from tasks.register import register_model
+from tasks.report import pipeline_markdown
+from tasks.train import train
+from tasks.lib.config import load_config
+from tasks.lib.refs import PipelineResult
+
+
+@flow(name="qlora-finetune", log_prints=True, persist_result=True)
+def finetune(
+    config_path: str = "configs/demo.yaml",
+    overrides: list[str] | None = None,
+    run_id: str | None = None,
+    skip_if_unchanged: bool = False,
+) -> PipelineResult:
+    """Fine-tune, evaluate against the base, check forgetting, and merge + register if the gates pass.
+
+    Args:
+        config_path: YAML run config (see configs/demo.yaml; every key is validated before any work).
+        overrides: `section.key=value` strings applied on top, e.g. `train.max_steps=50`.
+        run_id: re-use a run id to resume an interrupted run from its last checkpoint.
+        skip_if_unchanged: skip training when the data version and config match the last registered model
+            (what scheduled retraining uses).
+    """
+    logger = get_run_logger()
+    config = load_config(config_path, overrides or [])
+    data = prepare_data(config)
+
+    if skip_if_unchanged:
+        previous = last_registered_inputs(config)
+        if previous and previous == (data.raw_version, config.fingerprint()):
+            reason = f"data version {data.raw_version} and config unchanged since the last registered model"
+            logger.info("skipping training: %s", reason)
+            create_markdown_artifact(f"# Retraining skipped\n\n{reason}.", key=artifact_key(config.name))
+            return PipelineResult(run_id="", run_dir="", mlflow_run_id="", skipped=True, reason=reason, data=data)
+
+    context = start_pipeline_run(config, run_id, data)
+    result = PipelineResult(
+        run_id=context.run_id, run_dir=context.run_dir, mlflow_run_id=context.parent_run_id, data=data
+    )
+    try:
+        result.train = train(config, context, data)
+        result.evaluation = evaluate_target_task(config, context, data, result.train)
+        result.forgetting = check_forgetting(config, context, result.train, result.evaluation)
+        if result.forgetting.passed:
+            result.merge = merge_adapter_task(config, context, data, result.train)
+        result.registration = register_model(config, context, data, result)
+    except BaseException:
+        finish_pipeline_run(context, result, failed=True)
+        raise
+    finish_pipeline_run(context, result, failed=False)
+    create_markdown_artifact(
+        pipeline_markdown(config, result), key=artifact_key(config.name), description="QLoRA pipeline report"
+    )
+    return result

@@ -1,0 +1,36 @@
+"""Checks a config against the world before any heavy work: every missing input is named by its key."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tasks.lib.config import ConfigError, RunConfig
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+FILE_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt", ".gguf", ".safetensors"}
+
+
+def looks_like_hub_id(value: str) -> bool:
+    return bool(HUB_ID.match(value)) and Path(value).suffix.lower() not in FILE_SUFFIXES
+
+
+def check_inputs(config: RunConfig) -> None:
+    problems = []
+    if not Path(config.data.path).exists() and not looks_like_hub_id(config.data.path):
+        problems.append(f"data.path: {config.data.path} does not exist (and is not a hub id)")
+    model_path = Path(config.model.name_or_path)
+    if config.model.gguf_file:
+        if not (model_path / config.model.gguf_file).is_file():
+            problems.append(f"model.gguf_file: {model_path / config.model.gguf_file} does not exist")
+    elif not model_path.exists() and not looks_like_hub_id(config.model.name_or_path):
+        problems.append(f"model.name_or_path: {model_path} does not exist (and is not a hub id)")
+    elif model_path.exists() and not (model_path / "config.json").is_file():
+        problems.append(f"model.name_or_path: {model_path} has no config.json")
+    if config.forgetting.enabled and not Path(config.forgetting.data_dir).is_dir():
+        problems.append(
+            f"forgetting.data_dir: {config.forgetting.data_dir} does not exist "
+            "(run `dvc repro prepare_benchmarks`, or set forgetting.enabled=false)"
+        )
+    if problems:
+        raise ConfigError("config inputs are missing:\n  " + "\n  ".join(problems))

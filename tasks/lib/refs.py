@@ -1,0 +1,81 @@
+"""The small typed results steps hand to each other: paths, hashes and metrics, never models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class RunContext(BaseModel):
+    """Where one pipeline run writes, and the MLflow run every step nests under."""
+
+    run_id: str
+    run_dir: str
+    experiment_id: str
+    parent_run_id: str
+
+
+class DataRef(BaseModel):
+    processed_dir: str
+    fingerprint: str
+    raw_version: str
+    stats: dict[str, Any]
+    reused: bool
+
+
+class TrainRef(BaseModel):
+    adapter_dir: str
+    mlflow_run_id: str
+    global_step: int
+    resumed_from_step: int | None
+    first_eval_loss: float | None
+    best_eval_loss: float | None
+    trainable_params: int
+    tokens_per_second: float
+
+
+class TaskEvalRef(BaseModel):
+    base: dict[str, float]
+    tuned: dict[str, float]
+    primary_metric: str
+    n_items: int
+    markdown: str
+    mlflow_run_id: str
+
+
+class ForgettingRef(BaseModel):
+    gate: dict[str, Any]
+    passed: bool
+    markdown: str
+    base_scores_cached: bool
+    mlflow_run_id: str
+
+
+class MergeRef(BaseModel):
+    merged_dir: str
+    strategy: str
+    fidelity: dict[str, float]
+    mlflow_run_id: str
+
+
+class RegistrationRef(BaseModel):
+    registered: bool
+    model_name: str
+    version: str | None
+    aliases: list[str]
+    reason: str
+
+
+class PipelineResult(BaseModel):
+    run_id: str
+    run_dir: str
+    mlflow_run_id: str
+    skipped: bool = False
+    reason: str = ""
+    data: DataRef | None = None
+    train: TrainRef | None = None
+    evaluation: TaskEvalRef | None = None
+    forgetting: ForgettingRef | None = None
+    merge: MergeRef | None = None
+    registration: RegistrationRef | None = None

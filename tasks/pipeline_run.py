@@ -1,0 +1,90 @@
+"""The pipeline run itself: its run directory and the parent MLflow run every step nests under."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mlflow
+
+from tasks.io.tracking import MlflowTracker, configure_mlflow, flatten
+from tasks.io.versioning import git_commit, package_versions
+from tasks.lib.config import RunConfig
+from tasks.lib.refs import DataRef, PipelineResult, RunContext
+
+
+def new_run_id() -> str:
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def artifact_key(name: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") + "-report"
+
+
+def start_pipeline_run(config: RunConfig, run_id: str | None, data: DataRef) -> RunContext:
+    """Creates (or, for a known run id, resumes) the run directory and the parent MLflow run."""
+    run_id = run_id or new_run_id()
+    run_dir = config.run_dir() / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    experiment_id = configure_mlflow(config.tracking.uri, config.tracking.experiment, config.tracking.artifact_location)
+    marker = run_dir / "mlflow_run.json"
+    client = mlflow.MlflowClient()
+    if marker.is_file():
+        parent_run_id = json.loads(marker.read_text())["parent_run_id"]
+        client.update_run(parent_run_id, status="RUNNING")
+    else:
+        parent_run_id = client.create_run(
+            experiment_id, run_name=f"{config.name}-{run_id}", tags={"pipeline": "qlora", "run_id": run_id}
+        ).info.run_id
+        marker.write_text(json.dumps({"parent_run_id": parent_run_id}))
+        (run_dir / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))
+    tracker = MlflowTracker(parent_run_id)
+    tracker.log_params(flatten(config.model_dump(mode="json")))
+    tracker.set_tags(
+        {
+            "data_version": data.raw_version,
+            "processed_data_fingerprint": data.fingerprint,
+            "config_hash": config.fingerprint(),
+            "git_commit": git_commit(),
+            "seed": config.seed,
+            **{f"version.{name}": version for name, version in package_versions().items()},
+        }
+    )
+    tracker.log_metrics({f"data.{k}": v for k, v in flatten(data.stats).items() if isinstance(v, int | float)})
+    tracker.log_artifact(run_dir / "config.json")
+    return RunContext(
+        run_id=run_id, run_dir=str(run_dir), experiment_id=experiment_id, parent_run_id=parent_run_id
+    )
+
+
+def finish_pipeline_run(context: RunContext, result: PipelineResult, failed: bool) -> None:
+    client = mlflow.MlflowClient()
+    summary = Path(context.run_dir) / "pipeline_result.json"
+    summary.write_text(result.model_dump_json(indent=2))
+    client.log_artifact(context.parent_run_id, str(summary))
+    tags = {"outcome": "failed" if failed else "completed"}
+    if result.forgetting is not None:
+        tags["gate"] = "passed" if result.forgetting.passed else "failed"
+    if result.registration is not None and result.registration.version:
+        tags["registered_version"] = result.registration.version
+    for key, value in tags.items():
+        client.set_tag(context.parent_run_id, key, value)
+    client.set_terminated(context.parent_run_id, status="FAILED" if failed else "FINISHED")
+
+
+def last_registered_inputs(config: RunConfig) -> tuple[str, str] | None:
+    """(data version, config hash) of the newest registered version, or None if there is none."""
+    configure_mlflow(config.tracking.uri, config.tracking.experiment, config.tracking.artifact_location)
+    client = mlflow.MlflowClient()
+    try:
+        versions = client.search_model_versions(f"name='{config.registry.model_name}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    if not versions:
+        return None
+    newest = max(versions, key=lambda version: int(version.version))
+    return newest.tags.get("data_version"), newest.tags.get("config_hash")

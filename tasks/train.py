@@ -1,0 +1,79 @@
+"""Prefect task: train the QLoRA adapter, tracked in a nested MLflow run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from tasks.common import retry_only_transient, step_run
+from tasks.io.models import load_base_model, load_tokenizer
+from tasks.io.tracking import flatten
+from tasks.io.versioning import git_commit, package_versions
+from tasks.lib.config import RunConfig
+from tasks.lib.refs import DataRef, RunContext, TrainRef
+from tasks.lib.training import loss_curve_png, train_adapter
+
+
+def run_training(config: RunConfig, context: RunContext, data: DataRef) -> TrainRef:
+    with step_run(config, context, "train") as tracker:
+        tracker.log_params(flatten(config.model_dump(mode="json")))
+        tracker.set_tags(
+            {
+                "data_version": data.raw_version,
+                "processed_data_fingerprint": data.fingerprint,
+                "git_commit": git_commit(),
+                "config_hash": config.fingerprint(),
+                **{f"version.{name}": version for name, version in package_versions().items()},
+            }
+        )
+        tokenizer = load_tokenizer(config.model)
+        result = train_adapter(
+            config,
+            lambda: load_base_model(config.model, config.quantization),
+            tokenizer,
+            Path(data.processed_dir),
+            Path(context.run_dir),
+            metrics_sink=lambda metrics, step: tracker.log_metrics(
+                {f"train.{key}" if key != "eval_loss" else "eval_loss": value for key, value in metrics.items()},
+                step,
+            ),
+        )
+        summary = {
+            "trainable_params": result.trainable_params,
+            "total_params": result.total_params,
+            "trainable_percent": 100.0 * result.trainable_params / max(result.total_params, 1),
+            "tokens_per_second": result.tokens_per_second,
+            "global_step": result.global_step,
+        }
+        if result.first_eval_loss is not None:
+            summary["first_eval_loss"] = result.first_eval_loss
+        if result.best_eval_loss is not None:
+            summary["best_eval_loss"] = result.best_eval_loss
+        tracker.log_metrics(summary)
+        tracker.set_tags({"resumed_from_step": str(result.resumed_from_step)})
+        tracker.log_artifact(result.adapter_dir, "adapter")
+        curve = loss_curve_png(result.log_history, Path(context.run_dir) / "loss_curve.png")
+        tracker.log_artifact(curve, "plots")
+        return TrainRef(
+            adapter_dir=str(result.adapter_dir),
+            mlflow_run_id=tracker.run_id,
+            global_step=result.global_step,
+            resumed_from_step=result.resumed_from_step,
+            first_eval_loss=result.first_eval_loss,
+            best_eval_loss=result.best_eval_loss,
+            trainable_params=result.trainable_params,
+            tokens_per_second=result.tokens_per_second,
+        )
+
+
+@task(name="train-adapter", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_only_transient)
+def train(config: RunConfig, context: RunContext, data: DataRef) -> TrainRef:
+    """A retry (or a re-run with the same run id) resumes from the latest checkpoint."""
+    ref = run_training(config, context, data)
+    get_run_logger().info(
+        "trained %d steps (resumed from %s): validation loss %.4f -> %.4f; %d trainable parameters",
+        ref.global_step, ref.resumed_from_step, ref.first_eval_loss or float("nan"),
+        ref.best_eval_loss or float("nan"), ref.trainable_params,
+    )
+    return ref
