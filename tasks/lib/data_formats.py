@@ -1,0 +1,168 @@
+"""Reading raw data sets into rows: JSONL, JSON, CSV, TSV, Parquet files, or a hub data set id.
+
+Every problem a user can cause is a `DataError` naming the file and the 1-based line (or item / row),
+and a file's row errors are collected and raised together.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+MAX_REPORTED_ERRORS = 20
+
+
+class DataError(ValueError):
+    """A user-caused data problem; the message names the file and the line, item or column."""
+
+
+def raise_collected(errors: list[str], header: str) -> None:
+    """Raise one DataError listing the first MAX_REPORTED_ERRORS problems and the total count."""
+    if not errors:
+        return
+    shown = "\n  ".join(errors[:MAX_REPORTED_ERRORS])
+    more = f"\n  ... and {len(errors) - MAX_REPORTED_ERRORS} more" if len(errors) > MAX_REPORTED_ERRORS else ""
+    raise DataError(f"{header}: {len(errors)} problem(s):\n  {shown}{more}")
+
+
+def is_hub_id(path: str) -> bool:
+    """`org/name` that is not a local path and has no known file extension."""
+    return not Path(path).exists() and _HUB_ID.match(path) is not None and not path.lower().endswith(EXTENSIONS)
+
+
+def load_located_rows(path: str, hub_split: str = "train") -> list[tuple[int, dict[str, Any]]]:
+    """Rows with their 1-based position: the line for JSONL/CSV/TSV, the item / row index otherwise."""
+    if is_hub_id(path):
+        rows = list(enumerate(_load_hub(path, hub_split), start=1))
+    else:
+        file = Path(path)
+        if not file.is_file():
+            raise DataError(f"data file not found: {path}")
+        suffix = file.suffix.lower()
+        readers = {
+            ".jsonl": _read_jsonl,
+            ".json": _read_json,
+            ".csv": _read_delimited,
+            ".tsv": _read_delimited,
+            ".parquet": _read_parquet,
+        }
+        if suffix not in readers:
+            raise DataError(f"{path}: unknown extension {suffix!r}; use one of {', '.join(EXTENSIONS)}")
+        rows = readers[suffix](file)
+    if not rows:
+        raise DataError(f"{path}: no rows (the data set is empty)")
+    return rows
+
+
+def load_rows(path: str, hub_split: str = "train") -> list[dict[str, Any]]:
+    """The rows of a local file or hub data set, as dicts."""
+    return [row for _, row in load_located_rows(path, hub_split)]
+
+
+def location_word(path: str) -> str:
+    """How positions of this source are called in messages: line, item or row."""
+    if is_hub_id(path):
+        return "row"
+    return {".jsonl": "line", ".csv": "line", ".tsv": "line", ".json": "item"}.get(Path(path).suffix.lower(), "row")
+
+
+def _decode(file: Path) -> str:
+    raw = file.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataError(f"{file} line {line}: not valid UTF-8 (byte {raw[error.start]:#04x})") from None
+
+
+def _read_jsonl(file: Path) -> list[tuple[int, dict[str, Any]]]:
+    text = _decode(file)
+    rows, errors = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            errors.append(f"{file} line {number}: malformed JSON ({error.msg} at column {error.colno})")
+            continue
+        if not isinstance(value, dict):
+            errors.append(f"{file} line {number}: expected a JSON object, got {type(value).__name__}")
+            continue
+        rows.append((number, value))
+    raise_collected(errors, f"{file}: bad JSONL")
+    return rows
+
+
+def _read_json(file: Path) -> list[tuple[int, dict[str, Any]]]:
+    try:
+        value = json.loads(_decode(file)) if file.stat().st_size else []
+    except json.JSONDecodeError as error:
+        raise DataError(f"{file} line {error.lineno}: malformed JSON ({error.msg} at column {error.colno})") from None
+    if isinstance(value, dict) and isinstance(value.get("data"), list):
+        value = value["data"]
+    if not isinstance(value, list):
+        raise DataError(f'{file}: expected a JSON list of objects or {{"data": [...]}}')
+    errors = [
+        f"{file} item {number}: expected a JSON object, got {type(item).__name__}"
+        for number, item in enumerate(value, start=1)
+        if not isinstance(item, dict)
+    ]
+    raise_collected(errors, f"{file}: bad JSON")
+    return list(enumerate(value, start=1))
+
+
+def _read_delimited(file: Path) -> list[tuple[int, dict[str, Any]]]:
+    """CSV (standard quoting) or TSV (no quoting: SST-2 sentences contain bare quote characters)."""
+    text = _decode(file)
+    if file.suffix.lower() == ".tsv":
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if not header or not any(name.strip() for name in header):
+        return []
+    header = [name.strip() for name in header]
+    duplicates = sorted({name for name in header if header.count(name) > 1})
+    if duplicates or "" in header:
+        raise DataError(f"{file} line 1: header has duplicate or empty column names {duplicates or ['']}")
+    rows, errors = [], []
+    for fields in reader:
+        if not fields:
+            continue
+        if len(fields) != len(header):
+            errors.append(f"{file} line {reader.line_num}: {len(fields)} fields, the header has {len(header)}")
+            continue
+        rows.append((reader.line_num, dict(zip(header, fields, strict=True))))
+    raise_collected(errors, f"{file}: bad {file.suffix[1:].upper()}")
+    return rows
+
+
+def _read_parquet(file: Path) -> list[tuple[int, dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(file)
+    except Exception as error:  # pyarrow raises several unrelated types for unreadable files
+        raise DataError(f"{file}: not a readable Parquet file ({error})") from None
+    return list(enumerate(table.to_pylist(), start=1))
+
+
+def _load_hub(dataset_id: str, split: str) -> list[dict[str, Any]]:
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(dataset_id, split=split)
+    except Exception as error:  # offline, not found, gated, bad split: all surface the same way
+        raise DataError(
+            f"could not load hub data set {dataset_id!r} (split {split!r}): {type(error).__name__}: {error}. "
+            "Check the id and split, network access (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and HF_TOKEN, "
+            "or point data.path at a local file."
+        ) from None
+    return dataset.to_list()

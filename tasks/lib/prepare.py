@@ -1,0 +1,467 @@
+"""Raw rows -> validated chat messages -> tokenised, loss-masked train/validation/test JSONL.
+
+Order of work: load, normalise every row (all errors raised together), deduplicate, rank rows by a
+seeded content hash, keep `max_rows`, cut the ranking into test / validation / train, tokenise.
+
+Split choice: each row's rank is sha256(seed, normalised messages), so the same seed and data give
+byte-identical files whatever the file order, a different seed gives a different split, fractions are
+exact (counts are rounded), and identical rows always share a split, so duplicates never leak from
+train into test even with `deduplicate: false`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import string
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tasks.lib.config import DataConfig, RunConfig
+from tasks.lib.data_formats import (
+    DataError,
+    is_hub_id,
+    load_located_rows,
+    location_word,
+    raise_collected,
+)
+
+PREP_VERSION = 1  # bump when the output of this module changes for the same inputs
+SPLITS = ("train", "validation", "test")
+IGNORE_INDEX = -100
+MAX_LABEL_CLASSES = 20
+_ROLES = {"system", "user", "assistant"}
+_SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+}
+_AUTO_KEYS = {
+    "alpaca": ("instruction", "output"),
+    "chat": ("messages",),
+    "sharegpt": ("conversations",),
+    "prompt_completion": ("prompt", "completion"),
+}
+
+
+# ---------------------------------------------------------------- rows -> messages
+
+
+def detect_format(row: dict[str, Any], source: str) -> str:
+    """The format a row's keys imply; a DataError when none or several match."""
+    found = sorted(
+        {"chat" if name == "sharegpt" else name for name, keys in _AUTO_KEYS.items() if all(key in row for key in keys)}
+    )
+    if len(found) == 1:
+        return found[0]
+    columns = ", ".join(map(str, row)) or "(none)"
+    if not found:
+        raise DataError(
+            f"{source}: cannot detect the data format from columns [{columns}]; expected instruction/output "
+            "(alpaca), messages or conversations (chat), prompt/completion, or set data.format: template"
+        )
+    raise DataError(f"{source}: ambiguous data format, columns [{columns}] match {found}; set data.format")
+
+
+def _text(row: dict[str, Any], key: str, where: str, required: bool = True) -> str:
+    value = row.get(key)
+    if value is None:
+        if required:
+            raise DataError(f"{where}: missing field {key!r} (columns: {', '.join(map(str, row))})")
+        return ""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise DataError(f"{where}: field {key!r} must be text, got {type(value).__name__}")
+    text = str(value)
+    if required and not text.strip():
+        raise DataError(f"{where}: field {key!r} is empty")
+    return text
+
+
+def template_columns(template: str) -> set[str]:
+    """Column names used as {placeholders} in a str.format template."""
+    names = set()
+    for _, field, _, _ in string.Formatter().parse(template):
+        if field is not None:
+            names.add(field.split(".")[0].split("[")[0])
+    return names
+
+
+def check_template_columns(columns: list[str], data: DataConfig, source: str) -> None:
+    """One error naming every template/value_map column absent from the data, with the available ones."""
+    used = template_columns(data.prompt_template or "") | template_columns(data.completion_template or "")
+    if "" in used:
+        raise DataError(f"{source}: templates must name columns, e.g. {{sentence}}; positional {{}} is not allowed")
+    missing = sorted((used | set(data.value_maps)) - set(columns))
+    if missing:
+        raise DataError(
+            f"{source}: column(s) {', '.join(map(repr, missing))} used by data.prompt_template / "
+            f"data.completion_template / data.value_maps not found; available columns: {', '.join(columns)}"
+        )
+
+
+def _render_template(template: str, row: dict[str, Any], data: DataConfig, where: str) -> str:
+    values = {}
+    for column in template_columns(template):
+        if row.get(column) is None:
+            raise DataError(f"{where}: missing value for column {column!r}")
+        value = _text(row, column, where, required=False)
+        mapping = data.value_maps.get(column)
+        if mapping is not None:
+            if value not in mapping:
+                raise DataError(
+                    f"{where}: column {column!r} value {value!r} is not in data.value_maps.{column} "
+                    f"({', '.join(map(repr, mapping))})"
+                )
+            value = mapping[value]
+        values[column] = value
+    return template.format_map(values)
+
+
+def _chat_messages(row: dict[str, Any], where: str) -> list[dict[str, str]]:
+    sharegpt = "messages" not in row and "conversations" in row
+    raw = row["conversations"] if sharegpt else row.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise DataError(f"{where}: field {'conversations' if sharegpt else 'messages'!r} must be a non-empty list")
+    messages = []
+    for number, message in enumerate(raw, start=1):
+        role_key, content_key = ("from", "value") if sharegpt else ("role", "content")
+        if not isinstance(message, dict) or role_key not in message or content_key not in message:
+            raise DataError(f"{where}: message {number} must be an object with {role_key!r} and {content_key!r}")
+        role = message[role_key]
+        role = _SHAREGPT_ROLES.get(role, role) if sharegpt else role
+        if role not in _ROLES:
+            raise DataError(
+                f"{where}: message {number} has role {message[role_key]!r}; expected one of system, user, assistant"
+            )
+        content = message[content_key]
+        if not isinstance(content, str) or not content.strip():
+            raise DataError(f"{where}: message {number} ({role}) has empty or non-text content")
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def validate_messages(messages: list[dict[str, str]], where: str) -> None:
+    """Optional system first, then user/assistant alternating, ending with an assistant answer."""
+    turns = messages[1:] if messages and messages[0]["role"] == "system" else messages
+    expected = ["user", "assistant"] * ((len(turns) + 1) // 2)
+    roles = [message["role"] for message in turns]
+    if not turns or roles != expected[: len(roles)] or roles[-1] != "assistant":
+        raise DataError(
+            f"{where}: chat roles out of order: {roles}; expected an optional system turn, "
+            "then user/assistant alternating, ending with assistant"
+        )
+
+
+def row_to_messages(row: dict[str, Any], data: DataConfig, where: str) -> list[dict[str, str]]:
+    """Normalise one raw row to validated chat messages; `where` ("file line N") prefixes every error."""
+    fmt = detect_format(row, where) if data.format == "auto" else data.format
+    if fmt == "alpaca":
+        instruction, extra = _text(row, "instruction", where), _text(row, "input", where, required=False)
+        user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+        messages = [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": _text(row, "output", where)},
+        ]
+    elif fmt == "prompt_completion":
+        messages = [
+            {"role": "user", "content": _text(row, "prompt", where)},
+            {"role": "assistant", "content": _text(row, "completion", where)},
+        ]
+    elif fmt == "template":
+        prompt = _render_template(data.prompt_template or "", row, data, where)
+        answer = _render_template(data.completion_template or "", row, data, where)
+        if not prompt.strip() or not answer.strip():
+            raise DataError(f"{where}: the {'prompt' if not prompt.strip() else 'completion'} template renders empty")
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+    else:
+        messages = _chat_messages(row, where)
+    if data.system_prompt:
+        if messages[0]["role"] == "system":
+            messages[0] = {"role": "system", "content": data.system_prompt}
+        else:
+            messages.insert(0, {"role": "system", "content": data.system_prompt})
+    validate_messages(messages, where)
+    return messages
+
+
+# ---------------------------------------------------------------- tokenising + masking
+
+
+def _render_ids(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
+    ids = tokenizer.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False
+    )
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def tokenize_conversation(
+    messages: list[dict[str, str]], tokenizer, max_length: int, overlong: str = "drop"
+) -> dict[str, Any] | None:
+    """input_ids + labels (-100 except on assistant answers and their end-of-turn token).
+
+    Returns None when the row is over max_length and `overlong` is "drop", or when truncation (which cuts
+    the end) leaves no answer token. The dict's "truncated" flag says whether it was cut.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError("the tokenizer has no chat template; set model.chat_template in the config")
+    full = _render_ids(tokenizer, messages, add_generation_prompt=False)
+    labels = [IGNORE_INDEX] * len(full)
+    special = set(tokenizer.all_special_ids)
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = _render_ids(tokenizer, messages[:index], add_generation_prompt=True)
+        last = index + 1 == len(messages)
+        upto = full if last else _render_ids(tokenizer, messages[: index + 1], add_generation_prompt=False)
+        if upto[: len(prompt)] != prompt or full[: len(upto)] != upto:
+            raise DataError(
+                "the chat template does not render conversations prefix-consistently (the prompt of "
+                f"assistant turn {index + 1} is not a prefix of the full rendering), so answer tokens "
+                "cannot be located; set model.chat_template to a template that does"
+            )
+        # Stop after the last special token (the end-of-turn marker), leaving the template's separator masked.
+        marks = [j for j in range(len(prompt), len(upto)) if upto[j] in special]
+        end = marks[-1] + 1 if marks else len(upto)
+        labels[len(prompt) : end] = upto[len(prompt) : end]
+    truncated = len(full) > max_length
+    if truncated:
+        if overlong == "drop":
+            return None
+        full, labels = full[:max_length], labels[:max_length]
+        if all(label == IGNORE_INDEX for label in labels):
+            return None
+    return {"input_ids": full, "labels": labels, "truncated": truncated}
+
+
+# ---------------------------------------------------------------- fingerprint
+
+
+def _file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Hash of what decides the token ids: the vocabulary, special tokens and the chat template."""
+    payload = json.dumps(
+        {
+            "vocab": sorted(tokenizer.get_vocab().items()),
+            "special": sorted(tokenizer.all_special_tokens),
+            "chat_template": tokenizer.chat_template,
+            "class": type(tokenizer).__name__,
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def input_fingerprint(config: RunConfig, tokenizer) -> str:
+    """Everything the prepared files depend on; equal fingerprints mean identical outputs."""
+    path = config.data.path
+    source = (
+        f"hub:{path}:{config.data.hub_split}"
+        if is_hub_id(path)
+        else (_file_md5(Path(path)) if Path(path).is_file() else f"missing:{path}")
+    )
+    payload = json.dumps(
+        {
+            "version": PREP_VERSION,
+            "source": source,
+            "data": config.data.model_dump(mode="json"),
+            "seed": config.seed,
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def is_up_to_date(out_dir: Path, fingerprint: str) -> bool:
+    """True when out_dir holds complete prepared splits made from inputs with this fingerprint."""
+    out_dir = Path(out_dir)
+    try:
+        manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return manifest.get("fingerprint") == fingerprint and all((out_dir / f"{s}.jsonl").is_file() for s in SPLITS)
+
+
+# ---------------------------------------------------------------- the whole preparation
+
+
+def _rank_key(seed: int, messages: list[dict[str, str]]) -> str:
+    return hashlib.sha256(f"{seed}\n{_canonical(messages)}".encode()).hexdigest()
+
+
+def _canonical(messages: list[dict[str, str]]) -> str:
+    return json.dumps(messages, sort_keys=True, ensure_ascii=False)
+
+
+def _split_counts(total: int, data: DataConfig) -> dict[str, int]:
+    test = round(total * data.split.test)
+    validation = round(total * data.split.validation)
+    if total >= 3:  # every split gets a row when there are enough
+        test, validation = max(test, 1), max(validation, 1)
+    return {"test": test, "validation": validation, "train": max(total - test - validation, 0)}
+
+
+def _cut(ranked: list[tuple[str, Any]], counts: dict[str, int]) -> dict[str, list[Any]]:
+    """Test first, validation next, train the rest; a cut never separates rows with equal keys."""
+    parts, start = {}, 0
+    for name in ("test", "validation"):
+        end = min(start + counts[name], len(ranked))
+        while 0 < end < len(ranked) and ranked[end][0] == ranked[end - 1][0]:
+            end += 1
+        parts[name], start = [item for _, item in ranked[start:end]], end
+    parts["train"] = [item for _, item in ranked[start:]]
+    return parts
+
+
+def _write_atomically(out_dir: Path, files: dict[str, str]) -> None:
+    """Write every file into a temp sibling folder, then swap it in; out_dir is replaced only on success."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    old = None
+    try:
+        for name, text in files.items():
+            (tmp / name).write_text(text, encoding="utf-8", newline="\n")
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+            out_dir.rename(old / "previous")
+        tmp.rename(out_dir)
+    except BaseException:
+        if old is not None and (old / "previous").exists() and not out_dir.exists():
+            (old / "previous").rename(out_dir)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _normalise_all(config: RunConfig) -> tuple[list[tuple[str, list[dict[str, str]]]], str]:
+    """Load and normalise every row: [(id, messages)], and the format used. All row errors at once."""
+    data, path = config.data, config.data.path
+    located = load_located_rows(path, data.hub_split)
+    word = location_word(path)
+    first_where = f"{path} {word} {located[0][0]}"
+    fmt = detect_format(located[0][1], first_where) if data.format == "auto" else data.format
+    if fmt == "template":
+        check_template_columns(list(located[0][1]), data, path)
+    resolved = data.model_copy(update={"format": fmt})
+    stem, rows, errors = Path(path).stem if not is_hub_id(path) else path.replace("/", "--"), [], []
+    for number, row in located:
+        try:
+            rows.append((f"{stem}-{number}", row_to_messages(row, resolved, f"{path} {word} {number}")))
+        except DataError as error:
+            errors.append(str(error))
+    raise_collected(errors, f"{path}: invalid rows")
+    return rows, fmt
+
+
+def prepare_dataset(config: RunConfig, tokenizer, out_dir: Path, stats_path: Path) -> dict[str, Any]:
+    """Write train/validation/test.jsonl + manifest.json to out_dir (atomically) and stats to stats_path."""
+    data, out_dir = config.data, Path(out_dir)
+    fingerprint = input_fingerprint(config, tokenizer)
+    rows, fmt = _normalise_all(config)
+    rows_read = len(rows)
+    if data.deduplicate:
+        seen, unique = set(), []
+        for row_id, messages in rows:
+            key = _canonical(messages)
+            if key not in seen:
+                seen.add(key)
+                unique.append((row_id, messages))
+        rows = unique
+    duplicates = rows_read - len(rows)
+    ranked = sorted(((_rank_key(config.seed, m), (i, m)) for i, m in rows), key=lambda item: item[0])
+    ranked = ranked[: data.max_rows] if data.max_rows else ranked
+    parts = _cut(ranked, _split_counts(len(ranked), data))
+
+    files, stats = (
+        {},
+        {
+            "source": data.path,
+            "format": fmt,
+            "fingerprint": fingerprint,
+            "rows_read": rows_read,
+            "duplicates_removed": duplicates,
+            "rows_selected": len(ranked),
+            "dropped_overlong": 0,
+            "truncated": 0,
+            "rows": {},
+            "tokens": {},
+            "answer_tokens": {},
+            "max_tokens": {},
+        },
+    )
+    answers: dict[str, Counter] = {}
+    for split in SPLITS:
+        lines, answers[split] = [], Counter()
+        for row_id, messages in parts[split]:
+            encoded = tokenize_conversation(messages, tokenizer, data.max_length, data.overlong)
+            if encoded is None:
+                stats["dropped_overlong"] += 1
+                continue
+            stats["truncated"] += encoded["truncated"]
+            row = {
+                "id": row_id,
+                "messages": messages,
+                "input_ids": encoded["input_ids"],
+                "labels": encoded["labels"],
+            }
+            lines.append(json.dumps(row, ensure_ascii=False))
+            answers[split][messages[-1]["content"]] += 1
+            stats["tokens"][split] = stats["tokens"].get(split, 0) + len(encoded["input_ids"])
+            stats["answer_tokens"][split] = stats["answer_tokens"].get(split, 0) + sum(
+                label != IGNORE_INDEX for label in encoded["labels"]
+            )
+            stats["max_tokens"][split] = max(stats["max_tokens"].get(split, 0), len(encoded["input_ids"]))
+        files[f"{split}.jsonl"] = "".join(line + "\n" for line in lines)
+        stats["rows"][split] = len(lines)
+        for key in ("tokens", "answer_tokens", "max_tokens"):
+            stats[key].setdefault(split, 0)
+    if stats["rows"]["train"] == 0:
+        raise DataError(
+            f"{data.path}: no training rows left after splitting and dropping overlong rows "
+            f"(dropped {stats['dropped_overlong']} over data.max_length={data.max_length})"
+        )
+    distinct = set().union(*answers.values())
+    stats["label_balance"] = (
+        {split: dict(sorted(counts.items())) for split, counts in answers.items()}
+        if len(distinct) <= MAX_LABEL_CLASSES
+        else None
+    )
+    manifest = {
+        "source": data.path,
+        "hub_split": data.hub_split if is_hub_id(data.path) else None,
+        "fingerprint": fingerprint,
+        "prep_version": PREP_VERSION,
+        "format": fmt,
+        "seed": config.seed,
+        "rows": stats["rows"],
+        "data_config": data.model_dump(mode="json"),
+    }
+    files["manifest.json"] = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    _write_atomically(out_dir, files)
+    _write_json(Path(stats_path), stats)
+    return stats

@@ -1,0 +1,134 @@
+"""Loading raw rows from every supported file format, and the errors bad files give."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tasks.lib import data_formats
+from tasks.lib.data_formats import DataError, is_hub_id, load_located_rows, load_rows
+
+ROWS = [{"prompt": "say hi", "completion": "hi"}, {"prompt": 'a "quoted" word', "completion": "ok"}]
+
+
+def _write(path: Path, text: str | bytes) -> str:
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return str(path)
+
+
+def test_jsonl_skips_blank_lines_and_keeps_line_numbers(tmp_path):
+    path = _write(tmp_path / "d.jsonl", "\n".join(json.dumps(r) for r in ROWS[:1]) + "\n\n" + json.dumps(ROWS[1]))
+    assert load_rows(path) == ROWS
+    assert [number for number, _ in load_located_rows(path)] == [1, 3]
+
+
+@pytest.mark.parametrize("wrap", [lambda rows: rows, lambda rows: {"data": rows}])
+def test_json_list_or_data_key(tmp_path, wrap):
+    assert load_rows(_write(tmp_path / "d.json", json.dumps(wrap(ROWS)))) == ROWS
+
+
+def test_csv_with_quoted_fields(tmp_path):
+    path = _write(tmp_path / "d.csv", 'prompt,completion\nsay hi,hi\n"a ""quoted"" word",ok\n')
+    assert load_rows(path) == ROWS
+    assert [number for number, _ in load_located_rows(path)] == [2, 3]
+
+
+def test_tsv_keeps_bare_quote_characters(tmp_path):
+    path = _write(tmp_path / "d.tsv", 'label\tsentence\n0\tit \'s a "bad" film\n1\t" great\n')
+    assert load_rows(path) == [
+        {"label": "0", "sentence": 'it \'s a "bad" film'},
+        {"label": "1", "sentence": '" great'},
+    ]
+
+
+def test_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "d.parquet")
+    assert load_rows(str(tmp_path / "d.parquet")) == ROWS
+
+
+def test_malformed_json_lines_are_all_reported_with_line_numbers(tmp_path):
+    path = _write(tmp_path / "bad.jsonl", '{"prompt": "a", "completion": "b"}\n{"prompt": \n[1, 2]\n')
+    with pytest.raises(DataError) as error:
+        load_rows(path)
+    message = str(error.value)
+    assert f"{path} line 2: malformed JSON" in message
+    assert f"{path} line 3: expected a JSON object" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("e.jsonl", ""),
+        ("e.jsonl", "\n\n"),
+        ("e.json", "[]"),
+        ("e.json", ""),
+        ("e.csv", ""),
+        ("e.tsv", "a\tb\n"),
+    ],
+)
+def test_empty_files(tmp_path, name, content):
+    path = _write(tmp_path / name, content)
+    with pytest.raises(DataError, match=r"no rows") as error:
+        load_rows(path)
+    assert path in str(error.value)
+
+
+def test_non_utf8_bytes_name_the_line(tmp_path):
+    path = _write(tmp_path / "latin.jsonl", b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"line 2: not valid UTF-8") as error:
+        load_rows(path)
+    assert path in str(error.value)
+
+
+def test_csv_row_with_wrong_field_count(tmp_path):
+    path = _write(tmp_path / "d.tsv", "label\tsentence\n0\tfine\n1\ttoo\tmany\n0\n")
+    with pytest.raises(DataError) as error:
+        load_rows(path)
+    assert f"{path} line 3: 3 fields, the header has 2" in str(error.value)
+    assert f"{path} line 4: 1 fields" in str(error.value)
+
+
+def test_missing_file_and_unknown_extension(tmp_path):
+    with pytest.raises(DataError, match="data file not found: .*nope.jsonl"):
+        load_rows(str(tmp_path / "nope.jsonl"))
+    with pytest.raises(DataError, match=r"unknown extension '\.xml'"):
+        load_rows(_write(tmp_path / "d.xml", "<a/>"))
+
+
+def test_hub_id_detection(tmp_path):
+    assert is_hub_id("stanfordnlp/sst2")
+    assert not is_hub_id("data/train.jsonl")
+    assert not is_hub_id("just-a-name")
+    (tmp_path / "org").mkdir()
+    assert not is_hub_id(str(tmp_path / "org"))
+
+
+def test_hub_failure_is_a_clear_data_error(monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("offline mode is enabled")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match=r"could not load hub data set 'org/missing' \(split 'train'\).*offline"):
+        load_rows("org/missing")
+
+
+def test_hub_rows_are_loaded_through_datasets(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake(dataset_id, split):
+        calls.append((dataset_id, split))
+        return datasets.Dataset.from_list(ROWS)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    assert load_rows("org/name", hub_split="validation") == ROWS
+    assert calls == [("org/name", "validation")]
+    assert data_formats.location_word("org/name") == "row"
