@@ -1,0 +1,95 @@
+"""Base-model benchmark scores cached on disk, so repeated runs skip re-scoring an unchanged base.
+
+One JSON file per key under `forgetting.cache_dir`. The key hashes everything that changes the scores:
+the base model version, each benchmark's prepared JSONL (md5), its task YAML, the item limit and the
+lm-eval version. The batch size is deliberately left out: it does not change log-likelihood scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tasks.lib.benchmark_data import OUTPUT_FILES
+from tasks.lib.benchmarks import task_yaml_texts
+
+logger = logging.getLogger(__name__)
+DEFAULT_CACHE_DIR = Path(".cache/base_scores")
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def benchmark_key_parts(model_version: str, names: list[str], data_dir: Path, limit: int | None) -> dict[str, Any]:
+    """The cache key inputs for base scores of `names` (reads and hashes the prepared data files)."""
+    from importlib.metadata import version
+
+    data_dir = Path(data_dir)
+    yamls = task_yaml_texts(names)
+    return {
+        "model_version": model_version,
+        "limit": limit,
+        "lm_eval": version("lm_eval"),
+        "benchmarks": {
+            name: {
+                "data_md5": _md5(data_dir / OUTPUT_FILES[name]),
+                "task_yaml_md5": hashlib.md5(yamls[name].encode(), usedforsecurity=False).hexdigest(),
+            }
+            for name in sorted(names)
+        },
+    }
+
+
+def cache_key(key_parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _read(path: Path, key_parts: dict[str, Any]) -> dict | None:
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        logger.warning("ignoring unreadable score cache %s: %s", path, error)
+        return None
+    if not isinstance(stored, dict) or stored.get("key_parts") != json.loads(json.dumps(key_parts, default=str)):
+        logger.warning("ignoring score cache %s: its key does not match", path)
+        return None
+    return stored.get("scores")
+
+
+def _write_atomic(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def get_or_compute(
+    key_parts: dict[str, Any], compute: Callable[[], dict], cache_dir: Path | str = DEFAULT_CACHE_DIR
+) -> tuple[dict, bool]:
+    """The cached scores for key_parts, else `compute()` stored under that key; returns (scores, was_cached)."""
+    path = Path(cache_dir) / f"{cache_key(key_parts)}.json"
+    if path.is_file():
+        scores = _read(path, key_parts)
+        if scores is not None:
+            return scores, True
+    scores = compute()
+    payload = {"key_parts": key_parts, "scores": scores, "created": datetime.now(UTC).isoformat()}
+    _write_atomic(path, payload)
+    return scores, False
