@@ -1,0 +1,253 @@
+"""Target-task evaluation: greedy answers of a model on held-out rows, scored against the references.
+
+The same rows (the first `evaluation.max_items` of the test split) are scored for the base and the
+tuned model; `compare`, `task_markdown` and `write_predictions` put the two side by side.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import string
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, Field
+
+from tasks.lib.config import EvaluationConfig
+
+METRICS_DIR = Path(__file__).resolve().parent / "metrics"
+LABEL_METRICS = ("accuracy", "exact_match", "f1")
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
+_SURROUNDING = string.punctuation + string.whitespace + "\u201c\u201d\u2018\u2019"
+
+
+class PredictionRecord(BaseModel):
+    id: str
+    prompt: str
+    reference: str
+    prediction: str
+    correct: bool = Field(description="Normalised prediction equals the normalised reference.")
+
+
+class TaskEvalResult(BaseModel):
+    metrics: dict[str, float]
+    n_items: int
+    predictions: list[PredictionRecord]
+
+
+def normalize_answer(text: str, first_line: bool = True) -> str:
+    """Lower-cased, whitespace-collapsed answer without surrounding punctuation/quotes.
+
+    With `first_line` (classification-style answers) only the first non-empty line counts.
+    """
+    text = text.strip()
+    if first_line:
+        text = text.split("\n", 1)[0]
+    text = re.sub(r"\s+", " ", text.lower())
+    return text.strip(_SURROUNDING)
+
+
+def _check_rows(rows: list[dict]) -> None:
+    errors = []
+    for index, row in enumerate(rows):
+        messages = row.get("messages")
+        where = f"row {index} (id={row.get('id')!r})"
+        if not isinstance(messages, list) or len(messages) < 2:
+            errors.append(f"{where}: 'messages' must list a prompt and an answer")
+        elif messages[-1].get("role") != "assistant":
+            errors.append(f"{where}: the last message must be the assistant answer, got {messages[-1].get('role')!r}")
+    if errors:
+        raise ValueError("bad evaluation rows:\n  " + "\n  ".join(errors))
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _greedy_config(model, tokenizer, max_new_tokens: int):
+    config = copy.deepcopy(model.generation_config)
+    config.do_sample = False
+    config.num_beams = 1
+    config.temperature = None
+    config.top_p = None
+    config.top_k = None
+    config.max_new_tokens = max_new_tokens
+    config.max_length = None
+    config.pad_token_id = tokenizer.pad_token_id
+    eos = config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        eos_ids.add(tokenizer.eos_token_id)
+    config.eos_token_id = sorted(eos_ids) or None
+    return config
+
+
+def render_prompts(tokenizer, rows: list[dict]) -> list[str]:
+    """Each row's messages minus the answer, through the chat template, ready for the assistant turn."""
+    return [
+        tokenizer.apply_chat_template(row["messages"][:-1], add_generation_prompt=True, tokenize=False) for row in rows
+    ]
+
+
+def generate_answers(model, tokenizer, rows: list[dict], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy answers (new tokens only, special tokens skipped), one per row, in row order."""
+    _check_rows(rows)
+    if tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer has no pad token: set one (load_tokenizer uses the eos token)")
+    prompts = render_prompts(tokenizer, rows)
+    # Longest prompts first: batches hold prompts of similar length, so little padding.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+    answers: list[str] = [""] * len(prompts)
+    config = _greedy_config(model, tokenizer, max_new_tokens)
+    device = _model_device(model)
+    was_training = model.training
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                encoded = tokenizer(
+                    [prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False
+                ).to(device)
+                output = model.generate(**encoded, generation_config=config)
+                new_tokens = output[:, encoded["input_ids"].shape[1] :]
+                for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
+                    answers[i] = text.strip()
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    return answers
+
+
+@cache
+def _metric_module(name: str):
+    import evaluate  # heavy import, only when metrics are computed
+
+    folder = METRICS_DIR / name
+    if not (folder / f"{name}.py").is_file():
+        raise ValueError(f"unknown metric {name!r}: no module at {folder}")
+    return evaluate.load(str(folder), keep_in_memory=True)
+
+
+def compute_metrics(predictions: list[str], references: list[str], metric_names: list[str]) -> dict[str, float]:
+    """Scores in [0, 1]; label metrics on normalised answers, rouge on the stripped texts."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    results: dict[str, float] = {}
+    for name in metric_names:
+        if name in LABEL_METRICS:
+            preds = [normalize_answer(p) for p in predictions]
+            refs = [normalize_answer(r) for r in references]
+        else:
+            preds = [p.strip() for p in predictions]
+            refs = [r.strip() for r in references]
+        scores = _metric_module(name).compute(predictions=preds, references=refs)
+        results.update({key: float(value) for key, value in scores.items()})
+    return results
+
+
+def _prompt_text(row: dict) -> str:
+    return str(row["messages"][-2]["content"])
+
+
+def evaluate_task(model, tokenizer, rows: list[dict], eval_cfg: EvaluationConfig) -> TaskEvalResult:
+    """Answers and scores the first `eval_cfg.max_items` rows."""
+    selected = rows[: eval_cfg.max_items] if eval_cfg.max_items else list(rows)
+    if not selected:
+        raise ValueError("no rows to evaluate")
+    _check_rows(selected)
+    predictions = generate_answers(model, tokenizer, selected, eval_cfg.max_new_tokens, eval_cfg.batch_size)
+    references = [str(row["messages"][-1]["content"]) for row in selected]
+    records = [
+        PredictionRecord(
+            id=str(row.get("id", index)),
+            prompt=_prompt_text(row),
+            reference=reference,
+            prediction=prediction,
+            correct=normalize_answer(prediction) == normalize_answer(reference),
+        )
+        for index, (row, reference, prediction) in enumerate(zip(selected, references, predictions, strict=True))
+    ]
+    metrics = compute_metrics(predictions, references, list(eval_cfg.metrics))
+    return TaskEvalResult(metrics=metrics, n_items=len(selected), predictions=records)
+
+
+def compare(base: TaskEvalResult, tuned: TaskEvalResult) -> dict[str, dict[str, float]]:
+    """{metric: {base, tuned, delta}} for the metrics both results have."""
+    if base.n_items != tuned.n_items:
+        raise ValueError(f"base scored {base.n_items} items but tuned {tuned.n_items}: not comparable")
+    return {
+        name: {
+            "base": base.metrics[name],
+            "tuned": tuned.metrics[name],
+            "delta": tuned.metrics[name] - base.metrics[name],
+        }
+        for name in base.metrics
+        if name in tuned.metrics
+    }
+
+
+def task_markdown(base: TaskEvalResult, tuned: TaskEvalResult, primary_metric: str) -> str:
+    """A markdown table base | tuned | delta per metric; the primary metric in bold."""
+    lines = [
+        f"Target task, {base.n_items} held-out items (greedy decoding):",
+        "",
+        "| metric | base | tuned | delta |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, row in compare(base, tuned).items():
+        label = f"**{name}** (primary)" if name == primary_metric else name
+        lines.append(f"| {label} | {row['base']:.4f} | {row['tuned']:.4f} | {row['delta']:+.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_predictions(base: TaskEvalResult, tuned: TaskEvalResult, path: Path) -> Path:
+    """Both models' answers side by side, one JSON object per item."""
+    if [p.id for p in base.predictions] != [p.id for p in tuned.predictions]:
+        raise ValueError("base and tuned predictions are not for the same items")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for b, t in zip(base.predictions, tuned.predictions, strict=True):
+            record: dict[str, Any] = {
+                "id": b.id,
+                "prompt": b.prompt,
+                "reference": b.reference,
+                "base_prediction": b.prediction,
+                "tuned_prediction": t.prediction,
+                "base_correct": b.correct,
+                "tuned_correct": t.correct,
+            }
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
+
+
+def load_split(processed_dir: Path, split: str) -> list[dict]:
+    """Rows of `<processed_dir>/<split>.jsonl` (the data-prep output of one data set)."""
+    path = Path(processed_dir) / f"{split}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run the data preparation first")
+    rows, errors = [], []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                errors.append(f"{path}:{number}: not JSON ({exc.msg})")
+                continue
+            messages = row.get("messages") if isinstance(row, dict) else None
+            if not isinstance(messages, list) or len(messages) < 2 or messages[-1].get("role") != "assistant":
+                errors.append(f"{path}:{number}: 'messages' must end with the assistant answer")
+                continue
+            rows.append(row)
+    if errors:
+        raise ValueError("bad processed rows:\n  " + "\n  ".join(errors[:20]))
+    return rows

@@ -1,0 +1,222 @@
+"""Target-task evaluation on the tiny model: normalisation, batched greedy generation, scoring, reports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tasks.lib.config import EvaluationConfig
+from tasks.lib.task_eval import (
+    PredictionRecord,
+    TaskEvalResult,
+    compare,
+    compute_metrics,
+    evaluate_task,
+    generate_answers,
+    load_split,
+    normalize_answer,
+    task_markdown,
+    write_predictions,
+)
+
+REVIEWS = [
+    ("a great film", "positive"),
+    ("awful , bad and long . the worst movie of the year , and that is saying a lot", "negative"),
+    ("good", "positive"),
+    ("it was bad", "negative"),
+    ("this movie is the quick brown fox of films", "positive"),
+]
+
+
+def _rows(n: int = len(REVIEWS)) -> list[dict]:
+    return [
+        {
+            "id": f"r{i}",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": f"Is the sentiment of this movie review positive or negative?\n\n{text}",
+                },
+                {"role": "assistant", "content": label},
+            ],
+        }
+        for i, (text, label) in enumerate(REVIEWS[:n])
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_model_dir):
+    """The tiny model with large random weights: its greedy answers vary with the prompt (the saved
+    initialisation answers every prompt with newlines, which would make batch-invariance vacuous)."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    return model
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Positive.", "positive"),
+        (" negative\nbecause the review says so", "negative"),
+        ('"Negative"', "negative"),
+        ("  The   answer:  Paris!  ", "the answer: paris"),
+        ("\n\npositive", "positive"),
+        ("", ""),
+    ],
+)
+def test_normalize_answer(raw, expected):
+    assert normalize_answer(raw) == expected
+
+
+def test_normalize_answer_all_lines():
+    assert normalize_answer("Line one\nLine two.", first_line=False) == "line one line two"
+
+
+def test_generate_answers_deterministic_and_batch_invariant(tiny_model, tiny_tokenizer):
+    rows = _rows()
+    tiny_tokenizer.padding_side = "right"
+    first = generate_answers(tiny_model, tiny_tokenizer, rows, max_new_tokens=6, batch_size=3)
+    second = generate_answers(tiny_model, tiny_tokenizer, rows, max_new_tokens=6, batch_size=3)
+    single = generate_answers(tiny_model, tiny_tokenizer, rows, max_new_tokens=6, batch_size=1)
+    assert len(first) == len(rows)
+    assert all(isinstance(a, str) for a in first)
+    assert len(set(first)) > 1, "answers should depend on the prompt"
+    assert first == second
+    assert first == single
+    assert tiny_tokenizer.padding_side == "right"
+
+
+def test_generate_answers_restores_training_mode(tiny_model, tiny_tokenizer):
+    tiny_model.train()
+    generate_answers(tiny_model, tiny_tokenizer, _rows(1), max_new_tokens=2, batch_size=1)
+    assert tiny_model.training
+    tiny_model.eval()
+
+
+def test_generate_answers_works_through_peft(tiny_model, tiny_tokenizer):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    plain = generate_answers(tiny_model, tiny_tokenizer, _rows(3), max_new_tokens=4, batch_size=2)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.5)
+    peft_model = get_peft_model(copy.deepcopy(tiny_model), lora)
+    peft_model.train()
+    # Fresh LoRA B is zero: the adapter must not change the greedy answers, and dropout must be off.
+    wrapped = generate_answers(peft_model, tiny_tokenizer, _rows(3), max_new_tokens=4, batch_size=2)
+    assert wrapped == plain
+    assert peft_model.training
+
+
+def test_generate_answers_rejects_rows_without_answer(tiny_model, tiny_tokenizer):
+    rows = [{"id": "x", "messages": [{"role": "user", "content": "hi"}]}]
+    with pytest.raises(ValueError, match="id='x'"):
+        generate_answers(tiny_model, tiny_tokenizer, rows, max_new_tokens=2, batch_size=1)
+
+
+def test_compute_metrics_normalises_labels_and_expands_rouge():
+    preds = ["Positive.", "negative\nextra", "positive", "negative"]
+    refs = ["positive", "negative", "negative", "negative"]
+    scores = compute_metrics(preds, refs, ["accuracy", "f1", "exact_match", "rouge"])
+    assert scores["accuracy"] == pytest.approx(0.75)
+    assert scores["exact_match"] == pytest.approx(0.75)
+    # positive: tp=1 fp=1 fn=0 -> 2/3; negative: tp=2 fp=0 fn=1 -> 4/5.
+    assert scores["f1"] == pytest.approx((2 / 3 + 4 / 5) / 2)
+    assert set(scores) == {"accuracy", "f1", "exact_match", "rouge1", "rouge2", "rougeL"}
+    assert all(0.0 <= v <= 1.0 for v in scores.values())
+
+
+def test_compute_metrics_length_mismatch():
+    with pytest.raises(ValueError, match="2 predictions but 1 references"):
+        compute_metrics(["a", "b"], ["a"], ["accuracy"])
+
+
+def test_evaluate_task_uses_first_max_items(tiny_model, tiny_tokenizer):
+    cfg = EvaluationConfig(metrics=["accuracy", "f1"], max_items=3, max_new_tokens=3, batch_size=2)
+    result = evaluate_task(tiny_model, tiny_tokenizer, _rows(), cfg)
+    assert result.n_items == 3
+    assert [p.id for p in result.predictions] == ["r0", "r1", "r2"]
+    assert [p.reference for p in result.predictions] == ["positive", "negative", "positive"]
+    assert result.predictions[0].prompt.endswith("a great film")
+    assert set(result.metrics) == {"accuracy", "f1"}
+    expected_accuracy = sum(p.correct for p in result.predictions) / 3
+    assert result.metrics["accuracy"] == pytest.approx(expected_accuracy)
+
+
+def _result(preds: list[str], refs: list[str], metrics: dict[str, float]) -> TaskEvalResult:
+    records = [
+        PredictionRecord(id=f"r{i}", prompt=f"q{i}", reference=r, prediction=p, correct=p == r)
+        for i, (p, r) in enumerate(zip(preds, refs, strict=True))
+    ]
+    return TaskEvalResult(metrics=metrics, n_items=len(records), predictions=records)
+
+
+def test_compare_markdown_and_predictions_file(tmp_path):
+    base = _result(["negative", "negative"], ["positive", "negative"], {"accuracy": 0.5, "f1": 0.3333})
+    tuned = _result(["positive", "negative"], ["positive", "negative"], {"accuracy": 1.0, "f1": 1.0})
+    table = compare(base, tuned)
+    assert table["accuracy"] == {"base": 0.5, "tuned": 1.0, "delta": pytest.approx(0.5)}
+    assert table["f1"]["delta"] == pytest.approx(0.6667)
+
+    markdown = task_markdown(base, tuned, "accuracy")
+    assert "| **accuracy** (primary) | 0.5000 | 1.0000 | +0.5000 |" in markdown
+    assert "| f1 | 0.3333 | 1.0000 | +0.6667 |" in markdown
+
+    path = write_predictions(base, tuned, tmp_path / "sub" / "predictions.jsonl")
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == 2
+    assert lines[0] == {
+        "id": "r0",
+        "prompt": "q0",
+        "reference": "positive",
+        "base_prediction": "negative",
+        "tuned_prediction": "positive",
+        "base_correct": False,
+        "tuned_correct": True,
+    }
+
+
+def test_compare_refuses_different_item_counts():
+    base = _result(["a"], ["a"], {"accuracy": 1.0})
+    tuned = _result(["a", "b"], ["a", "b"], {"accuracy": 1.0})
+    with pytest.raises(ValueError, match="not comparable"):
+        compare(base, tuned)
+
+
+def test_load_split_reads_rows_and_names_bad_lines(tmp_path):
+    rows = _rows(2)
+    (tmp_path / "test.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert load_split(tmp_path, "test") == rows
+
+    bad = [
+        json.dumps(rows[0]),
+        "{not json",
+        json.dumps({"id": "q", "messages": [{"role": "user", "content": "x"}]}),
+    ]
+    (tmp_path / "validation.jsonl").write_text("\n".join(bad) + "\n")
+    with pytest.raises(ValueError) as info:
+        load_split(tmp_path, "validation")
+    assert "validation.jsonl:2: not JSON" in str(info.value)
+    assert "validation.jsonl:3:" in str(info.value)
+
+    with pytest.raises(FileNotFoundError, match="train.jsonl"):
+        load_split(tmp_path, "train")
+
+
+def test_generate_answers_on_4bit_peft_model(tiny_model_dir, tiny_tokenizer):
+    from peft import LoraConfig, get_peft_model
+    from transformers import BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=quant, device_map="cpu")
+    model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear"))
+    answers = generate_answers(model, tiny_tokenizer, _rows(), max_new_tokens=3, batch_size=2)
+    assert len(answers) == len(REVIEWS)
+    assert answers == generate_answers(model, tiny_tokenizer, _rows(), max_new_tokens=3, batch_size=5)
