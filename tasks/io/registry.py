@@ -1,0 +1,196 @@
+"""The MLflow Model Registry: log the merged model, register a version, move the champion/challenger aliases.
+
+The merged model (a plain transformers folder) is logged, never the PEFT model: a PEFT model logged with a
+local base came back from the registry with its base weights missing and newly initialised. Loading back
+checks the weights that come back and `verify_round_trip` compares logits against the model that was logged.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.tracking import MlflowClient
+from pydantic import BaseModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from tasks.io.tracking import scrub_mapping
+from tasks.lib.merge import FidelityReport, fidelity
+from tasks.lib.promotion import CHAMPION, decide_promotion
+
+LOGGED_MODEL_NAME = "merged_model"
+SCORE_TAG = "score"
+METRIC_TAG = "metric"
+_REQUIREMENTS = ("torch", "transformers", "safetensors", "accelerate", "tokenizers")
+
+
+class RegistryError(RuntimeError):
+    """Registration or loading back from the registry went wrong."""
+
+
+class RoundTripError(RegistryError):
+    """The model loaded from the registry does not reproduce the model that was registered."""
+
+
+class RegistrationResult(BaseModel):
+    version: int | None
+    aliases: list[str]
+    promoted: bool
+    reason: str
+    model_uri: str | None = None
+
+
+def _pip_requirements() -> list[str]:
+    # Given explicitly: MLflow's inference imports optional packages (torchvision) that are absent here.
+    pins = []
+    for name in _REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={version(name).split('+')[0]}")
+        except PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def _champion(client: MlflowClient, model_name: str) -> tuple[int, dict[str, str]] | None:
+    try:
+        registered = client.get_registered_model(model_name)
+    except MlflowException as error:
+        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise
+    champion_version = registered.aliases.get(CHAMPION)
+    if champion_version is None:
+        return None
+    return int(champion_version), client.get_model_version(model_name, str(champion_version)).tags
+
+
+def _champion_score(client: MlflowClient, model_name: str, metric_name: str) -> float | None:
+    champion = _champion(client, model_name)
+    if champion is None:
+        return None
+    champion_version, tags = champion
+    if tags.get(METRIC_TAG) != metric_name:
+        raise RegistryError(
+            f"{model_name} v{champion_version} (champion) was scored on {tags.get(METRIC_TAG)!r}, this run on "
+            f"{metric_name!r}: scores are not comparable; use another registry.model_name or the same metric"
+        )
+    try:
+        return float(tags[SCORE_TAG])
+    except (KeyError, ValueError):
+        raise RegistryError(f"{model_name} v{champion_version} (champion) has no numeric {SCORE_TAG!r} tag") from None
+
+
+def _log_merged_model(merged_dir: Path) -> str:
+    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto")
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    info = mlflow.transformers.log_model(
+        transformers_model={"model": model, "tokenizer": tokenizer},
+        task="text-generation",
+        name=LOGGED_MODEL_NAME,
+        pip_requirements=_pip_requirements(),
+    )
+    return info.model_uri
+
+
+def register_merged_model(
+    merged_dir: Path,
+    model_name: str,
+    run_id: str,
+    score: float,
+    metric_name: str,
+    tags: dict[str, Any],
+    gate_passed: bool,
+) -> RegistrationResult:
+    """Log the merged folder in run `run_id`, register it and move aliases by `decide_promotion`.
+
+    A failed gate registers (and logs) nothing. `tags` (data version, config hash, git commit, ...) are set
+    on the version beside `score` and `metric`.
+    """
+    merged_dir = Path(merged_dir)
+    if not (merged_dir / "config.json").is_file():
+        raise RegistryError(f"{merged_dir} is not a merged model folder (no config.json)")
+    client = MlflowClient()
+    champion_score = _champion_score(client, model_name, metric_name)
+    decision = decide_promotion(gate_passed, score, champion_score)
+    if not decision.register:
+        return RegistrationResult(version=None, aliases=[], promoted=False, reason=decision.reason)
+
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id != run_id:
+        raise RegistryError(f"run {active.info.run_id} is active, but the model belongs to run {run_id}")
+    if active is None:
+        with mlflow.start_run(run_id=run_id):
+            model_uri = _log_merged_model(merged_dir)
+    else:
+        model_uri = _log_merged_model(merged_dir)
+
+    version_tags = {
+        **scrub_mapping(tags),
+        SCORE_TAG: repr(float(score)),
+        METRIC_TAG: metric_name,
+        "run_id": run_id,
+        **decision.tags,
+    }
+    registered = mlflow.register_model(model_uri, model_name, tags=version_tags)
+    for alias in decision.aliases:
+        client.set_registered_model_alias(model_name, alias, registered.version)
+    return RegistrationResult(
+        version=int(registered.version),
+        aliases=decision.aliases,
+        promoted=CHAMPION in decision.aliases,
+        reason=decision.reason,
+        model_uri=model_uri,
+    )
+
+
+def load_by_alias(
+    model_name: str, alias: str, dst_dir: Path | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Download `models:/NAME@alias` and load it as a transformers model, refusing missing/extra weights."""
+    uri = f"models:/{model_name}@{alias}"
+    dst = Path(dst_dir) if dst_dir else Path(tempfile.mkdtemp(prefix="registry-"))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+    except MlflowException as error:
+        raise RegistryError(f"cannot download {uri}: {error.message}") from None
+    model_dir, tokenizer_dir = local / "model", local / "components" / "tokenizer"
+    if not (model_dir / "config.json").is_file() or not tokenizer_dir.is_dir():
+        raise RegistryError(f"{uri} is not a merged transformers model (no model/config.json or tokenizer)")
+    if not list(model_dir.glob("*.safetensors")):
+        raise RegistryError(f"{uri} holds no safetensors weights")
+    model, info = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype="auto", use_safetensors=True, output_loading_info=True
+    )
+    broken = {key: value for key, value in info.items() if value}
+    if broken:
+        raise RegistryError(f"{uri} loaded with weight problems: {broken}")
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def verify_round_trip(
+    model_name: str,
+    alias: str,
+    reference_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_abs_logit_diff: float = 1e-4,
+) -> FidelityReport:
+    """Load `models:/NAME@alias` and raise RoundTripError unless its logits match the reference's."""
+    loaded, _ = load_by_alias(model_name, alias)
+    loaded.to(next(reference_model.parameters()).device)
+    with torch.inference_mode():
+        report = fidelity(reference_model, loaded, tokenizer, prompts)
+    if report.argmax_agreement < 1.0 or report.max_abs_logit_diff > max_abs_logit_diff:
+        raise RoundTripError(
+            f"models:/{model_name}@{alias} differs from the registered model: argmax agreement "
+            f"{report.argmax_agreement:.4f}, max |logit diff| {report.max_abs_logit_diff:.3g} "
+            f"(allowed {max_abs_logit_diff})"
+        )
+    return report
