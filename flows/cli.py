@@ -1,13 +1,13 @@
 """`qlora`: the pipeline's command line. Verbs follow the pipeline's steps.
 
-    qlora run configs/demo.yaml [--set train.max_steps=50] [--run-id ID]   the whole flow
-    qlora validate configs/demo.yaml                                        check a config, do nothing
-    qlora prepare configs/demo.yaml                                         data prep (the DVC stage)
-    qlora train configs/demo.yaml --run-id ID                               prepare + train only, no Prefect
-    qlora fetch-demo-model models/smollm2-135m-instruct                     the embedded default model
-    qlora prepare-benchmarks data/raw data/benchmarks                       forgetting benchmark data
-    qlora serve configs/demo.yaml                                           serve the deployments
-    qlora stack up|down|status                                              local Prefect + MLflow + serve
+qlora run configs/demo.yaml [--set train.max_steps=50] [--run-id ID]   the whole flow
+qlora validate configs/demo.yaml                                        check a config, do nothing
+qlora prepare configs/demo.yaml                                         data prep (the DVC stage)
+qlora train configs/demo.yaml --run-id ID                               prepare + train only, no Prefect
+qlora fetch-demo-model models/smollm2-135m-instruct                     the embedded default model
+qlora prepare-benchmarks data/raw data/benchmarks                       forgetting benchmark data
+qlora serve configs/demo.yaml                                           serve the deployments
+qlora stack up|down|status                                              local Prefect + MLflow + serve
 """
 
 from __future__ import annotations
@@ -29,7 +29,11 @@ def _quiet_libraries() -> None:
 def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML run config, e.g. configs/demo.yaml")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config value, e.g. --set train.learning_rate=1e-4 (repeatable)",
     )
 
@@ -54,7 +58,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.finetune import finetune
 
     result = finetune(
-        config_path=args.config, overrides=args.overrides, run_id=args.run_id,
+        config_path=args.config,
+        overrides=args.overrides,
+        run_id=args.run_id,
         skip_if_unchanged=args.skip_if_unchanged,
     )
     prefect_url = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")

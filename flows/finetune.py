@@ -12,13 +12,13 @@ from prefect.artifacts import create_markdown_artifact
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate_target_task
 from tasks.forgetting import check_forgetting
+from tasks.lib.config import load_config
+from tasks.lib.refs import PipelineResult
 from tasks.merge import merge_adapter_task
 from tasks.pipeline_run import artifact_key, finish_pipeline_run, last_registered_inputs, start_pipeline_run
 from tasks.register import register_model
 from tasks.report import pipeline_markdown
 from tasks.train import train
-from tasks.lib.config import load_config
-from tasks.lib.refs import PipelineResult
 
 
 @flow(name="qlora-finetune", log_prints=True, persist_result=True)

@@ -90,9 +90,18 @@ def up(config_path: str = "configs/demo.yaml") -> dict[str, str]:
     _start(
         "mlflow",
         [
-            str(bin_dir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(MLFLOW_PORT),
-            "--backend-store-uri", "sqlite:///mlruns.db", "--artifacts-destination", "mlartifacts",
-            "--workers", "1",
+            str(bin_dir / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(MLFLOW_PORT),
+            "--backend-store-uri",
+            "sqlite:///mlruns.db",
+            "--artifacts-destination",
+            "mlartifacts",
+            "--workers",
+            "1",
         ],
         env,
     )

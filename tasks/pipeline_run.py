@@ -56,9 +56,7 @@ def start_pipeline_run(config: RunConfig, run_id: str | None, data: DataRef) -> 
     )
     tracker.log_metrics({f"data.{k}": v for k, v in flatten(data.stats).items() if isinstance(v, int | float)})
     tracker.log_artifact(run_dir / "config.json")
-    return RunContext(
-        run_id=run_id, run_dir=str(run_dir), experiment_id=experiment_id, parent_run_id=parent_run_id
-    )
+    return RunContext(run_id=run_id, run_dir=str(run_dir), experiment_id=experiment_id, parent_run_id=parent_run_id)
 
 
 def finish_pipeline_run(context: RunContext, result: PipelineResult, failed: bool) -> None:

@@ -73,7 +73,10 @@ def train(config: RunConfig, context: RunContext, data: DataRef) -> TrainRef:
     ref = run_training(config, context, data)
     get_run_logger().info(
         "trained %d steps (resumed from %s): validation loss %.4f -> %.4f; %d trainable parameters",
-        ref.global_step, ref.resumed_from_step, ref.first_eval_loss or float("nan"),
-        ref.best_eval_loss or float("nan"), ref.trainable_params,
+        ref.global_step,
+        ref.resumed_from_step,
+        ref.first_eval_loss or float("nan"),
+        ref.best_eval_loss or float("nan"),
+        ref.trainable_params,
     )
     return ref

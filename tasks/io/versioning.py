@@ -57,7 +57,10 @@ def git_commit(cwd: Path | None = None) -> str:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, timeout=10,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout.strip()
         return f"{commit}-dirty" if dirty else commit
     except (OSError, subprocess.SubprocessError):

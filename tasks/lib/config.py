@@ -79,9 +79,7 @@ class DataConfig(_Section):
     format: Literal["auto", "alpaca", "chat", "prompt_completion", "template"] = Field(
         "auto", description="Row shape; auto detects alpaca, chat (messages) and prompt/completion."
     )
-    prompt_template: str | None = Field(
-        None, description="format=template: user turn with {column} placeholders."
-    )
+    prompt_template: str | None = Field(None, description="format=template: user turn with {column} placeholders.")
     completion_template: str | None = Field(
         None, description="format=template: assistant answer with {column} placeholders."
     )

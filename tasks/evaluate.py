@@ -1,0 +1,59 @@
+"""Prefect task: target-task evaluation of base and fine-tuned on the same held-out test items."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from peft import PeftModel
+from prefect import get_run_logger, task
+
+from tasks.common import retry_only_transient, step_run
+from tasks.io.models import load_base_model, load_tokenizer
+from tasks.lib.config import RunConfig
+from tasks.lib.refs import DataRef, RunContext, TaskEvalRef, TrainRef
+from tasks.lib.task_eval import compare, evaluate_task, load_split, task_markdown, write_predictions
+
+
+def load_adapter_model(config: RunConfig, adapter_dir: str) -> PeftModel:
+    """The 4-bit base with the trained adapter; `with model.disable_adapter():` gives the base back."""
+    model = PeftModel.from_pretrained(load_base_model(config.model, config.quantization), adapter_dir)
+    model.eval()
+    return model
+
+
+def run_target_eval(config: RunConfig, context: RunContext, data: DataRef, trained: TrainRef) -> TaskEvalRef:
+    with step_run(config, context, "evaluate") as tracker:
+        tokenizer = load_tokenizer(config.model)
+        rows = load_split(Path(data.processed_dir), "test")
+        model = load_adapter_model(config, trained.adapter_dir)
+        with model.disable_adapter():
+            base = evaluate_task(model, tokenizer, rows, config.evaluation)
+        tuned = evaluate_task(model, tokenizer, rows, config.evaluation)
+        comparison = compare(base, tuned)
+        tracker.log_metrics(
+            {f"{side}.{metric}": values[side] for metric, values in comparison.items() for side in values}
+        )
+        predictions = write_predictions(base, tuned, Path(context.run_dir) / "task_predictions.jsonl")
+        markdown = task_markdown(base, tuned, config.evaluation.primary_metric)
+        report = Path(context.run_dir) / "task_eval.md"
+        report.write_text(markdown)
+        tracker.log_artifact(predictions, "evaluation")
+        tracker.log_artifact(report, "evaluation")
+        return TaskEvalRef(
+            base=base.metrics,
+            tuned=tuned.metrics,
+            primary_metric=config.evaluation.primary_metric,
+            n_items=tuned.n_items,
+            markdown=markdown,
+            mlflow_run_id=tracker.run_id,
+        )
+
+
+@task(name="evaluate-target-task", retries=1, retry_condition_fn=retry_only_transient)
+def evaluate_target_task(config: RunConfig, context: RunContext, data: DataRef, trained: TrainRef) -> TaskEvalRef:
+    ref = run_target_eval(config, context, data, trained)
+    metric = ref.primary_metric
+    get_run_logger().info(
+        "%s on %d test items: base %.3f -> tuned %.3f", metric, ref.n_items, ref.base[metric], ref.tuned[metric]
+    )
+    return ref

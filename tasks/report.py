@@ -1,0 +1,60 @@
+"""The pipeline run's markdown report, published as a Prefect artifact."""
+
+from __future__ import annotations
+
+import os
+
+from tasks.lib.config import RunConfig
+from tasks.lib.refs import PipelineResult
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def pipeline_markdown(config: RunConfig, result: PipelineResult) -> str:
+    lines = [f"# QLoRA pipeline `{config.name}`, run `{result.run_id}`", ""]
+    if result.data is not None:
+        stats = result.data.stats
+        lines += [
+            f"- data version (DVC md5): `{result.data.raw_version}`, prepared `{result.data.processed_dir}` "
+            f"({'reused' if result.data.reused else 'prepared now'})",
+            f"- rows: {stats.get('rows_per_split', stats.get('rows', ''))}",
+        ]
+    if result.train is not None:
+        train = result.train
+        lines += [
+            f"- training: {train.global_step} steps"
+            + (f" (resumed from step {train.resumed_from_step})" if train.resumed_from_step else "")
+            + f", validation loss {_fmt(train.first_eval_loss)} -> {_fmt(train.best_eval_loss)}, "
+            f"{train.trainable_params:,} trainable parameters, {train.tokens_per_second:.0f} tokens/s",
+        ]
+    lines.append("")
+    if result.evaluation is not None:
+        lines += ["## Target task", "", result.evaluation.markdown, ""]
+    if result.forgetting is not None:
+        lines += [result.forgetting.markdown, ""]
+    if result.merge is not None:
+        fidelity = result.merge.fidelity
+        lines += [
+            "## Merge",
+            "",
+            f"Strategy `{result.merge.strategy}`: argmax agreement {fidelity['argmax_agreement']:.4f}, "
+            f"max |logit diff| {fidelity['max_abs_logit_diff']:.4g} against the adapter model.",
+            "",
+        ]
+    lines += ["## Registry", ""]
+    registration = result.registration
+    if registration is not None and registration.registered:
+        lines.append(
+            f"Registered `{registration.model_name}` version **{registration.version}** "
+            f"with aliases {', '.join(f'`{alias}`' for alias in registration.aliases)} ({registration.reason})."
+        )
+    else:
+        lines.append(f"Nothing registered: {registration.reason if registration else 'the run did not finish'}.")
+    tracking = os.environ.get("MLFLOW_TRACKING_URI", config.tracking.uri or "sqlite:///mlruns.db")
+    lines += [
+        "",
+        f"MLflow parent run `{result.mlflow_run_id}` in experiment `{config.tracking.experiment}` ({tracking}).",
+    ]
+    return "\n".join(lines)
