@@ -14,7 +14,7 @@ TRACKED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "datasets",
 
 def _dvc_pointer_md5(path: Path) -> str | None:
     """The md5 in the `.dvc` pointer of `path` or of the folder holding it (e.g. data/raw/sst2.dvc)."""
-    for candidate in [path, *path.parents]:
+    for candidate in (p for p in [path, *path.parents] if p.name):
         pointer = candidate.with_name(candidate.name + ".dvc")
         if pointer.is_file():
             outs = (yaml.safe_load(pointer.read_text()) or {}).get("outs") or [{}]
@@ -23,10 +23,15 @@ def _dvc_pointer_md5(path: Path) -> str | None:
 
 
 def file_md5(path: Path) -> str:
+    """md5 of a file, or of a folder's files (names and contents) in sorted order."""
     digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
