@@ -46,7 +46,9 @@ def _use_local_stack() -> None:
 
 
 def _mlflow_ui_hint() -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlruns.db")
+    from tasks.io.tracking import scrub, tracking_uri
+
+    uri = scrub(tracking_uri(None))
     if uri.startswith("http"):
         return uri
     return f"run `mlflow ui --backend-store-uri {uri}` (or `qlora stack up`) and open http://127.0.0.1:5000"

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
+from tasks.io.tracking import scrub, tracking_uri
 from tasks.lib.config import RunConfig
 from tasks.lib.refs import PipelineResult
 
@@ -52,7 +51,7 @@ def pipeline_markdown(config: RunConfig, result: PipelineResult) -> str:
         )
     else:
         lines.append(f"Nothing registered: {registration.reason if registration else 'the run did not finish'}.")
-    tracking = os.environ.get("MLFLOW_TRACKING_URI", config.tracking.uri or "sqlite:///mlruns.db")
+    tracking = scrub(tracking_uri(config.tracking.uri))
     lines += [
         "",
         f"MLflow parent run `{result.mlflow_run_id}` in experiment `{config.tracking.experiment}` ({tracking}).",

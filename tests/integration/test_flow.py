@@ -1,0 +1,128 @@
+"""The real Prefect flow end to end on the tiny model: MLflow runs, registry, artifacts, gate and failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+from prefect.settings import PREFECT_API_URL
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.finetune import finetune
+from tasks.pipeline_run import artifact_key
+from tests.conftest import write_tiny_config
+
+pytestmark = pytest.mark.integration
+
+STEPS = {"train", "evaluate", "forgetting", "merge", "register"}
+FAKE_TOKEN = "hf_integrationTestSecret0123456789"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server():
+    """A temporary Prefect server and database for this module's flow runs."""
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _registered_versions(tracking_uri: str, name: str) -> list:
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        return client.search_model_versions(f"name='{name}'")
+    except mlflow.exceptions.MlflowException:
+        return []
+
+
+def _report(config_name: str) -> str | None:
+    """The newest report artifact, read over the REST API as the UI does (the 3.8 client sends null paging)."""
+    query = {"artifacts": {"key": {"any_": [artifact_key(config_name)]}}, "sort": "CREATED_DESC", "limit": 1}
+    response = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json=query, timeout=30)
+    response.raise_for_status()
+    artifacts = response.json()
+    return artifacts[0]["data"] if artifacts else None
+
+
+def _files_containing(root: Path, needle: str) -> list[Path]:
+    data = needle.encode()
+    return [path for path in root.rglob("*") if path.is_file() and data in path.read_bytes()]
+
+
+def test_flow_trains_evaluates_registers_and_reuses_base_scores(
+    tmp_path: Path, tiny_model_dir: Path, benchmark_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    config_path = write_tiny_config(tmp_path, tiny_model_dir, benchmark_data_dir)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    first = finetune(config_path=str(config_path), overrides=["lora.r=4"])
+
+    assert first.train.global_step == 12 and first.train.trainable_params > 0
+    assert Path(first.train.adapter_dir, "adapter_model.safetensors").is_file()
+    assert set(first.evaluation.base) == set(first.evaluation.tuned) >= {"accuracy", "f1"}
+    assert first.forgetting.passed and not first.forgetting.base_scores_cached
+    assert first.merge.fidelity["argmax_agreement"] >= 0.99
+    assert first.registration.registered and first.registration.version == "1"
+    assert set(first.registration.aliases) == {"champion", "challenger"}
+
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(first.mlflow_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["outcome"] == "completed"
+    assert parent.data.params["lora.r"] == "4"  # the override reached the run's params
+    assert parent.data.tags["data_version"] == first.data.raw_version
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{first.mlflow_run_id}'"
+    )
+    assert {run.data.tags["step"] for run in children} == STEPS
+    train_run = next(run for run in children if run.data.tags["step"] == "train")
+    assert {"eval_loss", "train.loss", "trainable_params", "tokens_per_second"} <= set(train_run.data.metrics)
+    adapter_files = {item.path for item in client.list_artifacts(train_run.info.run_id, "adapter")}
+    assert "adapter/adapter_model.safetensors" in adapter_files
+    assert str(client.get_model_version_by_alias("tiny-sst2", "champion").version) == "1"
+
+    report = _report("tiny")
+    assert report is not None and "Registered `tiny-sst2` version **1**" in report and "hellaswag" in report
+
+    second = finetune(config_path=str(config_path), overrides=["lora.r=4"])
+    assert second.data.reused and second.forgetting.base_scores_cached
+    # Same seed, same data: the same score, and a tie keeps the incumbent champion.
+    assert second.registration.version == "2" and second.registration.aliases == ["challenger"]
+    assert str(client.get_model_version_by_alias("tiny-sst2", "champion").version) == "1"
+
+    leaked = _files_containing(tmp_path, FAKE_TOKEN)
+    assert leaked == [], f"HF_TOKEN leaked into {leaked}"
+
+
+def test_failed_gate_registers_nothing(tmp_path: Path, tiny_model_dir: Path, benchmark_data_dir: Path) -> None:
+    """A random tiny model cannot improve on the task: a gate that demands improvement must block it."""
+    config_path = write_tiny_config(
+        tmp_path, tiny_model_dir, benchmark_data_dir, {"gate.require_task_improvement": True, "train.max_steps": 4}
+    )
+    result = finetune(config_path=str(config_path))
+
+    assert not result.forgetting.passed
+    assert result.merge is None and not Path(result.run_dir, "merged").exists()
+    assert not result.registration.registered and "gate" in result.registration.reason
+    assert _registered_versions(f"sqlite:///{tmp_path / 'mlflow.db'}", "tiny-sst2") == []
+    parent = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(result.mlflow_run_id)
+    assert parent.data.tags["gate"] == "failed"
+
+
+def test_corrupted_data_fails_the_flow_with_the_step_error(
+    tmp_path: Path, tiny_model_dir: Path, benchmark_data_dir: Path
+) -> None:
+    config_path = write_tiny_config(tmp_path, tiny_model_dir, benchmark_data_dir)
+    data_file = tmp_path / "sst2_slice.tsv"
+    lines = data_file.read_bytes().splitlines()
+    lines[5] = b"\xff\xfe broken \x80 bytes\t1"
+    data_file.write_bytes(b"\n".join(lines) + b"\n")
+
+    state = finetune(config_path=str(config_path), return_state=True)
+
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert "sst2_slice.tsv" in str(error) and "line 6" in str(error)
+    assert not (tmp_path / "processed" / "tiny").exists()
+    assert _registered_versions(f"sqlite:///{tmp_path / 'mlflow.db'}", "tiny-sst2") == []
