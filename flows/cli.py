@@ -55,7 +55,9 @@ def _mlflow_ui_hint() -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    load_config(args.config, args.overrides)  # refuse a bad config before Prefect starts
+    from tasks.lib.preflight import check_inputs
+
+    check_inputs(load_config(args.config, args.overrides))  # refuse a bad config before Prefect starts
     _use_local_stack()
     from flows.finetune import finetune
 
@@ -100,7 +102,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from tasks.lib.preflight import check_inputs
 
     config = load_config(args.config, args.overrides)
-    check_inputs(config)
+    check_inputs(config, benchmarks=False)
     ref = run_prepare(config)
     print(f"{'up to date' if ref.reused else 'prepared'}: {ref.processed_dir} {ref.stats}")
     return 0
@@ -113,7 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tasks.train import run_training
 
     config = load_config(args.config, args.overrides)
-    check_inputs(config)
+    check_inputs(config, benchmarks=False)
     data = run_prepare(config)
     context = start_pipeline_run(config, args.run_id, data)
     ref = run_training(config, context, data)

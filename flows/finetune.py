@@ -13,6 +13,7 @@ from tasks.data import prepare_data
 from tasks.evaluate import evaluate_target_task
 from tasks.forgetting import check_forgetting
 from tasks.lib.config import load_config
+from tasks.lib.preflight import check_inputs
 from tasks.lib.refs import PipelineResult
 from tasks.merge import merge_adapter_task
 from tasks.pipeline_run import artifact_key, finish_pipeline_run, last_registered_inputs, start_pipeline_run
@@ -39,6 +40,7 @@ def finetune(
     """
     logger = get_run_logger()
     config = load_config(config_path, overrides or [])
+    check_inputs(config)
     data = prepare_data(config)
 
     if skip_if_unchanged:

@@ -15,7 +15,8 @@ def looks_like_hub_id(value: str) -> bool:
     return bool(HUB_ID.match(value)) and Path(value).suffix.lower() not in FILE_SUFFIXES
 
 
-def check_inputs(config: RunConfig) -> None:
+def check_inputs(config: RunConfig, benchmarks: bool = True) -> None:
+    """Names every missing input; `benchmarks=False` for steps that stop before the forgetting check."""
     problems = []
     if not Path(config.data.path).exists() and not looks_like_hub_id(config.data.path):
         problems.append(f"data.path: {config.data.path} does not exist (and is not a hub id)")
@@ -27,7 +28,7 @@ def check_inputs(config: RunConfig) -> None:
         problems.append(f"model.name_or_path: {model_path} does not exist (and is not a hub id)")
     elif model_path.exists() and not (model_path / "config.json").is_file():
         problems.append(f"model.name_or_path: {model_path} has no config.json")
-    if config.forgetting.enabled and not Path(config.forgetting.data_dir).is_dir():
+    if benchmarks and config.forgetting.enabled and not Path(config.forgetting.data_dir).is_dir():
         problems.append(
             f"forgetting.data_dir: {config.forgetting.data_dir} does not exist "
             "(run `dvc repro prepare_benchmarks`, or set forgetting.enabled=false)"
