@@ -45,13 +45,13 @@ def _use_local_stack() -> None:
         os.environ.setdefault(key, value)
 
 
-def _mlflow_ui_hint() -> str:
+def _mlflow_ui_hint(experiment_id: str, run_id: str) -> str:
     from tasks.io.tracking import scrub, tracking_uri
 
     uri = scrub(tracking_uri(None))
     if uri.startswith("http"):
-        return uri
-    return f"run `mlflow ui --backend-store-uri {uri}` (or `qlora stack up`) and open http://127.0.0.1:5000"
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"`mlflow ui --backend-store-uri {uri}` (or `make up`), then open http://127.0.0.1:5000 (run {run_id})"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -83,8 +83,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         reg = result.registration
         where = f"{reg.model_name} v{reg.version} aliases={reg.aliases}" if reg.registered else "nothing registered"
         print(f"registry:       {where} ({reg.reason})")
-    print(f"Prefect UI:     {prefect_url or 'temporary server (start `qlora stack up` to keep run history)'}")
-    print(f"MLflow UI:      {_mlflow_ui_hint()}  (parent run {result.mlflow_run_id})")
+    if prefect_url:
+        print(f"Prefect UI:     {prefect_url}/runs/flow-run/{result.prefect_flow_run_id}")
+    else:
+        print("Prefect UI:     ran on a temporary server; `make up` keeps the history and serves the UI")
+    print(f"MLflow UI:      {_mlflow_ui_hint(result.mlflow_experiment_id, result.mlflow_run_id)}")
     return 0
 
 

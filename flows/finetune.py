@@ -6,6 +6,7 @@ or call `finetune(...)` from Python.
 
 from __future__ import annotations
 
+import prefect.runtime as prefect_runtime
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
@@ -53,7 +54,12 @@ def finetune(
 
     context = start_pipeline_run(config, run_id, data)
     result = PipelineResult(
-        run_id=context.run_id, run_dir=context.run_dir, mlflow_run_id=context.parent_run_id, data=data
+        run_id=context.run_id,
+        run_dir=context.run_dir,
+        mlflow_run_id=context.parent_run_id,
+        mlflow_experiment_id=context.experiment_id,
+        prefect_flow_run_id=str(prefect_runtime.flow_run.id or ""),
+        data=data,
     )
     try:
         result.train = train(config, context, data)

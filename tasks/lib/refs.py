@@ -71,6 +71,8 @@ class PipelineResult(BaseModel):
     run_id: str
     run_dir: str
     mlflow_run_id: str
+    mlflow_experiment_id: str = ""
+    prefect_flow_run_id: str = ""
     skipped: bool = False
     reason: str = ""
     data: DataRef | None = None

@@ -1,0 +1,56 @@
+# The two quickstart commands are `make demo` and `make test`; `make help` lists the rest.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/demo.yaml
+
+.PHONY: help setup demo run up down status test test-slow test-all lint bench bench-quick clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(BIN)/qlora: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	@touch $@
+
+setup: $(BIN)/qlora  ## install into .venv, pull the raw data (DVC), build the demo model and data (dvc repro)
+	$(BIN)/dvc pull --quiet
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro --quiet
+
+demo: setup up run  ## set up, start the local stack, run the whole pipeline on the embedded default
+
+run:  ## run the pipeline flow on CONFIG (default configs/demo.yaml)
+	$(BIN)/qlora run $(CONFIG)
+
+up:  ## start the Prefect server, the MLflow server and the deployments (127.0.0.1)
+	$(BIN)/qlora stack up --config $(CONFIG)
+
+down:  ## stop the local stack
+	$(BIN)/qlora stack down
+
+status:  ## what of the local stack is running
+	$(BIN)/qlora stack status
+
+test:  ## unit and integration tests (tiny model; no GPU, no network)
+	$(BIN)/python -m pytest -q
+
+test-slow:  ## the slow tier: the real SmolLM2 demo model
+	$(BIN)/python -m pytest -q -m slow
+
+lint:  ## ruff
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench:  ## performance benchmarks on the demo (minutes); results in benchmarks/results/
+	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/forgetting_cache.py
+	$(BIN)/python benchmarks/orchestration_overhead.py
+
+bench-quick:  ## smoke versions of the benchmarks
+	$(BIN)/python benchmarks/train_throughput.py --quick
+	$(BIN)/python benchmarks/forgetting_cache.py --quick
+	$(BIN)/python benchmarks/orchestration_overhead.py --quick
+
+clean:  ## remove runs, local MLflow store and stack state (keeps data, model and .venv)
+	rm -rf runs mlruns.db mlartifacts .stack .cache
