@@ -23,7 +23,7 @@ from tasks.report import pipeline_markdown
 from tasks.train import train
 
 
-@flow(name="qlora-finetune", log_prints=True, persist_result=True)
+@flow(name="qlora-finetune", persist_result=True)
 def finetune(
     config_path: str = "configs/demo.yaml",
     overrides: list[str] | None = None,
