@@ -91,6 +91,15 @@ def test_flow_trains_evaluates_registers_and_reuses_base_scores(
     assert second.registration.version == "2" and second.registration.aliases == ["challenger"]
     assert str(client.get_model_version_by_alias("tiny-sst2", "champion").version) == "1"
 
+    # Scheduled retraining: nothing changed since the registered version -> skip; new data -> train.
+    unchanged = finetune(config_path=str(config_path), overrides=["lora.r=4"], skip_if_unchanged=True)
+    assert unchanged.skipped and unchanged.train is None and first.data.raw_version in unchanged.reason
+    data_file = tmp_path / "sst2_slice.tsv"
+    data_file.write_text("".join(data_file.read_text().splitlines(keepends=True)[:-20]))
+    new_data = finetune(config_path=str(config_path), overrides=["lora.r=4"], skip_if_unchanged=True)
+    assert not new_data.skipped and new_data.data.raw_version != first.data.raw_version
+    assert new_data.registration.version == "3"
+
     leaked = _files_containing(tmp_path, FAKE_TOKEN)
     assert leaked == [], f"HF_TOKEN leaked into {leaked}"
 
