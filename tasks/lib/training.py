@@ -3,10 +3,12 @@ stopping, checkpoints, resume from the latest checkpoint, and a guard against di
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
+import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,17 +76,62 @@ class TokenCountingCollator:
         return self.inner(features)
 
 
-def build_collator(tokenizer: PreTrainedTokenizerBase, packing: bool) -> Callable:
+class AnswerLogitsOnly:
+    """Wraps the packing collator so the LM head runs only where a label is predicted.
+
+    Prompt tokens carry no labels, yet the model would project every position onto the vocabulary
+    (49k entries for SmolLM2: about a fifth of a training step's compute) only for the loss to ignore
+    them. `logits_to_keep` (the positions that predict a label) and `shift_labels` (those labels) give
+    the same loss and the same gradients without that work. Packed batches hold a single row.
+    """
+
+    def __init__(self, inner: Callable):
+        self.inner = inner
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = self.inner(features)
+        shifted = torch.nn.functional.pad(batch["labels"], (0, 1), value=-100)[..., 1:]
+        positions = (shifted[0] != -100).nonzero().squeeze(-1)
+        batch["logits_to_keep"] = positions
+        batch["shift_labels"] = shifted[:, positions]
+        return batch
+
+
+def build_collator(tokenizer: PreTrainedTokenizerBase, packing: bool, answer_logits_only: bool = False) -> Callable:
     if packing:
         # One row per batch with position_ids restarting per example: transformers derives a
         # block-diagonal mask from them, so attention never crosses examples and nothing is padded.
-        return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+        flattening = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+        return AnswerLogitsOnly(flattening) if answer_logits_only else flattening
     return DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100, pad_to_multiple_of=None)
+
+
+def supports_answer_logits_only(model: PreTrainedModel, config: RunConfig) -> bool:
+    """Built-in transformers causal LMs take `logits_to_keep` and a `shift_labels` loss argument."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return not config.model.trust_remote_code and "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 class DivergenceGuard(TrainerCallback):
     """Stops before a non-finite step can be saved: checks the trainable weights after every
     optimizer step (LoRA weights are few, so this is cheap) and every logged loss."""
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        # Weights can blow up to huge but finite values in one step and be checkpointed; the loss they give
+        # shows up in the next step's gradients. Non-finite gradients therefore condemn the weights of step
+        # `state.global_step`: their checkpoint, if one was written, is removed so it is neither reported as
+        # good nor resumed from. (fp16 loss scaling makes inf gradients routine: its scaler skips those steps.)
+        if args.fp16:
+            return
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad and parameter.grad is not None and not torch.isfinite(parameter.grad).all():
+                suspect = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if suspect.is_dir():
+                    shutil.rmtree(suspect)
+                raise TrainingDivergedError(
+                    f"gradient of {name} became NaN/inf at step {state.global_step + 1}; training stopped. "
+                    f"The last good checkpoint is kept in {args.output_dir}. Lower train.learning_rate."
+                )
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         for name, parameter in model.named_parameters():
@@ -189,8 +236,12 @@ def train_adapter(
     data_dir: Path,
     run_dir: Path,
     metrics_sink: MetricsSink | None = None,
+    extra_callbacks: Sequence[TrainerCallback] = (),
 ) -> TrainResult:
-    """Trains a LoRA adapter on `data_dir`'s train split; resumes if `run_dir` holds checkpoints."""
+    """Trains a LoRA adapter on `data_dir`'s train split; resumes if `run_dir` holds checkpoints.
+
+    `extra_callbacks` are appended to the Trainer's (benchmarks/train_throughput.py times steps with one).
+    """
     run_dir = Path(run_dir)
     checkpoint_dir = run_dir / "checkpoints"
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -203,12 +254,16 @@ def train_adapter(
 
     train_set = read_token_split(Path(data_dir) / "train.jsonl")
     eval_set = read_token_split(Path(data_dir) / "validation.jsonl", config.train.eval_max_rows)
-    collator = TokenCountingCollator(build_collator(tokenizer, config.train.packing), tokenizer.pad_token_id)
+    answer_logits_only = config.train.packing and supports_answer_logits_only(model, config)
+    collator = TokenCountingCollator(
+        build_collator(tokenizer, config.train.packing, answer_logits_only), tokenizer.pad_token_id
+    )
     callbacks: list[TrainerCallback] = [DivergenceGuard()]
     if metrics_sink is not None:
         callbacks.append(MetricsCallback(metrics_sink, collator))
     if config.train.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.train.early_stopping_patience))
+    callbacks.extend(extra_callbacks)
 
     trainer = Trainer(
         model=model,
