@@ -14,8 +14,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-SECRET_KEY_PATTERN = re.compile(r"(token|secret|password|passwd|api[_-]?key|credential|auth)", re.IGNORECASE)
+# A whole name segment, so `HF_TOKEN` and `db.password` are secrets but `max_new_tokens` and `tokenizer` are not.
+SECRET_KEY_PATTERN = re.compile(
+    r"(^|[._-])(token|secret|password|passwd|api[_-]?key|credentials?|auth)($|[._-])", re.IGNORECASE
+)
 URI_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+HF_TOKEN_VALUE = re.compile(r"(?<![A-Za-z0-9])hf_[A-Za-z0-9]{30,}")  # a Hugging Face access token
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 
 
@@ -25,8 +29,9 @@ def _known_secret_values() -> list[str]:
 
 
 def scrub(value: str) -> str:
-    """Masks credentials in URIs and any value equal to a secret from the environment."""
+    """Masks credentials in URIs, Hugging Face tokens and any value equal to a secret from the environment."""
     value = URI_CREDENTIALS.sub(r"\g<scheme>***@", value)
+    value = HF_TOKEN_VALUE.sub("***", value)
     for secret in _known_secret_values():
         value = value.replace(secret, "***")
     return value

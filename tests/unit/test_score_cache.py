@@ -1,0 +1,137 @@
+"""The base-score cache: a hit skips compute, any change in what the scores depend on misses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tasks.io.score_cache import benchmark_key_parts, cache_key, get_or_compute
+from tasks.lib.benchmark_data import OUTPUT_FILES
+
+NAMES = ["hellaswag", "wikitext"]
+
+
+class CountingCompute:
+    """A compute() that returns fresh scores and counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> dict:
+        self.calls += 1
+        return {"hellaswag": {"acc_norm": 0.25 + self.calls / 100}, "wikitext": {"word_perplexity": 30.0}}
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    for name in ["hellaswag", "arc_easy", "wikitext"]:
+        (folder / OUTPUT_FILES[name]).write_text(f'{{"id": "{name}-0"}}\n', encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def key_of(data_dir: Path) -> Callable[..., dict]:
+    def make(model_version: str = "v1", names: list[str] = NAMES, limit: int | None = 100) -> dict:
+        return benchmark_key_parts(model_version, names, data_dir, limit)
+
+    return make
+
+
+def test_second_call_with_same_key_is_cached(tmp_path: Path, key_of: Callable[..., dict]) -> None:
+    compute = CountingCompute()
+    first, first_cached = get_or_compute(key_of(), compute, tmp_path / "cache")
+    # The key is rebuilt from the files, as a new run would.
+    second, second_cached = get_or_compute(key_of(), compute, tmp_path / "cache")
+    assert compute.calls == 1
+    assert (first_cached, second_cached) == (False, True)
+    assert second == first
+
+
+def test_key_records_every_input(key_of: Callable[..., dict]) -> None:
+    parts = key_of(names=["wikitext", "hellaswag"])
+    assert parts["model_version"] == "v1"
+    assert parts["limit"] == 100
+    assert parts["lm_eval"]
+    assert list(parts["benchmarks"]) == ["hellaswag", "wikitext"]
+    assert parts["benchmarks"]["hellaswag"]["data_md5"] != parts["benchmarks"]["wikitext"]["data_md5"]
+    assert parts["benchmarks"]["hellaswag"]["task_yaml_md5"] != parts["benchmarks"]["wikitext"]["task_yaml_md5"]
+
+
+def test_benchmark_order_does_not_matter(tmp_path: Path, key_of: Callable[..., dict]) -> None:
+    compute = CountingCompute()
+    get_or_compute(key_of(names=["hellaswag", "wikitext"]), compute, tmp_path / "cache")
+    _, cached = get_or_compute(key_of(names=["wikitext", "hellaswag"]), compute, tmp_path / "cache")
+    assert cached
+    assert compute.calls == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model_version": "v2"},
+        {"names": ["hellaswag"]},
+        {"names": ["hellaswag", "arc_easy", "wikitext"]},
+        {"limit": 50},
+        {"limit": None},
+    ],
+)
+def test_changed_key_recomputes(tmp_path: Path, key_of: Callable[..., dict], change: dict) -> None:
+    compute = CountingCompute()
+    get_or_compute(key_of(), compute, tmp_path / "cache")
+    scores, cached = get_or_compute(key_of(**change), compute, tmp_path / "cache")
+    assert not cached
+    assert compute.calls == 2
+    assert scores["hellaswag"]["acc_norm"] == pytest.approx(0.27)  # the second compute's result
+
+
+def test_changed_data_content_recomputes(tmp_path: Path, data_dir: Path, key_of: Callable[..., dict]) -> None:
+    compute = CountingCompute()
+    get_or_compute(key_of(), compute, tmp_path / "cache")
+    (data_dir / OUTPUT_FILES["wikitext"]).write_text('{"id": "wikitext-0", "page": "edited"}\n', encoding="utf-8")
+    _, cached = get_or_compute(key_of(), compute, tmp_path / "cache")
+    assert not cached
+    assert compute.calls == 2
+    # ... and the new content is now cached in turn.
+    _, cached = get_or_compute(key_of(), compute, tmp_path / "cache")
+    assert cached
+    assert compute.calls == 2
+
+
+def test_data_of_unselected_benchmark_does_not_matter(data_dir: Path, key_of: Callable[..., dict]) -> None:
+    before = cache_key(key_of())
+    (data_dir / OUTPUT_FILES["arc_easy"]).write_text('{"id": "changed"}\n', encoding="utf-8")
+    assert cache_key(key_of()) == before
+
+
+@pytest.mark.parametrize("content", ["{not json", "", '["a", "list"]', '{"scores": {"x": 1}}'])
+def test_corrupted_cache_file_is_recomputed(tmp_path: Path, key_of: Callable[..., dict], content: str) -> None:
+    compute = CountingCompute()
+    cache_dir = tmp_path / "cache"
+    get_or_compute(key_of(), compute, cache_dir)
+    (cache_file,) = cache_dir.glob("*.json")
+    cache_file.write_text(content, encoding="utf-8")
+
+    scores, cached = get_or_compute(key_of(), compute, cache_dir)
+    assert not cached
+    assert compute.calls == 2
+    assert scores["hellaswag"]["acc_norm"] == pytest.approx(0.27)  # the second compute's result
+    # The broken file was replaced by a good one.
+    _, cached = get_or_compute(key_of(), compute, cache_dir)
+    assert cached
+    assert compute.calls == 2
+
+
+def test_failed_compute_leaves_no_cache(tmp_path: Path, key_of: Callable[..., dict]) -> None:
+    def boom() -> dict:
+        raise RuntimeError("scoring failed")
+
+    with pytest.raises(RuntimeError):
+        get_or_compute(key_of(), boom, tmp_path / "cache")
+    compute = CountingCompute()
+    _, cached = get_or_compute(key_of(), compute, tmp_path / "cache")
+    assert not cached
+    assert compute.calls == 1
