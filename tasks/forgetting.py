@@ -38,11 +38,15 @@ def run_forgetting_check(
 
             def score_base() -> dict:
                 with model.disable_adapter():
-                    return run_benchmarks(model, tokenizer, names, data_dir, bench.limit, bench.batch_size)
+                    return run_benchmarks(
+                        model, tokenizer, names, data_dir, bench.limit, bench.batch_size, bench.max_length
+                    )
 
-            key = benchmark_key_parts(base_model_version(config), names, data_dir, bench.limit)
+            key = benchmark_key_parts(base_model_version(config), names, data_dir, bench.limit, bench.max_length)
             base_scores, cached = get_or_compute(key, score_base, bench.cache_dir)
-            tuned_scores = run_benchmarks(model, tokenizer, names, data_dir, bench.limit, bench.batch_size)
+            tuned_scores = run_benchmarks(
+                model, tokenizer, names, data_dir, bench.limit, bench.batch_size, bench.max_length
+            )
         metric = evaluation.primary_metric
         gate = decide(base_scores, tuned_scores, config.gate, evaluation.base[metric], evaluation.tuned[metric], metric)
         for side, scores in (("base", base_scores), ("tuned", tuned_scores)):

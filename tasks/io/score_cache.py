@@ -1,8 +1,9 @@
 """Base-model benchmark scores cached on disk, so repeated runs skip re-scoring an unchanged base.
 
 One JSON file per key under `forgetting.cache_dir`. The key hashes everything that changes the scores:
-the base model version, each benchmark's prepared JSONL (md5), its task YAML, the item limit and the
-lm-eval version. The batch size is deliberately left out: it does not change log-likelihood scores.
+the base model version, each benchmark's prepared JSONL (md5), its task YAML, the item limit, the
+scoring context length and the lm-eval version. The batch size is deliberately left out: it does not
+change log-likelihood scores.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def benchmark_key_parts(model_version: str, names: list[str], data_dir: Path, limit: int | None) -> dict[str, Any]:
+def benchmark_key_parts(
+    model_version: str, names: list[str], data_dir: Path, limit: int | None, max_length: int | None = None
+) -> dict[str, Any]:
     """The cache key inputs for base scores of `names` (reads and hashes the prepared data files)."""
     from importlib.metadata import version
 
@@ -41,6 +44,7 @@ def benchmark_key_parts(model_version: str, names: list[str], data_dir: Path, li
     return {
         "model_version": model_version,
         "limit": limit,
+        "max_length": max_length,
         "lm_eval": version("lm_eval"),
         "benchmarks": {
             name: {

@@ -42,6 +42,9 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "byte_perplexity": False,
     "bits_per_byte": False,
 }
+# Benchmarks scored as perplexity over whole documents in windows of `max_length` tokens.
+ROLLING_TASKS = frozenset({"wikitext"})
+ROLLING_TOKENS_PER_BATCH = 4096
 PERPLEXITY_METRICS = frozenset(metric for metric, higher in HIGHER_IS_BETTER.items() if not higher)
 DATA_PLACEHOLDER = "__DATA_DIR__"
 # Perplexity stderrs are bootstrapped; lm-eval's default 100k draws take minutes on a CPU.
@@ -146,20 +149,40 @@ def evaluate_lm(lm: Any, names: list[str], data_dir: Path, limit: int | None) ->
 
 
 def run_benchmarks(
-    model: Any, tokenizer: Any, names: list[str], data_dir: Path, limit: int | None, batch_size: int
+    model: Any,
+    tokenizer: Any,
+    names: list[str],
+    data_dir: Path,
+    limit: int | None,
+    batch_size: int,
+    max_length: int = 1024,
 ) -> dict[str, dict[str, float]]:
     """Score an in-memory model (plain, 4-bit, or a PeftModel) on the first `limit` items of each benchmark.
 
     Returns {name: {metric: value, "<metric>_stderr": value, "n": items}}; HEADLINE[name] is always present.
+    `max_length` (capped by the model's context) bounds every scored sequence. Perplexity tasks score full
+    windows of that length, so their batch is cut to ROLLING_TOKENS_PER_BATCH tokens: at batch 16 and an 8k
+    context, the logits alone of a 49k-vocabulary model would take 25 GB.
     The model's train/eval mode is restored afterwards.
     """
     from lm_eval.models.huggingface import HFLM
 
     _check(names, Path(data_dir))
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None) or max_length
+    max_length = min(max_length, context)
+    rolling_batch = max(1, min(batch_size, ROLLING_TOKENS_PER_BATCH // max_length))
+    groups = [
+        ([name for name in names if name not in ROLLING_TASKS], batch_size),
+        ([name for name in names if name in ROLLING_TASKS], rolling_batch),
+    ]
     was_training = getattr(model, "training", False)
+    scores: dict[str, dict[str, float]] = {}
     try:
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-        return evaluate_lm(lm, names, Path(data_dir), limit)
+        for group, size in groups:
+            if group:
+                lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=size, max_length=max_length)
+                scores.update(evaluate_lm(lm, group, Path(data_dir), limit))
+        return {name: scores[name] for name in names}
     finally:
         if was_training:
             model.train()

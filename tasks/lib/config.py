@@ -138,6 +138,11 @@ class EvaluationConfig(_Section):
     max_items: int | None = Field(200, gt=0, description="Test items evaluated (same for base and tuned).")
     max_new_tokens: int = Field(8, gt=0)
     batch_size: int = Field(16, gt=0)
+    answer_match: Literal["label", "exact"] = Field(
+        "label",
+        description="label: when the references form a small label set, an answer counts as the one label it "
+        "names ('The review is positive.' -> positive); exact: the whole normalised answer must match.",
+    )
 
     @model_validator(mode="after")
     def _primary_is_computed(self) -> EvaluationConfig:
@@ -157,6 +162,9 @@ class ForgettingConfig(_Section):
     )
     limit: int | None = Field(200, gt=0, description="Items per benchmark (documents for wikitext).")
     batch_size: int = Field(16, gt=0)
+    max_length: int = Field(
+        1024, gt=16, description="Longest scored sequence in tokens (WikiText windows); capped by the model's."
+    )
     data_dir: str = Field("data/benchmarks", description="Prepared benchmark JSONL (DVC stage output).")
     cache_dir: str = Field(".cache/base_scores", description="Base-model scores reused across runs.")
 
