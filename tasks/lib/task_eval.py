@@ -30,7 +30,8 @@ class PredictionRecord(BaseModel):
     prompt: str
     reference: str
     prediction: str
-    correct: bool = Field(description="Normalised prediction equals the normalised reference.")
+    answer: str = Field("", description="What was scored: the label the prediction names, or the normalised text.")
+    correct: bool = Field(description="The scored answer equals the normalised reference.")
 
 
 class TaskEvalResult(BaseModel):
@@ -49,6 +50,29 @@ def normalize_answer(text: str, first_line: bool = True) -> str:
         text = text.split("\n", 1)[0]
     text = re.sub(r"\s+", " ", text.lower())
     return text.strip(_SURROUNDING)
+
+
+MAX_LABELS = 20
+
+
+def label_set(references: list[str]) -> list[str] | None:
+    """The normalised references when they look like classification labels (few, short), else None."""
+    labels = sorted({normalize_answer(reference) for reference in references})
+    if len(labels) > MAX_LABELS or any(len(label.split()) > 3 for label in labels):
+        return None
+    return labels
+
+
+def parse_answer(prediction: str, labels: list[str] | None) -> str:
+    """The one label a free-form answer names ("The sentiment is positive." -> "positive").
+
+    An answer naming no label, or several, stays as its normalised text and so scores as wrong.
+    """
+    answer = normalize_answer(prediction)
+    if not labels or answer in labels:
+        return answer
+    named = [label for label in labels if re.search(rf"(?<!\w){re.escape(label)}(?!\w)", answer)]
+    return named[0] if len(named) == 1 else answer
 
 
 def _check_rows(rows: list[dict]) -> None:
@@ -164,17 +188,22 @@ def evaluate_task(model, tokenizer, rows: list[dict], eval_cfg: EvaluationConfig
     _check_rows(selected)
     predictions = generate_answers(model, tokenizer, selected, eval_cfg.max_new_tokens, eval_cfg.batch_size)
     references = [str(row["messages"][-1]["content"]) for row in selected]
+    labels = label_set(references) if eval_cfg.answer_match == "label" else None
+    answers = [parse_answer(prediction, labels) for prediction in predictions]
     records = [
         PredictionRecord(
             id=str(row.get("id", index)),
             prompt=_prompt_text(row),
             reference=reference,
             prediction=prediction,
-            correct=normalize_answer(prediction) == normalize_answer(reference),
+            answer=answer,
+            correct=answer == normalize_answer(reference),
         )
-        for index, (row, reference, prediction) in enumerate(zip(selected, references, predictions, strict=True))
+        for index, (row, reference, prediction, answer) in enumerate(
+            zip(selected, references, predictions, answers, strict=True)
+        )
     ]
-    metrics = compute_metrics(predictions, references, list(eval_cfg.metrics))
+    metrics = compute_metrics(answers, references, list(eval_cfg.metrics))
     return TaskEvalResult(metrics=metrics, n_items=len(selected), predictions=records)
 
 
@@ -221,6 +250,8 @@ def write_predictions(base: TaskEvalResult, tuned: TaskEvalResult, path: Path) -
                 "reference": b.reference,
                 "base_prediction": b.prediction,
                 "tuned_prediction": t.prediction,
+                "base_answer": b.answer,
+                "tuned_answer": t.answer,
                 "base_correct": b.correct,
                 "tuned_correct": t.correct,
             }

@@ -178,6 +178,8 @@ def test_compare_markdown_and_predictions_file(tmp_path):
         "reference": "positive",
         "base_prediction": "negative",
         "tuned_prediction": "positive",
+        "base_answer": "",
+        "tuned_answer": "",
         "base_correct": False,
         "tuned_correct": True,
     }
@@ -220,3 +222,29 @@ def test_generate_answers_on_4bit_peft_model(tiny_model_dir, tiny_tokenizer):
     answers = generate_answers(model, tiny_tokenizer, _rows(), max_new_tokens=3, batch_size=2)
     assert len(answers) == len(REVIEWS)
     assert answers == generate_answers(model, tiny_tokenizer, _rows(), max_new_tokens=3, batch_size=5)
+
+
+@pytest.mark.parametrize(
+    ("prediction", "answer"),
+    [
+        ("Positive.", "positive"),
+        ("The sentiment of this movie review is negative. The reviewer", "negative"),
+        ("It is positive, not negative.", "it is positive, not negative"),  # names both labels: not parsed
+        ("The sentiment of this", "the sentiment of this"),
+        ("nonnegative", "nonnegative"),  # whole words only
+    ],
+)
+def test_answers_are_parsed_to_the_one_label_they_name(prediction: str, answer: str) -> None:
+    from tasks.lib.task_eval import label_set, parse_answer
+
+    labels = label_set(["positive", "Negative", "positive"])
+    assert labels == ["negative", "positive"]
+    assert parse_answer(prediction, labels) == answer
+
+
+def test_free_text_references_are_not_a_label_set() -> None:
+    from tasks.lib.task_eval import label_set, parse_answer
+
+    references = ["The capital of France is Paris.", "Water boils at 100 degrees Celsius at sea level."]
+    assert label_set(references) is None
+    assert parse_answer("Paris is the capital.", None) == "paris is the capital"
