@@ -35,18 +35,22 @@ def run_forgetting_check(
             tokenizer = load_tokenizer(config.model)
             model = load_adapter_model(config, trained.adapter_dir)
             names, data_dir = list(bench.benchmarks), Path(bench.data_dir)
+            settings = {
+                "limit": bench.limit,
+                "max_length": bench.max_length,
+                "perplexity_limit": bench.perplexity_limit,
+            }
+
+            def score(model) -> dict:
+                return run_benchmarks(model, tokenizer, names, data_dir, batch_size=bench.batch_size, **settings)
 
             def score_base() -> dict:
                 with model.disable_adapter():
-                    return run_benchmarks(
-                        model, tokenizer, names, data_dir, bench.limit, bench.batch_size, bench.max_length
-                    )
+                    return score(model)
 
-            key = benchmark_key_parts(base_model_version(config), names, data_dir, bench.limit, bench.max_length)
+            key = benchmark_key_parts(base_model_version(config), names, data_dir, **settings)
             base_scores, cached = get_or_compute(key, score_base, bench.cache_dir)
-            tuned_scores = run_benchmarks(
-                model, tokenizer, names, data_dir, bench.limit, bench.batch_size, bench.max_length
-            )
+            tuned_scores = score(model)
         metric = evaluation.primary_metric
         gate = decide(base_scores, tuned_scores, config.gate, evaluation.base[metric], evaluation.tuned[metric], metric)
         for side, scores in (("base", base_scores), ("tuned", tuned_scores)):

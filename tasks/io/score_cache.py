@@ -34,7 +34,12 @@ def _md5(path: Path) -> str:
 
 
 def benchmark_key_parts(
-    model_version: str, names: list[str], data_dir: Path, limit: int | None, max_length: int | None = None
+    model_version: str,
+    names: list[str],
+    data_dir: Path,
+    limit: int | None,
+    max_length: int | None = None,
+    perplexity_limit: int | None = None,
 ) -> dict[str, Any]:
     """The cache key inputs for base scores of `names` (reads and hashes the prepared data files)."""
     from importlib.metadata import version
@@ -45,6 +50,7 @@ def benchmark_key_parts(
         "model_version": model_version,
         "limit": limit,
         "max_length": max_length,
+        "perplexity_limit": perplexity_limit,
         "lm_eval": version("lm_eval"),
         "benchmarks": {
             name: {

@@ -156,10 +156,12 @@ def run_benchmarks(
     limit: int | None,
     batch_size: int,
     max_length: int = 1024,
+    perplexity_limit: int | None = None,
 ) -> dict[str, dict[str, float]]:
     """Score an in-memory model (plain, 4-bit, or a PeftModel) on the first `limit` items of each benchmark.
 
     Returns {name: {metric: value, "<metric>_stderr": value, "n": items}}; HEADLINE[name] is always present.
+    Perplexity benchmarks score the first `perplexity_limit` documents (default: `limit`).
     `max_length` (capped by the model's context) bounds every scored sequence. Perplexity tasks score full
     windows of that length, so their batch is cut to ROLLING_TOKENS_PER_BATCH tokens: at batch 16 and an 8k
     context, the logits alone of a 49k-vocabulary model would take 25 GB.
@@ -172,16 +174,16 @@ def run_benchmarks(
     max_length = min(max_length, context)
     rolling_batch = max(1, min(batch_size, ROLLING_TOKENS_PER_BATCH // max_length))
     groups = [
-        ([name for name in names if name not in ROLLING_TASKS], batch_size),
-        ([name for name in names if name in ROLLING_TASKS], rolling_batch),
+        ([name for name in names if name not in ROLLING_TASKS], batch_size, limit),
+        ([name for name in names if name in ROLLING_TASKS], rolling_batch, perplexity_limit or limit),
     ]
     was_training = getattr(model, "training", False)
     scores: dict[str, dict[str, float]] = {}
     try:
-        for group, size in groups:
+        for group, size, group_limit in groups:
             if group:
                 lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=size, max_length=max_length)
-                scores.update(evaluate_lm(lm, group, Path(data_dir), limit))
+                scores.update(evaluate_lm(lm, group, Path(data_dir), group_limit))
         return {name: scores[name] for name in names}
     finally:
         if was_training:

@@ -160,7 +160,10 @@ class ForgettingConfig(_Section):
     benchmarks: list[BenchmarkName] = Field(
         default_factory=lambda: ["hellaswag", "arc_easy", "piqa", "lambada", "wikitext"]
     )
-    limit: int | None = Field(200, gt=0, description="Items per benchmark (documents for wikitext).")
+    limit: int | None = Field(200, gt=0, description="Items per accuracy benchmark.")
+    perplexity_limit: int | None = Field(
+        5, gt=0, description="Documents per perplexity benchmark (a WikiText article is ~5k tokens); null: all."
+    )
     batch_size: int = Field(16, gt=0)
     max_length: int = Field(
         1024, gt=16, description="Longest scored sequence in tokens (WikiText windows); capped by the model's."

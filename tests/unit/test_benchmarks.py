@@ -168,6 +168,11 @@ def test_run_benchmarks_on_the_tiny_model(tiny_model_dir: Path, tiny_data_dir: P
     assert math.isfinite(scores["lambada"]["perplexity"])
     assert model.training  # the caller's mode is restored
 
+    fewer_documents = run_benchmarks(
+        model, tokenizer, ["piqa", "wikitext"], tiny_data_dir, limit=4, batch_size=8, perplexity_limit=1
+    )
+    assert fewer_documents["piqa"]["n"] == 4 and fewer_documents["wikitext"]["n"] == 1
+
 
 def test_run_benchmarks_accepts_a_peft_model_on_a_4bit_base(tiny_model_dir: Path, tiny_data_dir: Path) -> None:
     import torch
