@@ -1,0 +1,164 @@
+"""Forgetting checks with and without cached base scores, and lm-eval scoring throughput.
+
+Runs the pipeline's own step function, tasks.forgetting.run_forgetting_check, twice on the same config and
+adapter, starting from an empty score cache: the first check computes the base model's benchmark scores
+(and caches them) and scores the tuned model; the second reads the base scores from the cache and scores only
+the tuned model. Prints both wall times (each includes loading the model) and their ratio.
+
+Scoring throughput, in benchmark items per second at `forgetting.batch_size` (an item is a question for the
+multiple-choice tasks and LAMBADA, a document for WikiText), comes from timing every lm-eval pass
+(tasks.lib.benchmarks.evaluate_lm) inside those checks.
+
+The adapter is --adapter DIR, else a freshly initialised LoRA adapter (scoring costs the same whatever its
+weights). MLflow logging and the score cache go to a temporary folder: the shared ones are not touched.
+
+    python benchmarks/forgetting_cache.py [--quick] [--adapter DIR] [--config configs/demo.yaml] [--set k=v]
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import Calls, load_run_config, parser, patch_timer, quiet_libraries, ratio, stopwatch, write_results  # noqa: E402
+
+
+def fresh_adapter(config: Any, out_dir: Path) -> Path:
+    """An untrained LoRA adapter, built exactly as training builds it."""
+    from tasks.io.models import load_base_model
+    from tasks.lib.training import attach_lora
+
+    model = attach_lora(load_base_model(config.model, config.quantization), config, gradient_checkpointing=False)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+def scoring_passes(calls: Calls, phases: list[str]) -> list[dict[str, Any]]:
+    """One row per lm-eval pass: which check and model it belonged to, its benchmarks, items, seconds."""
+    rows = []
+    for (_, seconds, scores), phase in zip(calls.records, phases, strict=True):
+        items = int(sum(values.get("n", 0) for values in scores.values()))
+        rows.append(
+            {
+                "phase": phase,
+                "benchmarks": sorted(scores),
+                "items": items,
+                "seconds": seconds,
+                "items_per_second": ratio(items, seconds),
+            }
+        )
+    return rows
+
+
+def main() -> int:
+    quiet_libraries()
+    arguments = parser(__doc__.splitlines()[0])
+    arguments.add_argument("--adapter", help="adapter folder (default: a fresh, untrained LoRA adapter)")
+    args = arguments.parse_args()
+
+    import tasks.forgetting
+    import tasks.lib.benchmarks
+    from tasks.data import run_prepare
+    from tasks.lib.refs import TaskEvalRef, TrainRef
+    from tasks.pipeline_run import start_pipeline_run
+
+    with tempfile.TemporaryDirectory(prefix="qlora-bench-forgetting-") as work:
+        root = Path(work)
+        overrides = [
+            *args.overrides,
+            *(["forgetting.limit=1"] if args.quick else []),
+            f"forgetting.cache_dir={root / 'score_cache'}",
+            f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+            f"tracking.artifact_location={(root / 'mlartifacts').as_uri()}",
+            f"output_dir={root / 'runs'}",
+        ]
+        config = load_run_config(args.config, overrides)
+        bench = config.forgetting
+        if not (bench.enabled and bench.benchmarks):
+            arguments.error("forgetting is disabled or lists no benchmarks in this config")
+        context = start_pipeline_run(config, None, run_prepare(config))
+        adapter = Path(args.adapter) if args.adapter else fresh_adapter(config, root / "adapter")
+        trained = TrainRef(
+            adapter_dir=str(adapter),
+            mlflow_run_id="",
+            global_step=0,
+            resumed_from_step=None,
+            first_eval_loss=None,
+            best_eval_loss=None,
+            trainable_params=0,
+            tokens_per_second=0.0,
+        )
+        metric = config.evaluation.primary_metric
+        evaluation = TaskEvalRef(
+            base={metric: 0.0}, tuned={metric: 1.0}, primary_metric=metric, n_items=0, markdown="", mlflow_run_id=""
+        )
+
+        passes, lm_eval_calls = Calls(), Calls()
+        undo = [
+            patch_timer(passes, tasks.forgetting, "run_benchmarks"),
+            patch_timer(lm_eval_calls, tasks.lib.benchmarks, "evaluate_lm"),
+        ]
+        try:
+            checks = []
+            for expect_cached in (False, True):
+                with stopwatch() as elapsed:
+                    ref = tasks.forgetting.run_forgetting_check(config, context, trained, evaluation)
+                if ref.base_scores_cached != expect_cached:
+                    raise RuntimeError(f"expected base_scores_cached={expect_cached}, got {ref.base_scores_cached}")
+                checks.append({"seconds": elapsed(), "base_scores_cached": ref.base_scores_cached})
+        finally:
+            for restore in undo:
+                restore()
+
+    phases = ["first check, base", "first check, tuned", "second check, tuned"]
+    if len(passes.records) != len(phases):
+        raise RuntimeError(f"expected {len(phases)} scoring passes, timed {len(passes.records)}")
+    per_pass = scoring_passes(passes, phases)
+    groups_per_pass = len(lm_eval_calls.records) // len(phases)
+    per_group = scoring_passes(lm_eval_calls, [phase for phase in phases for _ in range(groups_per_pass)])
+    first, second = checks[0]["seconds"], checks[1]["seconds"]
+    cached_ratio = ratio(second, first)
+
+    print(f"\nbenchmarks {bench.benchmarks}, limit {bench.limit}, batch size {bench.batch_size}")
+    for row in per_group:
+        print(
+            f"  {row['phase']:20s} {','.join(row['benchmarks']):40s} {row['items']:5d} items "
+            f"{row['seconds']:8.1f} s {row['items_per_second']:7.2f} items/s"
+        )
+    print(f"first forgetting check (base scores computed): {first:.1f} s")
+    print(f"second forgetting check (base scores cached):  {second:.1f} s")
+    print(f"second / first: {cached_ratio:.2f}")
+
+    scoring = ratio(sum(row["items"] for row in per_pass), sum(row["seconds"] for row in per_pass))
+    markdown = (
+        f"**forgetting_cache** ({config.name}: {len(bench.benchmarks)} benchmarks x {bench.limit} items, batch "
+        f"{bench.batch_size}): scoring {scoring:.2f} items/s; forgetting check {first:.0f} s with base scoring, "
+        f"{second:.0f} s with cached base scores = {cached_ratio:.2f}x"
+    )
+    write_results(
+        "forgetting_cache",
+        {
+            "config": args.config,
+            "overrides": args.overrides + (["forgetting.limit=1"] if args.quick else []),
+            "benchmarks": list(bench.benchmarks),
+            "limit": bench.limit,
+            "batch_size": bench.batch_size,
+            "adapter": str(args.adapter) if args.adapter else "fresh untrained LoRA adapter",
+            "checks": checks,
+            "second_over_first": cached_ratio,
+            "scoring_items_per_second": scoring,
+            "scoring_passes": per_pass,
+            "scoring_groups": per_group,
+        },
+        markdown,
+        args.quick,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
