@@ -15,8 +15,8 @@ $(BIN)/qlora: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	@touch $@
 
-setup: $(BIN)/qlora  ## install into .venv, pull the raw data (DVC), build the demo model and data (dvc repro)
-	$(BIN)/dvc pull --quiet
+setup: $(BIN)/qlora  ## install into .venv, pull the raw data sets (DVC), build the demo model and data (dvc repro)
+	$(BIN)/dvc pull --quiet $(wildcard data/raw/*.dvc)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro --quiet
 
 demo: setup up run  ## set up, start the local stack, run the whole pipeline on the embedded default
