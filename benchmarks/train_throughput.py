@@ -258,13 +258,15 @@ def run_variant(
 
 
 def summarize(raw: dict[str, Any]) -> dict[str, Any]:
-    """Steps after the warm-up: real tokens, seconds, real tokens/s."""
+    """Steps after the warm-up: real tokens, seconds, real tokens/s (over all timed steps, and the median
+    step's, which a neighbour that stalls a few steps on shared cores does not move)."""
     seconds, tokens = raw["step_seconds"][1:], raw["step_real_tokens"][1:]
     summary = {
         "timed_steps": len(seconds),
         "timed_real_tokens": sum(tokens),
         "timed_seconds": sum(seconds),
         "real_tokens_per_second": ratio(sum(tokens), sum(seconds)),
+        "median_step_real_tokens_per_second": statistics.median(map(ratio, tokens, seconds)),
         "seconds_per_step": ratio(sum(seconds), len(seconds)),
     }
     return {**summary, **raw}
@@ -346,7 +348,9 @@ def main() -> int:
 
     rows = config.train.batch_size * config.train.gradient_accumulation_steps
     print(f"\n{steps - 1} timed steps x {rows} rows (+1 warm-up), same rows for every variant: {same_rows}")
-    print(f"{'variant':16s} {'real tok/s':>10s} {'s/step':>7s} {'peak RSS MiB':>12s} {'RSS at start':>12s} padding")
+    print(
+        f"{'variant':16s} {'real tok/s':>10s} {'median':>7s} {'s/step':>7s} {'peak RSS MiB':>12s} {'RSS at start':>12s}"
+    )
     for name in variants:
         result = results[name]
         padding = "packed, none"
@@ -354,8 +358,9 @@ def main() -> int:
             result["padding_share"] = 1 - ratio(result["real_tokens_total"], result["padded_tokens"])
             padding = f"{result['padding_share']:.1%} of computed tokens"
         print(
-            f"{name:16s} {result['real_tokens_per_second']:10.1f} {result['seconds_per_step']:7.2f} "
-            f"{result['peak_rss_mib']:12.0f} {result['rss_at_train_start_mib']:12.0f} {padding}"
+            f"{name:16s} {result['real_tokens_per_second']:10.1f} {result['median_step_real_tokens_per_second']:7.1f} "
+            f"{result['seconds_per_step']:7.2f} "
+            f"{result['peak_rss_mib']:12.0f} {result['rss_at_train_start_mib']:12.0f}  padding: {padding}"
             f"{', gradient checkpointing' if result['gradient_checkpointing'] else ''}"
         )
     for name, speedup in speedups.items():
@@ -368,10 +373,14 @@ def main() -> int:
         f"MiB = {weights['ratio']:.2f}x"
     )
 
-    vs = ", ".join(f"{s['tokens_per_second_ratio']:.2f}x vs {name}" for name, s in speedups.items())
+    vs = ", ".join(
+        f"{s['median_paired_step_ratio']:.2f}x vs {name} [{results[name]['median_step_real_tokens_per_second']:.0f}]"
+        for name, s in speedups.items()
+    )
     markdown = (
-        f"**train_throughput** ({config.name}, {steps - 1} steps x {rows} rows, real = non-padding tokens): "
-        f"pipeline {pipeline['real_tokens_per_second']:.0f} real tok/s ({vs}); peak RSS "
+        f"**train_throughput** ({config.name}, {steps - 1} steps x {rows} rows, real = non-padding tokens, "
+        f"median of paired steps): pipeline {pipeline['median_step_real_tokens_per_second']:.0f} real tok/s "
+        f"({vs}); peak RSS "
         + ", ".join(f"{name} {results[name]['peak_rss_mib']:.0f} MiB" for name in variants)
         + f"; base weights QLoRA {weights['qlora_4bit_mib']:.0f} MiB = {weights['ratio']:.2f}x fp32"
     )

@@ -30,6 +30,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from tasks.lib.config import RunConfig
 from tasks.lib.modeling import peft_lora_config, resolve_compute_dtype
+from tasks.lib.packed_attention import use_packed_attention
 
 MetricsSink = Callable[[Mapping[str, float], int], None]
 
@@ -249,7 +250,10 @@ def train_adapter(
     optimizer, checkpointing = _resolve_auto(config)
 
     torch.manual_seed(config.seed)
-    model = attach_lora(load_base(), config, checkpointing)
+    base = load_base()
+    if config.train.packing:
+        use_packed_attention(base)
+    model = attach_lora(base, config, checkpointing)
     trainable, total = model.get_nb_trainable_parameters()
 
     train_set = read_token_split(Path(data_dir) / "train.jsonl")

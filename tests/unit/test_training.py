@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from tasks.io.models import load_base_model, load_tokenizer
 from tasks.lib.config import RunConfig, load_config
+from tasks.lib.packed_attention import NAME
 from tasks.lib.prepare import IGNORE_INDEX, prepare_dataset
 from tasks.lib.training import TrainingDivergedError, TrainResult, build_collator, read_token_split, train_adapter
 from tests.conftest import write_tiny_config
@@ -179,6 +180,7 @@ def test_packing_keeps_attention_inside_each_row(qlora_run: Run) -> None:
     lengths = [len(row["input_ids"]) for row in rows]
     assert batch["input_ids"].shape == (1, sum(lengths)) and "attention_mask" not in batch
     assert model.config.use_cache is False  # as training runs it; a cache would disable packed-mask detection
+    assert model.config._attn_implementation == NAME  # attention runs on each example's own slice
 
     model.eval()
     try:

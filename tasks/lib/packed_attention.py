@@ -1,0 +1,62 @@
+"""Attention for packed batches that only computes what the block-diagonal mask keeps.
+
+Packing puts several examples in one row with `position_ids` restarting at 0 for each. transformers' SDPA
+path then builds a block-diagonal causal mask over the whole row and computes every query against every key,
+so attention costs grow with the square of the packed length although each example only attends to itself
+(on the SST-2 demo: about a seventh of a CPU training step, for a row of 8 examples). `packed_sdpa` runs
+causal SDPA on each example's slice instead: the same outputs without the masked-out work. Anything that is
+not a single packed row (padded batches, generation with a cache, sliding-window layers) goes to transformers'
+own SDPA unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+NAME = "packed_sdpa"
+
+
+def example_bounds(position_ids: torch.Tensor) -> list[tuple[int, int]]:
+    """(start, end) of each example in a (1, length) `position_ids` row, split where transformers' packed-mask
+    detection splits it: wherever the position does not follow on from the previous one."""
+    positions = position_ids[0]
+    starts = [0, *((positions[1:] - positions[:-1] != 1).nonzero().squeeze(-1) + 1).tolist()]
+    return list(zip(starts, [*starts[1:], positions.shape[0]], strict=True))
+
+
+def packed_sdpa(module, query, key, value, attention_mask, position_ids=None, **kwargs):
+    # transformers gives a packed row (no padding mask, restarting positions) a block-diagonal mask, and a row
+    # whose caller passed an attention mask a plain causal one (None here): only the former is split.
+    packed_row = (
+        attention_mask is not None
+        and position_ids is not None
+        and query.shape[0] == 1
+        and query.shape[2] == key.shape[2] == position_ids.shape[-1]
+        and not getattr(module, "sliding_window", None)
+        and not kwargs.get("sliding_window")
+    )
+    bounds = example_bounds(position_ids) if packed_row else []
+    if len(bounds) <= 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    outputs = [
+        sdpa_attention_forward(
+            module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], None, **kwargs
+        )[0]
+        for start, end in bounds
+    ]
+    return torch.cat(outputs, dim=1), None
+
+
+AttentionInterface.register(NAME, packed_sdpa)
+AttentionMaskInterface.register(NAME, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+
+
+def use_packed_attention(model: PreTrainedModel) -> bool:
+    """Switches a model that uses SDPA to `packed_sdpa`; returns whether it did."""
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return False
+    model.set_attn_implementation(NAME)
+    return model.config._attn_implementation == NAME

@@ -1,0 +1,66 @@
+"""packed_sdpa computes each packed example's attention on its own slice: the same logits and gradients as
+transformers' block-diagonal SDPA mask, and plain SDPA for anything that is not a packed row."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tasks.lib.packed_attention import NAME, example_bounds, use_packed_attention
+
+LENGTHS = (7, 12, 1, 9)
+
+
+@pytest.fixture()
+def models(tiny_model_dir):
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    packed = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    assert use_packed_attention(packed) and packed.config._attn_implementation == NAME
+    return reference, packed
+
+
+def packed_row(vocab_size: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(3, vocab_size, (1, sum(LENGTHS)), generator=generator)
+    position_ids = torch.cat([torch.arange(length) for length in LENGTHS]).unsqueeze(0)
+    # No cache, as in training: with one, transformers does not look for packed examples at all.
+    return {"input_ids": input_ids, "position_ids": position_ids, "labels": input_ids.clone(), "use_cache": False}
+
+
+def test_example_bounds_split_where_positions_restart() -> None:
+    positions = torch.tensor([[0, 1, 2, 0, 0, 1, 5, 6]])
+    assert example_bounds(positions) == [(0, 3), (3, 4), (4, 6), (6, 8)]
+    assert example_bounds(torch.arange(5).unsqueeze(0)) == [(0, 5)]
+
+
+def test_packed_row_matches_the_block_diagonal_mask(models) -> None:
+    reference, packed = models
+    batch = packed_row(reference.config.vocab_size)
+    expected, actual = reference(**batch), packed(**batch)
+    assert (expected.logits - actual.logits).abs().max() < 1e-5
+    expected.loss.backward()
+    actual.loss.backward()
+    for (name, want), (_, got) in zip(reference.named_parameters(), packed.named_parameters(), strict=True):
+        assert torch.allclose(want.grad, got.grad, atol=1e-6), name
+
+    # Control: the comparison notices attention across examples (the same row with an all-ones mask).
+    crossing = reference(**batch, attention_mask=torch.ones_like(batch["input_ids"]))
+    assert (crossing.logits - actual.logits).abs().max() > 1e-3
+
+
+def test_anything_else_is_plain_sdpa(models) -> None:
+    reference, packed = models
+    input_ids = packed_row(reference.config.vocab_size)["input_ids"][:, :28].view(2, -1)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, :5] = 0  # left padding
+    with torch.no_grad():
+        for kwargs in ({"input_ids": input_ids, "attention_mask": attention_mask}, {"input_ids": input_ids[:1]}):
+            assert torch.equal(reference(**kwargs).logits, packed(**kwargs).logits)
+        prompt = {"input_ids": input_ids, "attention_mask": attention_mask, "max_new_tokens": 4, "do_sample": False}
+        assert torch.equal(reference.generate(**prompt), packed.generate(**prompt))
+
+
+def test_only_sdpa_models_are_switched(tiny_model_dir) -> None:
+    eager = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager")
+    assert not use_packed_attention(eager) and eager.config._attn_implementation == "eager"
