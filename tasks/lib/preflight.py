@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -28,6 +29,12 @@ def check_inputs(config: RunConfig, benchmarks: bool = True) -> None:
         problems.append(f"model.name_or_path: {model_path} does not exist (and is not a hub id)")
     elif model_path.exists() and not (model_path / "config.json").is_file():
         problems.append(f"model.name_or_path: {model_path} has no config.json")
+    elif model_path.is_dir() and "lm_head" in config.lora.target_modules and _ties_embeddings(model_path):
+        problems.append(
+            f"lora.target_modules: lm_head shares its weights with the input embeddings in {model_path} "
+            "(tie_word_embeddings); a LoRA on it cannot be scored by lm-eval (which re-ties the weights) "
+            "nor merged into the one shared matrix. Leave lm_head out."
+        )
     if benchmarks and config.forgetting.enabled and not Path(config.forgetting.data_dir).is_dir():
         problems.append(
             f"forgetting.data_dir: {config.forgetting.data_dir} does not exist "
@@ -35,3 +42,10 @@ def check_inputs(config: RunConfig, benchmarks: bool = True) -> None:
         )
     if problems:
         raise ConfigError("config inputs are missing:\n  " + "\n  ".join(problems))
+
+
+def _ties_embeddings(model_dir: Path) -> bool:
+    try:
+        return bool(json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("tie_word_embeddings"))
+    except (OSError, ValueError):
+        return False

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,26 @@ def test_missing_data_file_is_refused_before_work(tmp_path):
     config = config_from_dict(minimal(data={"path": str(tmp_path / "absent.jsonl")}, forgetting={"enabled": False}))
     with pytest.raises(ConfigError, match="data.path"):
         check_inputs(config)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_lora_on_a_tied_lm_head_is_refused(tmp_path, tied):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps({"tie_word_embeddings": tied}))
+    (tmp_path / "data.jsonl").write_text("")
+    raw = minimal(
+        model={"name_or_path": str(tmp_path / "model")},
+        data={"path": str(tmp_path / "data.jsonl")},
+        lora={"target_modules": ["q_proj", "lm_head"]},
+        forgetting={"enabled": False},
+    )
+    if tied:
+        with pytest.raises(ConfigError, match="lora.target_modules: lm_head shares its weights"):
+            check_inputs(config_from_dict(raw))
+    else:
+        check_inputs(config_from_dict(raw))
+    raw["lora"]["target_modules"] = ["q_proj"]
+    check_inputs(config_from_dict(raw))
 
 
 def test_hub_ids_are_told_from_paths():
