@@ -18,7 +18,8 @@ from typing import Any, Protocol
 SECRET_KEY_PATTERN = re.compile(
     r"(^|[._-])(token|secret|password|passwd|api[_-]?key|credentials?|auth)($|[._-])", re.IGNORECASE
 )
-URI_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+# Up to the authority's last "@", so a password with a raw (unencoded) "@" is masked whole.
+URI_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s]*@")
 HF_TOKEN_VALUE = re.compile(r"(?<![A-Za-z0-9])hf_[A-Za-z0-9]{30,}")  # a Hugging Face access token
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 

@@ -26,6 +26,8 @@ DB_URI = f"postgresql://trainer:{DB_PASSWORD}@db.internal:5432/mlflow"
         (DB_URI, "postgresql://***@db.internal:5432/mlflow"),
         ("https://user:pw@huggingface.co/org/model", "https://***@huggingface.co/org/model"),
         ("s3://key:secret@bucket/path", "s3://***@bucket/path"),
+        ("postgresql://u:p@ss@w0rd@db:5432/m", "postgresql://***@db:5432/m"),  # a raw "@" in the password
+        ("https://host/path?mail=a@b.org", "https://host/path?mail=a@b.org"),  # "@" after the authority
     ],
 )
 def test_scrub_masks_uri_credentials(uri: str, kept: str) -> None:
