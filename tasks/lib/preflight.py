@@ -1,4 +1,4 @@
-"""Checks a config against the world before any heavy work: every missing input is named by its key."""
+"""Checks a config against the world before any heavy work: every missing or unusable input is named by its key."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def check_inputs(config: RunConfig, benchmarks: bool = True) -> None:
             "(run `dvc repro prepare_benchmarks`, or set forgetting.enabled=false)"
         )
     if problems:
-        raise ConfigError("config inputs are missing:\n  " + "\n  ".join(problems))
+        raise ConfigError("config refused before any work:\n  " + "\n  ".join(problems))
 
 
 def _ties_embeddings(model_dir: Path) -> bool:
