@@ -55,6 +55,16 @@ def load_run_config(path: str, overrides: list[str]):
     return load_config(path, overrides)
 
 
+def isolated_overrides(root: Path) -> list[str]:
+    """Config overrides that keep a benchmark's score cache, MLflow store and run folders under `root`."""
+    return [
+        f"forgetting.cache_dir={root / 'score_cache'}",
+        f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+        f"tracking.artifact_location={(root / 'mlartifacts').as_uri()}",
+        f"output_dir={root / 'runs'}",
+    ]
+
+
 def _cpu_name() -> str:
     try:
         match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)

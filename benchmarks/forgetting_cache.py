@@ -24,7 +24,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Calls, load_run_config, parser, patch_timer, quiet_libraries, ratio, stopwatch, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    Calls,
+    isolated_overrides,
+    load_run_config,
+    parser,
+    patch_timer,
+    quiet_libraries,
+    ratio,
+    stopwatch,
+    write_results,
+)
 
 
 def fresh_adapter(config: Any, out_dir: Path) -> Path:
@@ -71,10 +81,7 @@ def main() -> int:
         overrides = [
             *args.overrides,
             *(["forgetting.limit=1"] if args.quick else []),
-            f"forgetting.cache_dir={root / 'score_cache'}",
-            f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
-            f"tracking.artifact_location={(root / 'mlartifacts').as_uri()}",
-            f"output_dir={root / 'runs'}",
+            *isolated_overrides(root),
         ]
         config = load_run_config(args.config, overrides)
         bench = config.forgetting

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Calls, parser, patch_timer, quiet_libraries, ratio, stopwatch, write_results  # noqa: E402
+from _common import Calls, isolated_overrides, parser, patch_timer, quiet_libraries, ratio, stopwatch, write_results  # noqa: E402
 
 # (module, function) that each Prefect task of the flow calls.
 STEPS = [
@@ -64,10 +64,7 @@ def main() -> int:
         overrides = [
             *(QUICK if args.quick else []),
             *args.overrides,
-            f"forgetting.cache_dir={root / 'score_cache'}",
-            f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
-            f"tracking.artifact_location={(root / 'mlartifacts').as_uri()}",
-            f"output_dir={root / 'runs'}",
+            *isolated_overrides(root),
         ]
         server_seconds = start_prefect()
         from flows.finetune import finetune
