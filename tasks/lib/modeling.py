@@ -15,6 +15,35 @@ def resolve_compute_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
+def pin_cpu_4bit_kernel(model: torch.nn.Module, allow_bf16: bool = False) -> int:
+    """Keep bitsandbytes' 4-bit CPU layers on the kernel that has gradients; returns the layers changed.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a `Linear4bit` weight on its first eval-mode forward
+    without gradients and from then on runs a fused bf16 kernel (`gemv_4bit`) that has no autograd, for every
+    later forward, training included: input gradients become None and outputs move by ~1e-2. The switch is the
+    layer's `support_avx512bf16_for_cpu` flag (set at init from the CPU). We turn it off unless the caller
+    allows bf16 (evaluation with a bf16 compute dtype), and undo a repacking that already happened, so results
+    do not depend on the CPU they ran on.
+    """
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+    from bitsandbytes.nn import Linear4bit
+
+    changed = 0
+    for module in model.modules():
+        if not isinstance(module, Linear4bit):
+            continue
+        allowed = allow_bf16 and module.compute_dtype == torch.bfloat16
+        if module.support_avx512bf16_for_cpu and not allowed:
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+        state = getattr(module.weight, "quant_state", None)
+        if not allowed and state is not None and getattr(state, "packing_format_for_cpu", False):
+            module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                module.weight.data, state
+            )
+    return changed
+
+
 def bnb_config(quantization: QuantizationConfig) -> BitsAndBytesConfig:
     return BitsAndBytesConfig(
         load_in_4bit=True,

@@ -29,7 +29,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from tasks.lib.config import RunConfig
-from tasks.lib.modeling import peft_lora_config, resolve_compute_dtype
+from tasks.lib.modeling import pin_cpu_4bit_kernel, peft_lora_config, resolve_compute_dtype
 from tasks.lib.packed_attention import use_packed_attention
 
 MetricsSink = Callable[[Mapping[str, float], int], None]
@@ -251,6 +251,7 @@ def train_adapter(
 
     torch.manual_seed(config.seed)
     base = load_base()
+    pin_cpu_4bit_kernel(base)
     if config.train.packing:
         use_packed_attention(base)
     model = attach_lora(base, config, checkpointing)
