@@ -4,16 +4,27 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/demo.yaml
 
-.PHONY: help setup demo run up down status test test-slow test-all lint bench bench-quick clean
+SHELL := /bin/bash
+.PHONY: help lock check-lock setup demo run up down status test test-slow test-all lint bench bench-quick clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(BIN)/qlora: pyproject.toml
+$(BIN)/qlora: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -c requirements.lock -e ".[dev]"
 	@touch $@
+
+lock:  ## re-resolve pyproject.toml's ranges in a scratch venv and write requirements.lock (then make test, make demo)
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet -e ".[dev]"
+	{ echo "# Exact versions tested (CPU, Python 3.11). Regenerate on purpose with \`make lock\`, then run \`make test\` and the demo."; \
+	  .lock-venv/bin/pip freeze --exclude-editable; } > requirements.lock
+	rm -rf .lock-venv
+
+check-lock:  ## fail unless .venv holds exactly the versions in requirements.lock
+	$(BIN)/pip freeze --exclude-editable | diff -u <(grep -v '^#' requirements.lock) - && echo "installed = requirements.lock"
 
 setup: $(BIN)/qlora  ## install into .venv, pull the raw data sets (DVC), build the demo model and data (dvc repro)
 	$(BIN)/dvc pull --quiet $(wildcard data/raw/*.dvc)
