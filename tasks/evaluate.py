@@ -48,6 +48,9 @@ def run_target_eval(config: RunConfig, context: RunContext, data: DataRef, train
             n_items=tuned.n_items,
             markdown=markdown,
             mlflow_run_id=tracker.run_id,
+            item_ids=[record.id for record in tuned.predictions],
+            base_correct=[record.correct for record in base.predictions],
+            tuned_correct=[record.correct for record in tuned.predictions],
         )
 
 

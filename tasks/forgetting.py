@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from importlib.metadata import version
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -13,14 +14,60 @@ from tasks.io.models import load_tokenizer, model_version
 from tasks.io.score_cache import benchmark_key_parts, get_or_compute
 from tasks.lib.benchmarks import run_benchmarks
 from tasks.lib.config import RunConfig
-from tasks.lib.gate import decide
+from tasks.lib.gate import GateResult, decide
+from tasks.lib.modeling import resolve_compute_dtype
 from tasks.lib.refs import ForgettingRef, RunContext, TaskEvalRef, TrainRef
-from tasks.lib.report import forgetting_bar_chart, forgetting_markdown
+from tasks.lib.report import forgetting_delta_chart, forgetting_markdown
 
 
 def base_model_version(config: RunConfig) -> str:
-    """The base weights plus how they are loaded: 4-bit and full-precision bases score differently."""
-    return f"{model_version(config.model)}|{config.quantization.model_dump_json()}"
+    """The base weights, how they are loaded and what computes them: each can change a score.
+
+    4-bit and full-precision bases score differently; so do compute dtypes, devices and library versions.
+    """
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = str(resolve_compute_dtype(config.quantization.compute_dtype)) if config.quantization.enabled else "fp32"
+    libraries = {name: version(name) for name in ("torch", "transformers", "bitsandbytes", "peft", "lm_eval")}
+    return json.dumps(
+        {
+            "weights": model_version(config.model),
+            "quantization": config.quantization.model_dump(mode="json"),
+            "compute_dtype": dtype,
+            "device": device,
+            "versions": libraries,
+        },
+        sort_keys=True,
+    )
+
+
+VERDICT_CODE = {"fail": 0.0, "inconclusive": 0.5, "pass": 1.0}
+
+
+def gate_metrics(gate: GateResult) -> dict[str, float]:
+    """Per row: delta, interval, p-value, verdict (1 pass, 0.5 inconclusive, 0 fail); plus the overall verdict."""
+    metrics = {"gate_passed": float(gate.passed), "gate_verdict": VERDICT_CODE[gate.verdict]}
+    for row in [*gate.rows, gate.task]:
+        values = {
+            "delta": row.delta,
+            "ci_low": row.ci_low,
+            "ci_high": row.ci_high,
+            "p_value": row.p_value,
+            "detectable": row.detectable_drop,
+            "n": float(row.n),
+            "verdict": VERDICT_CODE[row.verdict],
+        }
+        metrics.update({f"gate.{row.name}.{key}": value for key, value in values.items() if value is not None})
+    return metrics
+
+
+def gate_tags(gate: GateResult) -> dict[str, str]:
+    """The verdicts and each row's one-line reason, for runs and registered versions."""
+    tags = {"gate": "passed" if gate.passed else "failed", "gate.verdict": gate.verdict}
+    for row in [*gate.rows, gate.task]:
+        tags[f"gate.{row.name}"] = f"{row.verdict}: {row.reason}"[:4000]
+    return tags
 
 
 def run_forgetting_check(
@@ -51,23 +98,28 @@ def run_forgetting_check(
             key = benchmark_key_parts(base_model_version(config), names, data_dir, **settings)
             base_scores, cached = get_or_compute(key, score_base, bench.cache_dir)
             tuned_scores = score(model)
-        metric = evaluation.primary_metric
-        gate = decide(base_scores, tuned_scores, config.gate, evaluation.base[metric], evaluation.tuned[metric], metric)
+        gate = decide(
+            base_scores, tuned_scores, config.gate, evaluation.base_correct, evaluation.tuned_correct, "correct"
+        )
         for side, scores in (("base", base_scores), ("tuned", tuned_scores)):
             tracker.log_metrics(
-                {f"{side}.{name}.{key}": value for name, values in scores.items() for key, value in values.items()}
+                {
+                    f"{side}.{name}.{key}": value
+                    for name, values in scores.items()
+                    for key, value in values.items()
+                    if isinstance(value, int | float)
+                }
             )
-        tracker.log_metrics({f"delta.{row.name}": row.delta for row in gate.rows if row.delta is not None})
-        tracker.log_metrics({"gate_passed": float(gate.passed), "base_scores_cached": float(cached)})
-        tracker.set_tags({"gate": "passed" if gate.passed else "failed"})
+        tracker.log_metrics(gate_metrics(gate))
+        tracker.log_metrics({"base_scores_cached": float(cached)})
+        tracker.set_tags(gate_tags(gate))
         markdown = forgetting_markdown(gate, {"base": evaluation.base, "tuned": evaluation.tuned})
         run_dir = Path(context.run_dir)
         (run_dir / "forgetting.md").write_text(markdown)
         (run_dir / "gate.json").write_text(gate.model_dump_json(indent=2))
         tracker.log_artifact(run_dir / "forgetting.md", "forgetting")
         tracker.log_artifact(run_dir / "gate.json", "forgetting")
-        if gate.rows:
-            tracker.log_artifact(forgetting_bar_chart(gate, run_dir / "forgetting.png"), "forgetting")
+        tracker.log_artifact(forgetting_delta_chart(gate, run_dir / "forgetting.png"), "forgetting")
         return ForgettingRef(
             gate=json.loads(gate.model_dump_json()),
             passed=gate.passed,

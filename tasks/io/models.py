@@ -130,14 +130,16 @@ def load_base_model(
 
 
 def model_version(model: ModelConfig) -> str:
-    """Identifies the base weights: the hub revision, or a hash of the local weight files' sizes and names."""
+    """Identifies the base weights: the hub revision, or a streamed hash of the local weight files' content."""
     path = Path(resolve_model_path(model))
     if not path.exists():
         return f"{model.name_or_path}@{model.revision or 'main'}"
     digest = hashlib.sha256()
     for file in sorted(path.glob("*.safetensors")) + sorted(path.glob("config.json")):
         digest.update(file.name.encode())
-        digest.update(hashlib.sha256(file.read_bytes()).digest() if file.stat().st_size < 2**31 else b"")
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()[:16]
 
 

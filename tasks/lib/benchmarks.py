@@ -105,9 +105,25 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def extract_scores(results: dict, names: list[str]) -> dict[str, dict[str, float]]:
-    """lm-eval results -> {name: {metric: value, metric_stderr: value, "n": items}} (filter suffixes dropped)."""
-    scores: dict[str, dict[str, float]] = {}
+def per_item_results(samples: list[dict], metric: str) -> dict[str, Any]:
+    """lm-eval's logged samples -> {doc id: result} on `metric`, for paired comparisons.
+
+    Accuracy metrics give 0/1 per document; perplexity metrics give [log-likelihood, weight] (words, bytes).
+    """
+    items: dict[str, Any] = {}
+    for sample in samples:
+        value = sample[metric]
+        items[str(sample["doc_id"])] = [float(value[0]), float(value[1])] if isinstance(value, list | tuple) else value
+    return dict(sorted(items.items(), key=lambda item: int(item[0]) if item[0].isdigit() else item[0]))
+
+
+def extract_scores(results: dict, names: list[str]) -> dict[str, dict[str, Any]]:
+    """lm-eval results -> {name: {metric: value, metric_stderr: value, "n": items, "items": {doc: result}}}.
+
+    Filter suffixes are dropped; "items" holds the per-document results on the HEADLINE metric when lm-eval
+    logged samples.
+    """
+    scores: dict[str, dict[str, Any]] = {}
     for name in names:
         raw = results["results"][name]
         row: dict[str, float] = {}
@@ -120,11 +136,14 @@ def extract_scores(results: dict, names: list[str]) -> dict[str, dict[str, float
         row["n"] = float(n_samples.get("effective", n_samples.get("original", 0)))
         if HEADLINE[name] not in row:
             raise BenchmarkError(f"lm-eval returned no {HEADLINE[name]!r} for {name}: {sorted(raw)}")
+        samples = results.get("samples", {}).get(name)
+        if samples:
+            row["items"] = per_item_results(samples, HEADLINE[name])
         scores[name] = row
     return scores
 
 
-def evaluate_lm(lm: Any, names: list[str], data_dir: Path, limit: int | None) -> dict[str, dict[str, float]]:
+def evaluate_lm(lm: Any, names: list[str], data_dir: Path, limit: int | None) -> dict[str, dict[str, Any]]:
     """Run the benchmark tasks on any lm-eval `LM` (the HF wrapper, or a test double)."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
@@ -139,7 +158,7 @@ def evaluate_lm(lm: Any, names: list[str], data_dir: Path, limit: int | None) ->
             task_manager=manager,
             limit=limit,
             bootstrap_iters=BOOTSTRAP_ITERS,
-            log_samples=False,
+            log_samples=True,  # per-item results: the gate compares base and tuned item by item
             # Zero-shot log-likelihood scoring is deterministic; leave the caller's RNGs alone.
             random_seed=None,
             numpy_random_seed=None,
@@ -157,7 +176,7 @@ def run_benchmarks(
     batch_size: int,
     max_length: int = 1024,
     perplexity_limit: int | None = None,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     """Score an in-memory model (plain, 4-bit, or a PeftModel) on the first `limit` items of each benchmark.
 
     Returns {name: {metric: value, "<metric>_stderr": value, "n": items}}; HEADLINE[name] is always present.
@@ -178,7 +197,7 @@ def run_benchmarks(
         ([name for name in names if name in ROLLING_TASKS], rolling_batch, perplexity_limit or limit),
     ]
     was_training = getattr(model, "training", False)
-    scores: dict[str, dict[str, float]] = {}
+    scores: dict[str, dict[str, Any]] = {}
     try:
         for group, size, group_limit in groups:
             if group:

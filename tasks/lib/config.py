@@ -174,12 +174,21 @@ class ForgettingConfig(_Section):
 
 class GateConfig(_Section):
     max_accuracy_drop: float = Field(
-        3.0, ge=0.0, description="Largest allowed drop, in accuracy points, on any benchmark."
+        5.0, gt=0.0, description="Non-inferiority margin, in accuracy points, on every accuracy benchmark."
     )
     max_perplexity_increase: float = Field(
-        0.10, ge=0.0, description="Largest allowed relative perplexity increase (0.10 = +10%)."
+        0.10, gt=0.0, description="Non-inferiority margin for perplexity, relative (0.10 = +10%)."
     )
-    require_task_improvement: bool = Field(True, description="Tuned must beat base on the primary metric.")
+    require_task_improvement: bool = Field(
+        True, description="Tuned must be shown better than base on the task (paired test on the same items)."
+    )
+    alpha: float = Field(
+        0.05, gt=0.0, lt=0.5, description="Family-wise error rate across the benchmarks (Holm); task test level."
+    )
+    on_inconclusive: Literal["fail", "pass"] = Field(
+        "fail", description="What a verdict that the items cannot settle does to promotion."
+    )
+    bootstrap_draws: int = Field(4000, ge=200, description="Paired bootstrap resamples for perplexity rows.")
 
 
 class MergeConfig(_Section):

@@ -1,191 +1,305 @@
-"""The promotion gate: did the tuned model keep its general abilities and improve on the target task?
+"""The promotion gate: is the tuned model shown better on its task, and shown not to have forgotten?
 
-Thresholds (from `GateConfig`):
-- Accuracy-type metrics fail when tuned < base - max_accuracy_drop, in ABSOLUTE points: scores in [0, 1]
-  are converted to points (x100) first, so 3.0 means "41.0% -> 38.0% is the worst allowed". Absolute
-  points, not a relative drop, because the noise is absolute: at 500-1000 items the standard error of
-  an accuracy near 40-60% is about 1.5-2 points (at 100 items about 5), so thresholds below 2-3 points
-  flag sampling noise rather than forgetting. Set the threshold from the item count you evaluate.
-- Perplexities (lower is better) fail when tuned > base x (1 + max_perplexity_increase).
-- The task row fails when gate.require_task_improvement and tuned does not beat base (strictly).
+Base and tuned are scored on the same items, so every comparison is paired (tasks/lib/stats.py):
+
+- Accuracy benchmarks: per-item right/wrong. Non-inferiority with margin `gate.max_accuracy_drop` (points):
+  one-sided z test on the Agresti-Min adjusted paired difference. Forgetting: exact one-sided McNemar test.
+- Perplexity benchmarks: per-document log-likelihoods, paired bootstrap over documents of
+  log(ppl_tuned / ppl_base); margin `gate.max_perplexity_increase` (relative).
+- Across benchmarks, both families of p-values are Holm-adjusted, so the family-wise error is `gate.alpha`.
+- Target task: exact one-sided McNemar superiority test of tuned over base on per-item correctness, at alpha.
+
+Each row gets a verdict:
+- pass: non-inferiority shown (for the task: superiority shown);
+- fail: forgetting shown (a significant drop whose estimate is beyond the margin; for the task: no gain seen);
+- inconclusive: the items cannot tell; the row says the drop it could detect with 80% power and how many
+  items would settle it. `gate.on_inconclusive` decides whether that blocks promotion (default: it does).
+
+Intervals shown are simultaneous across the benchmarks (Bonferroni: each two-sided at 1 - 2*alpha/k, so its
+lower end is the one-sided bound at alpha/k); the verdicts use Holm, which decides at least as often.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+import zlib
+from collections.abc import Sequence
+from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel
 
+from tasks.lib import stats
 from tasks.lib.benchmarks import HEADLINE, HIGHER_IS_BETTER
 from tasks.lib.config import GateConfig
+
+Verdict = Literal["pass", "fail", "inconclusive"]
 
 
 class GateRow(BaseModel):
     name: str
     metric: str
     kind: Literal["accuracy", "perplexity", "task"]
-    base: float | None
-    tuned: float | None
-    delta: float | None  # tuned - base, in the row's unit (points for accuracy)
-    allowed: float | None  # the bound tuned must meet: >= for accuracy and task, <= for perplexity
-    passed: bool
+    verdict: Verdict
+    passed: bool  # what the verdict means for promotion (inconclusive follows gate.on_inconclusive)
     reason: str
-    base_stderr: float | None = None
-    tuned_stderr: float | None = None
+    n: int = 0
+    base: float | None = None  # points for accuracy and task rows; the perplexity itself otherwise
+    tuned: float | None = None
+    delta: float | None = None  # tuned - base: points (accuracy, task) or percent change (perplexity)
+    ci_low: float | None = None  # interval of delta, same unit
+    ci_high: float | None = None
+    margin: float | None = None  # the non-inferiority margin, same unit as delta (a positive number)
+    p_value: float | None = None  # the p-value behind the verdict (Holm-adjusted for benchmarks)
+    p_noninferior: float | None = None
+    p_worse: float | None = None
+    p_better: float | None = None
+    gains: int | None = None  # items base got wrong and tuned right
+    losses: int | None = None  # items base got right and tuned wrong
+    detectable_drop: float | None = None  # smallest margin showable with 80% power at this n (same unit)
+    items_needed: int | None = None  # items that would settle an inconclusive row (80% power, no true change)
 
 
 class GateResult(BaseModel):
+    verdict: Verdict
     passed: bool
     rows: list[GateRow]
     task: GateRow
     max_accuracy_drop: float
     max_perplexity_increase: float
+    alpha: float
+    on_inconclusive: str
 
     def failures(self) -> list[GateRow]:
         return [row for row in [*self.rows, self.task] if not row.passed]
 
-
-def _finite(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
+    def inconclusive(self) -> list[GateRow]:
+        return [row for row in [*self.rows, self.task] if row.verdict == "inconclusive"]
 
 
-def _as_points(base: float, tuned: float) -> tuple[float, float, float]:
-    """Accuracy pair in points; returns (base, tuned, scale)."""
-    scale = 100.0 if max(abs(base), abs(tuned)) <= 1.0 else 1.0
-    return base * scale, tuned * scale, scale
+def _passes(verdict: Verdict, gate: GateConfig) -> bool:
+    return verdict == "pass" or (verdict == "inconclusive" and gate.on_inconclusive == "pass")
 
 
-def _missing_row(name: str, metric: str, kind: str, base: float | None, tuned: float | None) -> GateRow:
-    which = " and ".join(label for label, value in (("base", base), ("tuned", tuned)) if value is None)
-    return GateRow(
+def _unscorable(name: str, metric: str, kind: str, why: str) -> GateRow:
+    return GateRow(name=name, metric=metric, kind=kind, verdict="fail", passed=False, reason=why)
+
+
+def _paired_items(base_scores: dict | None, tuned_scores: dict | None) -> tuple[list, list] | str:
+    """The per-item results of both sides on the same documents, or why they cannot be paired."""
+    base_items = (base_scores or {}).get("items")
+    tuned_items = (tuned_scores or {}).get("items")
+    missing = [side for side, items in (("base", base_items), ("tuned", tuned_items)) if not items]
+    if missing:
+        return f"no per-item results for {' and '.join(missing)}: cannot pair"
+    if set(base_items) != set(tuned_items):
+        return f"base and tuned were scored on different items ({len(base_items)} vs {len(tuned_items)})"
+    keys = list(base_items)
+    return [base_items[key] for key in keys], [tuned_items[key] for key in keys]
+
+
+class _Pending(BaseModel):
+    """A benchmark row before the family-wise adjustment."""
+
+    row: GateRow
+    p_noninferior: float
+    p_worse: float
+    beyond_margin: bool  # the point estimate is past the margin
+
+
+def _accuracy_pending(name: str, metric: str, base: list, tuned: list, gate: GateConfig, k: int) -> _Pending:
+    pairs = stats.count_pairs(base, tuned)
+    margin = gate.max_accuracy_drop / 100.0
+    low, high = stats.difference_interval(pairs, 1.0 - 2.0 * gate.alpha / k)
+    sd = stats.per_item_sd(pairs)
+    row = GateRow(
         name=name,
         metric=metric,
-        kind=kind,
-        base=base,
-        tuned=tuned,
-        delta=None,
-        allowed=None,
+        kind="accuracy",
+        verdict="inconclusive",
         passed=False,
-        reason=f"no finite {which} score for {metric}",
+        reason="",
+        n=pairs.n,
+        base=100.0 * pairs.base_correct / pairs.n,
+        tuned=100.0 * pairs.tuned_correct / pairs.n,
+        delta=100.0 * pairs.delta,
+        ci_low=100.0 * low,
+        ci_high=100.0 * high,
+        margin=gate.max_accuracy_drop,
+        gains=pairs.gains,
+        losses=pairs.losses,
+        detectable_drop=100.0 * stats.detectable_margin(sd, pairs.n, gate.alpha / k),
+        items_needed=stats.items_needed(sd, margin, gate.alpha / k),
+    )
+    return _Pending(
+        row=row,
+        p_noninferior=stats.p_noninferior(pairs, margin),
+        p_worse=stats.p_worse(pairs),
+        beyond_margin=pairs.delta < -margin,
     )
 
 
-def _benchmark_row(name: str, base_scores: dict | None, tuned_scores: dict | None, gate: GateConfig) -> GateRow:
-    metric = HEADLINE.get(name)
-    if metric is None:
-        return GateRow(
-            name=name,
-            metric="?",
-            kind="accuracy",
-            base=None,
-            tuned=None,
-            delta=None,
-            allowed=None,
-            passed=False,
-            reason=f"unknown benchmark {name!r}",
-        )
-    kind = "accuracy" if HIGHER_IS_BETTER[metric] else "perplexity"
-    base = _finite((base_scores or {}).get(metric))
-    tuned = _finite((tuned_scores or {}).get(metric))
-    if base is None or tuned is None:
-        return _missing_row(name, metric, kind, base, tuned)
-    base_err = _finite((base_scores or {}).get(f"{metric}_stderr"))
-    tuned_err = _finite((tuned_scores or {}).get(f"{metric}_stderr"))
-
-    if kind == "accuracy":
-        base, tuned, scale = _as_points(base, tuned)
-        base_err = base_err * scale if base_err is not None else None
-        tuned_err = tuned_err * scale if tuned_err is not None else None
-        allowed = base - gate.max_accuracy_drop
-        passed = tuned >= allowed
-        reason = (
-            f"{metric} {tuned - base:+.2f} pts (limit -{gate.max_accuracy_drop:g})"
-            if passed
-            else f"{metric} dropped {base - tuned:.2f} pts, more than the allowed {gate.max_accuracy_drop:g}"
-        )
-    else:
-        allowed = base * (1.0 + gate.max_perplexity_increase)
-        passed = tuned <= allowed
-        change = (tuned / base - 1.0) * 100.0 if base else math.inf
-        reason = (
-            f"{metric} {change:+.1f}% (limit +{gate.max_perplexity_increase * 100:g}%)"
-            if passed
-            else f"{metric} rose {change:.1f}%, more than the allowed {gate.max_perplexity_increase * 100:g}%"
-        )
-    return GateRow(
+def _perplexity_pending(name: str, metric: str, base: list, tuned: list, gate: GateConfig, k: int) -> _Pending:
+    base_ll, weights = [item[0] for item in base], [item[1] for item in base]
+    tuned_ll = [item[0] for item in tuned]
+    seed = zlib.crc32(name.encode())
+    observed, resampled = stats.bootstrap_log_ratio(base_ll, tuned_ll, weights, gate.bootstrap_draws, seed)
+    bound = math.log1p(gate.max_perplexity_increase)
+    draws = len(resampled)
+    tail = gate.alpha / k
+    low, high = np.quantile(resampled, [tail, 1.0 - tail])
+    se_doc = float(np.std(resampled)) * math.sqrt(len(base))
+    ppl_base = math.exp(-sum(base_ll) / sum(weights))
+    ppl_tuned = math.exp(-sum(tuned_ll) / sum(weights))
+    row = GateRow(
         name=name,
         metric=metric,
-        kind=kind,
-        base=base,
-        tuned=tuned,
-        delta=tuned - base,
-        allowed=allowed,
-        passed=passed,
-        reason=reason,
-        base_stderr=base_err,
-        tuned_stderr=tuned_err,
+        kind="perplexity",
+        verdict="inconclusive",
+        passed=False,
+        reason="",
+        n=len(base),
+        base=ppl_base,
+        tuned=ppl_tuned,
+        delta=100.0 * math.expm1(observed),
+        ci_low=100.0 * math.expm1(low),
+        ci_high=100.0 * math.expm1(high),
+        margin=100.0 * gate.max_perplexity_increase,
+        detectable_drop=100.0 * math.expm1(stats.detectable_margin(se_doc, len(base), tail)),
+        items_needed=stats.items_needed(se_doc, bound, tail),
+    )
+    return _Pending(
+        row=row,
+        p_noninferior=(1 + int(np.sum(resampled >= bound))) / (draws + 1),
+        p_worse=(1 + int(np.sum(resampled <= 0.0))) / (draws + 1),
+        beyond_margin=observed > bound,
     )
 
 
-def _task_row(base: float | None, tuned: float | None, gate: GateConfig, metric: str) -> GateRow:
-    base, tuned = _finite(base), _finite(tuned)
-    if base is None or tuned is None:
+def _describe(row: GateRow, unit: str) -> str:
+    change = f"{row.delta:+.2f}{unit} [{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
+    if row.verdict == "pass":
+        return f"{change}: no drop beyond the {row.margin:g}{unit} margin (p={row.p_noninferior:.2g})"
+    if row.verdict == "fail":
+        return f"{change}: forgetting shown beyond the {row.margin:g}{unit} margin (p={row.p_worse:.2g})"
+    return (
+        f"{change}: {row.n} items cannot tell; they can show a margin of {row.detectable_drop:.2g}{unit}, "
+        f"about {row.items_needed} items would settle {row.margin:g}{unit}"
+    )
+
+
+def _benchmark_rows(base: dict, tuned: dict, gate: GateConfig) -> list[GateRow]:
+    names = list(base) + [name for name in tuned if name not in base]
+    k = max(len(names), 1)
+    rows: list[GateRow | None] = []
+    pending: list[tuple[int, _Pending]] = []  # (position in rows, row awaiting the family-wise adjustment)
+    for name in names:
+        metric = HEADLINE.get(name)
+        if metric is None:
+            rows.append(_unscorable(name, "?", "accuracy", f"unknown benchmark {name!r}"))
+            continue
+        kind = "accuracy" if HIGHER_IS_BETTER[metric] else "perplexity"
+        paired = _paired_items(base.get(name), tuned.get(name))
+        if isinstance(paired, str):
+            rows.append(_unscorable(name, metric, kind, paired))
+            continue
+        build = _accuracy_pending if kind == "accuracy" else _perplexity_pending
+        pending.append((len(rows), build(name, metric, *paired, gate, k)))
+        rows.append(None)
+    adjusted_ni = stats.holm([item.p_noninferior for _, item in pending])
+    adjusted_worse = stats.holm([item.p_worse for _, item in pending])
+    for (position, item), p_ni, p_worse in zip(pending, adjusted_ni, adjusted_worse, strict=True):
+        if p_ni < gate.alpha:
+            verdict, p_value = "pass", p_ni
+        elif p_worse < gate.alpha and item.beyond_margin:
+            verdict, p_value = "fail", p_worse
+        else:
+            verdict, p_value = "inconclusive", p_ni
+        row = item.row.model_copy(
+            update={
+                "verdict": verdict,
+                "passed": _passes(verdict, gate),
+                "p_value": p_value,
+                "p_noninferior": p_ni,
+                "p_worse": p_worse,
+            }
+        )
+        row.reason = _describe(row, " pts" if row.kind == "accuracy" else "%")
+        rows[position] = row
+    return [row for row in rows if row is not None]
+
+
+def _task_row(
+    base_correct: Sequence[bool] | None, tuned_correct: Sequence[bool] | None, gate: GateConfig, metric: str
+) -> GateRow:
+    if not base_correct or not tuned_correct:
         if not gate.require_task_improvement:
-            return GateRow(
-                name="task",
-                metric=metric,
-                kind="task",
-                base=base,
-                tuned=tuned,
-                delta=None,
-                allowed=None,
-                passed=True,
-                reason="task improvement not required",
-            )
-        return _missing_row("task", metric, "task", base, tuned)
-    base, tuned, _ = _as_points(base, tuned)
-    improved = tuned > base
-    if not gate.require_task_improvement:
-        passed, reason = True, f"{metric} {tuned - base:+.2f} (improvement not required)"
-    elif improved:
-        passed, reason = True, f"{metric} improved {tuned - base:+.2f}"
+            return GateRow(name="task", metric=metric, kind="task", verdict="pass", passed=True, reason="not required")
+        return _unscorable("task", metric, "task", "no per-item task results for base and tuned")
+    pairs = stats.count_pairs(base_correct, tuned_correct)
+    low, high = stats.difference_interval(pairs, 1.0 - 2.0 * gate.alpha)
+    p_better = stats.p_better(pairs)
+    sd = stats.per_item_sd(pairs)
+    change = f"{100 * pairs.delta:+.1f} pts [{100 * low:+.1f}, {100 * high:+.1f}] ({pairs.gains} gained, "
+    change += f"{pairs.losses} lost of {pairs.n})"
+    if p_better < gate.alpha:
+        verdict, reason = "pass", f"{change}: better than base (p={p_better:.2g})"
+    elif pairs.delta <= 0:
+        verdict, reason = "fail", f"{change}: no gain over base"
     else:
-        passed, reason = False, f"{metric} did not improve ({tuned - base:+.2f}); the tuned model must beat the base"
+        verdict, reason = "inconclusive", f"{change}: a gain the items cannot confirm (p={p_better:.2g})"
+    if not gate.require_task_improvement:
+        verdict, reason = "pass", f"{reason} (improvement not required)"
+    needed = stats.items_needed(sd, pairs.delta, gate.alpha) if pairs.delta > 0 else None
     return GateRow(
         name="task",
         metric=metric,
         kind="task",
-        base=base,
-        tuned=tuned,
-        delta=tuned - base,
-        allowed=base if gate.require_task_improvement else None,
-        passed=passed,
+        verdict=verdict,
+        passed=_passes(verdict, gate),
         reason=reason,
+        n=pairs.n,
+        base=100.0 * pairs.base_correct / pairs.n,
+        tuned=100.0 * pairs.tuned_correct / pairs.n,
+        delta=100.0 * pairs.delta,
+        ci_low=100.0 * low,
+        ci_high=100.0 * high,
+        p_value=p_better,
+        p_better=p_better,
+        gains=pairs.gains,
+        losses=pairs.losses,
+        detectable_drop=100.0 * stats.detectable_margin(sd, pairs.n, gate.alpha),
+        items_needed=needed,
     )
 
 
-def decide(
-    base: dict[str, dict[str, float]],
-    tuned: dict[str, dict[str, float]],
-    gate: GateConfig,
-    task_base: float | None,
-    task_tuned: float | None,
-    task_metric: str = "primary",
-) -> GateResult:
-    """Compare base and tuned benchmark scores ({name: {metric: value}}) and the task's primary metric.
+def overall_verdict(rows: Sequence[GateRow]) -> Verdict:
+    verdicts = {row.verdict for row in rows}
+    return "fail" if "fail" in verdicts else "inconclusive" if "inconclusive" in verdicts else "pass"
 
-    Every benchmark in either dict gets a row on its HEADLINE metric; a score missing on one side fails.
+
+def decide(
+    base: dict[str, dict[str, Any]],
+    tuned: dict[str, dict[str, Any]],
+    gate: GateConfig,
+    task_base_correct: Sequence[bool] | None = None,
+    task_tuned_correct: Sequence[bool] | None = None,
+    task_metric: str = "correct",
+) -> GateResult:
+    """Compare base and tuned benchmark results ({name: {metric: value, "items": {doc: result}}}) and the task.
+
+    `task_*_correct` are the per-item correctness of base and tuned on the same test items, in the same order.
     """
-    names = list(base) + [name for name in tuned if name not in base]
-    rows = [_benchmark_row(name, base.get(name), tuned.get(name), gate) for name in names]
-    task = _task_row(task_base, task_tuned, gate, task_metric)
+    rows = _benchmark_rows(base, tuned, gate)
+    task = _task_row(task_base_correct, task_tuned_correct, gate, task_metric)
+    verdict = overall_verdict([*rows, task])
     return GateResult(
-        passed=all(row.passed for row in rows) and task.passed,
+        verdict=verdict,
+        passed=all(row.passed for row in [*rows, task]),
         rows=rows,
         task=task,
         max_accuracy_drop=gate.max_accuracy_drop,
         max_perplexity_increase=gate.max_perplexity_increase,
+        alpha=gate.alpha,
+        on_inconclusive=gate.on_inconclusive,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class RunContext(BaseModel):
@@ -42,6 +42,9 @@ class TaskEvalRef(BaseModel):
     n_items: int
     markdown: str
     mlflow_run_id: str
+    item_ids: list[str] = Field(default_factory=list)  # the test items, in order
+    base_correct: list[bool] = Field(default_factory=list)  # per item, for the paired task test
+    tuned_correct: list[bool] = Field(default_factory=list)
 
 
 class ForgettingRef(BaseModel):

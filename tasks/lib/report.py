@@ -1,4 +1,4 @@
-"""The forgetting report: a markdown table of the gate's verdicts and a base-vs-tuned bar chart."""
+"""The forgetting report: a markdown table of the paired verdicts and a plot of each delta with its interval."""
 
 from __future__ import annotations
 
@@ -15,35 +15,29 @@ def _num(value: float | None, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
-def _score(value: float | None, stderr: float | None) -> str:
-    return _num(value) if stderr is None or value is None else f"{_num(value)} ± {_num(stderr)}"
+_MARK = {"pass": "✅ pass", "fail": "❌ fail", "inconclusive": "❔ inconclusive"}
 
 
-def _allowed(row: GateRow) -> str:
-    if row.allowed is None:
-        return "—"
-    if row.kind == "perplexity":
-        return f"≤ {_num(row.allowed)}"
-    return f"> {_num(row.allowed)}" if row.kind == "task" else f"≥ {_num(row.allowed)}"
-
-
-def _delta(row: GateRow) -> str:
-    if row.delta is None:
-        return "n/a"
-    if row.kind == "perplexity" and row.base:
-        return f"{row.delta:+.2f} ({row.delta / row.base * 100:+.1f}%)"
-    return f"{row.delta:+.2f}" + (" pts" if row.kind == "accuracy" else "")
+def _p(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2g}"
 
 
 def _line(row: GateRow, label: str) -> str:
-    verdict = "✅ pass" if row.passed else "❌ FAIL"
+    unit = "%" if row.kind == "perplexity" else " pts"
+    interval = "n/a" if row.ci_low is None else f"[{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
+    discordant = "n/a" if row.gains is None else f"+{row.gains} / -{row.losses}"
+    verdict = _MARK[row.verdict] + ("" if row.passed == (row.verdict == "pass") else " (counts as pass)")
     cells = [
         label,
         row.metric,
-        _score(row.base, row.base_stderr),
-        _score(row.tuned, row.tuned_stderr),
-        _delta(row),
-        _allowed(row),
+        str(row.n),
+        _num(row.base),
+        _num(row.tuned),
+        "n/a" if row.delta is None else f"{row.delta:+.2f}{unit}",
+        interval,
+        _p(row.p_value),
+        discordant,
+        "n/a" if row.detectable_drop is None else f"{row.detectable_drop:.2f}{unit}",
         f"{verdict}: {row.reason}",
     ]
     return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
@@ -74,91 +68,70 @@ def forgetting_markdown(result: GateResult, task_metrics: dict | None = None) ->
     """Markdown: one row per benchmark and the task row, then the overall verdict.
 
     task_metrics, optional: {"base": {metric: v}, "tuned": {metric: v}} or a flat {metric: v}.
-    Accuracies are in points (0-100); perplexities as measured.
+    Accuracies are in points (0-100); perplexities as measured, their change in percent.
     """
+    k = max(len(result.rows), 1)
     lines = [
         "## Catastrophic-forgetting check",
         "",
-        f"Limits: accuracy may drop at most {result.max_accuracy_drop:g} points; "
-        f"perplexity may rise at most {result.max_perplexity_increase * 100:g}%.",
+        f"Paired on the same items. Margins: accuracy may drop at most {result.max_accuracy_drop:g} points, "
+        f"perplexity may rise at most {result.max_perplexity_increase * 100:g}%. Family-wise alpha "
+        f"{result.alpha:g} across {k} benchmarks (Holm); intervals are simultaneous "
+        f"({100 * (1 - 2 * result.alpha / k):.1f}% each); the task interval is {100 * (1 - 2 * result.alpha):.0f}%. "
+        f"p: non-inferiority for a pass or an inconclusive row, forgetting for a fail, superiority for the task. "
+        f"Detectable: the smallest margin these items can show with 80% power. "
+        f"Inconclusive counts as **{result.on_inconclusive}** (`gate.on_inconclusive`).",
         "",
-        "| benchmark | metric | base | tuned | delta | allowed | verdict |",
-        "|---|---|---|---|---|---|---|",
+        "| benchmark | metric | n | base | tuned | delta | interval | p | gained / lost | detectable | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [_line(row, row.name) for row in result.rows]
     lines.append(_line(result.task, "**target task**"))
     if task_metrics:
         lines += _task_metrics_table(task_metrics)
-    failed = result.failures()
-    lines += [
-        "",
-        "**Overall: PASS** — the tuned model may be promoted."
-        if result.passed
-        else f"**Overall: FAIL** — {len(failed)} check(s) failed: " + ", ".join(row.name for row in failed) + ".",
-        "",
-    ]
+    failed, unsure = result.failures(), result.inconclusive()
+    if result.passed:
+        summary = f"**Overall: {result.verdict.upper()}** — the tuned model may be promoted."
+        if unsure:
+            summary += f" Inconclusive (counted as pass): {', '.join(row.name for row in unsure)}."
+    else:
+        summary = (
+            f"**Overall: {result.verdict.upper()}** — not promotable: "
+            + ", ".join(f"{row.name} ({row.verdict})" for row in failed)
+            + "."
+        )
+    lines += ["", summary, ""]
     return "\n".join(lines)
 
 
-def _bars(axis, rows: list[GateRow], ylabel: str, log: bool = False) -> None:
-    import numpy as np
-
-    x = np.arange(len(rows))
-    width = 0.38
-    base = [row.base if row.base is not None else 0.0 for row in rows]
-    tuned = [row.tuned if row.tuned is not None else 0.0 for row in rows]
-    base_err = [row.base_stderr or 0.0 for row in rows]
-    tuned_err = [row.tuned_stderr or 0.0 for row in rows]
-    axis.bar(x - width / 2, base, width, yerr=base_err, label="base", color="#8c8c8c", capsize=3)
-    bars = axis.bar(x + width / 2, tuned, width, yerr=tuned_err, label="tuned", color="#3b75af", capsize=3)
-    for bar, row in zip(bars, rows, strict=True):
-        if not row.passed:
-            bar.set_color("#c0392b")
-    for index, row in enumerate(rows):
-        if row.allowed is not None:
-            axis.hlines(row.allowed, index - 0.45, index + 0.45, colors="black", linestyles="dashed", linewidth=1)
-    axis.set_xticks(x, [f"{row.name}\n{row.metric}" for row in rows], fontsize=8)
-    axis.set_ylabel(ylabel)
-    if log:
-        axis.set_yscale("log")
-    axis.legend(fontsize=8)
-
-
-def forgetting_bar_chart(result: GateResult, path: Path) -> Path:
-    """PNG: base vs tuned per benchmark (accuracies in points; perplexities on their own log axis).
-
-    Dashed lines mark the gate's bound; failing bars are red.
-    """
+def forgetting_delta_chart(result: GateResult, path: Path) -> Path:
+    """PNG: each row's delta with its interval and the margin (accuracy in points, perplexity in percent)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    accuracy = [row for row in result.rows if row.kind == "accuracy"]
-    if result.task.base is not None and result.task.tuned is not None:
-        accuracy.append(result.task)
-    perplexity = [row for row in result.rows if row.kind == "perplexity"]
-    panels = [
-        (rows, label, log)
-        for rows, label, log in (
-            (accuracy, "score (points)", False),
-            (perplexity, "perplexity (lower is better, log)", True),
-        )
-        if rows
-    ]
-    figure, axes = plt.subplots(
-        1,
-        max(len(panels), 1),
-        figsize=(4 + 1.6 * max(len(accuracy), 1) + 1.8 * len(perplexity), 4.5),
-        squeeze=False,
-        gridspec_kw={"width_ratios": [max(len(rows), 1) for rows, _, _ in panels] or [1]},
+    rows = [row for row in [*result.rows, result.task] if row.delta is not None]
+    colours = {"pass": "#1e8449", "fail": "#c0392b", "inconclusive": "#d68910"}
+    figure, axis = plt.subplots(figsize=(7, 1.2 + 0.55 * max(len(rows), 1)))
+    for index, row in enumerate(rows):
+        # Perplexity rises are forgetting: plotted as a negative change so "left is worse" for every row.
+        sign = -1.0 if row.kind == "perplexity" else 1.0
+        low, high = sorted((sign * (row.ci_low or 0.0), sign * (row.ci_high or 0.0)))
+        axis.plot([low, high], [index, index], color=colours[row.verdict], linewidth=3)
+        axis.plot(sign * row.delta, index, "o", color="black", markersize=4)
+        if row.margin is not None:
+            axis.plot(-row.margin, index, "|", color="black", markersize=14)
+    axis.axvline(0.0, color="grey", linewidth=0.8)
+    axis.set_yticks(
+        range(len(rows)),
+        [f"{row.name} ({'% ppl, sign flipped' if row.kind == 'perplexity' else 'pts'})" for row in rows],
+        fontsize=8,
     )
-    for axis, (rows, label, log) in zip(axes[0], panels, strict=False):
-        _bars(axis, rows, label, log)
-    figure.suptitle(
-        f"Forgetting check: {'PASS' if result.passed else 'FAIL'}", color="#1e8449" if result.passed else "#c0392b"
-    )
+    axis.invert_yaxis()
+    axis.set_xlabel("tuned - base (left is worse); | marks the margin; colour = verdict")
+    axis.set_title(f"Gate: {result.verdict}", color=colours[result.verdict])
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", dpi=110)

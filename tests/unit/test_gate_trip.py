@@ -112,13 +112,13 @@ def test_destructive_fine_tune_trips_the_gate(
     tuned = _scores(model, config)
     gate = decide(base_scores, tuned, GATE, None, None)
 
-    assert not gate.passed
+    assert not gate.passed and gate.verdict == "fail"
     failed = {row.name: row for row in gate.failures()}
     assert "wikitext" in failed and failed["wikitext"].kind == "perplexity"
     wikitext = failed["wikitext"]
-    assert math.isfinite(wikitext.tuned) and wikitext.tuned > wikitext.allowed
-    assert wikitext.allowed == pytest.approx(wikitext.base * (1 + GATE.max_perplexity_increase))
-    assert "rose" in wikitext.reason
+    assert wikitext.verdict == "fail" and "forgetting shown" in wikitext.reason
+    assert math.isfinite(wikitext.tuned) and wikitext.delta > 100 * GATE.max_perplexity_increase
+    assert wikitext.ci_low > 0 and wikitext.n >= 2
     # Collapsing onto one word also hurts the other perplexity lm-eval reports (LAMBADA's, not gated).
     assert tuned["lambada"]["perplexity"] > base_scores["lambada"]["perplexity"]
 
@@ -135,6 +135,8 @@ def test_harmless_fine_tune_passes_the_gate(
     tuned = _scores(model, config)
     gate = decide(base_scores, tuned, GATE, None, None)
 
-    assert gate.passed, [row.reason for row in gate.failures()]
+    # A handful of items per benchmark cannot show non-inferiority, but nothing may be called forgetting.
+    assert gate.verdict != "fail", [row.reason for row in gate.failures()]
     assert {row.name for row in gate.rows} == set(config.forgetting.benchmarks)
-    assert all(row.passed and row.metric == HEADLINE[row.name] for row in gate.rows)
+    assert all(row.verdict != "fail" and row.metric == HEADLINE[row.name] for row in gate.rows)
+    assert {row.n for row in gate.rows if row.kind == "accuracy"} == {config.forgetting.limit}
