@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/demo.yaml
 
 SHELL := /bin/bash
-.PHONY: help lock check-lock setup demo run up down status test test-slow test-all lint bench bench-quick clean
+.PHONY: help lock check-lock check-demo demo-report setup demo run up down status test test-slow test-all lint bench bench-quick clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,9 +26,10 @@ lock:  ## re-resolve pyproject.toml's ranges in a scratch venv and write require
 check-lock:  ## fail unless .venv holds exactly the versions in requirements.lock
 	$(BIN)/pip freeze --exclude-editable | diff -u <(grep -v '^#' requirements.lock) - && echo "installed = requirements.lock"
 
-setup: $(BIN)/qlora  ## install into .venv, pull the raw data sets (DVC), build the demo model and data (dvc repro)
+setup: $(BIN)/qlora  ## install into .venv, pull the raw data (DVC), build the demo model and data (dvc repro), score the base
 	$(BIN)/dvc pull --quiet $(wildcard data/raw/*.dvc)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro --quiet
+	$(BIN)/qlora score-base $(CONFIG)
 
 demo: setup up run  ## set up, start the local stack, run the whole pipeline on the embedded default
 
@@ -40,6 +41,12 @@ up:  ## start the Prefect server, the MLflow server and the deployments (127.0.0
 
 down:  ## stop the local stack
 	$(BIN)/qlora stack down
+
+check-demo:  ## exit 0 only if the newest demo run ended as a registered, verified champion; prints its timings
+	$(BIN)/qlora check-run runs/demo
+
+demo-report:  ## check the newest demo run and write its report to reports/demo_run.md (the README's numbers)
+	$(BIN)/qlora check-run runs/demo --report reports/demo_run.md
 
 status:  ## what of the local stack is running
 	$(BIN)/qlora stack status

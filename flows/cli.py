@@ -6,8 +6,14 @@ qlora prepare configs/demo.yaml                                         data pre
 qlora train configs/demo.yaml --run-id ID                               prepare + train only, no Prefect
 qlora fetch-demo-model models/smollm2-135m-instruct                     the embedded default model
 qlora prepare-benchmarks data/raw data/benchmarks                       forgetting benchmark data
+qlora score-base configs/demo.yaml                                      the base model's benchmark results, cached
+qlora check-run runs/demo [--report reports/demo_run.md]               did the newest run end as a verified champion?
 qlora serve configs/demo.yaml                                           serve the deployments
 qlora stack up|down|status                                              local Prefect + MLflow + serve
+
+Exit codes: 0 done (registered, or skipped as unchanged, or registry disabled); 1 a user error (bad input);
+2 a refused config; 3 the gate did not pass (nothing registered); 4 the gate passed but nothing was registered
+or the new version is not a verified champion (check-run).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import sys
 from pathlib import Path
 
 from tasks.lib.config import ConfigError, load_config
+
+EXIT_OK, EXIT_GATE, EXIT_NOT_REGISTERED = 0, 3, 4
 
 
 def _quiet_libraries() -> None:
@@ -78,7 +86,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         metric = ev.primary_metric
         print(f"target task:    {metric} base {ev.base[metric]:.3f} -> tuned {ev.tuned[metric]:.3f}")
     if result.forgetting:
-        print(f"forgetting gate: {'PASSED' if result.forgetting.passed else 'FAILED'}")
+        gate = result.forgetting.gate
+        passed = "passed" if result.forgetting.passed else "not passed"
+        print(f"gate:           {gate.get('verdict', '?').upper()} ({passed})")
+        for row in [*gate.get("rows", []), gate.get("task", {})]:
+            print(f"  {row.get('name', '?'):<12} {row.get('verdict', '?'):<12} {row.get('reason', '')}")
     if result.registration:
         reg = result.registration
         where = f"{reg.model_name} v{reg.version} aliases={reg.aliases}" if reg.registered else "nothing registered"
@@ -88,7 +100,55 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print("Prefect UI:     ran on a temporary server; `make up` keeps the history and serves the UI")
     print(f"MLflow UI:      {_mlflow_ui_hint(result.mlflow_experiment_id, result.mlflow_run_id)}")
-    return 0
+    if result.forgetting is None or not result.forgetting.passed:
+        return EXIT_GATE
+    if result.registration is not None and not result.registration.registered:
+        return EXIT_OK if result.registration.reason == "registry disabled" else EXIT_NOT_REGISTERED
+    return EXIT_OK
+
+
+def newest_run_dir(path: Path) -> Path:
+    """`path` itself when it is a run directory, else its newest subdirectory holding a finished run."""
+    if (path / "pipeline_result.json").is_file():
+        return path
+    runs = sorted((p for p in path.glob("*/pipeline_result.json")), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise FileNotFoundError(f"{path}: no finished pipeline run (pipeline_result.json) in it or below it")
+    return runs[-1].parent
+
+
+def cmd_score_base(args: argparse.Namespace) -> int:
+    from tasks.forgetting import score_base_model
+    from tasks.lib.preflight import check_inputs
+
+    config = load_config(args.config, args.overrides)
+    check_inputs(config)
+    scores, cached = score_base_model(config)
+    state = "already cached" if cached else f"scored and cached in {config.forgetting.cache_dir}"
+    print(
+        f"base model benchmark results {state}: " + ", ".join(f"{name} n={int(s['n'])}" for name, s in scores.items())
+    )
+    return EXIT_OK
+
+
+def cmd_check_run(args: argparse.Namespace) -> int:
+    from flows.check_run import check_run, run_report
+
+    run_dir = newest_run_dir(Path(args.run_dir))
+    check = check_run(run_dir)
+    print(f"run {run_dir}: " + ("registered, verified champion" if check.ok else "NOT a verified champion"))
+    for problem in check.problems:
+        print(f"  - {problem}")
+    if check.wall_seconds is not None:
+        print(
+            f"wall time {check.wall_seconds:.0f} s; steps: "
+            + ", ".join(f"{k} {v:.0f} s" for k, v in check.steps.items())
+        )
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(run_report(run_dir, check))
+        print(f"report written to {args.report}")
+    return EXIT_OK if check.ok else EXIT_NOT_REGISTERED
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -176,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, handler, text in [
         ("validate", cmd_validate, "check a config and its input paths"),
         ("prepare", cmd_prepare, "prepare the data set (DVC stage prepare_data)"),
+        ("score-base", cmd_score_base, "score the base model on the forgetting benchmarks once (cached per item)"),
     ]:
         sub = verbs.add_parser(name, help=text)
         _config_args(sub)
@@ -194,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("raw_dir")
     bench.add_argument("out_dir")
     bench.set_defaults(handler=cmd_prepare_benchmarks)
+
+    check = verbs.add_parser("check-run", help="exit 0 only if a run ended as a verified, registered champion")
+    check.add_argument("run_dir", help="a run directory, or a folder of them (the newest finished one is checked)")
+    check.add_argument("--report", help="also write the run's report (markdown) here")
+    check.set_defaults(handler=cmd_check_run)
 
     serve = verbs.add_parser("serve", help="serve the on-demand and scheduled deployments (blocks)")
     serve.add_argument("config", nargs="?", default="configs/demo.yaml")

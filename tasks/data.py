@@ -21,6 +21,15 @@ def processed_paths(config: RunConfig) -> tuple[Path, Path]:
     return root / config.name, root.parent / "metrics" / f"{config.name}_data_stats.json"
 
 
+def data_version(config: RunConfig) -> str:
+    """The raw data version of every source; a held-out file inside the same DVC folder adds nothing."""
+    versions = [raw_data_version(config.data.path)]
+    for path in (config.data.validation_path, config.data.test_path):
+        if path and raw_data_version(path) not in versions:
+            versions.append(raw_data_version(path))
+    return "+".join(versions)
+
+
 def run_prepare(config: RunConfig) -> DataRef:
     out_dir, stats_path = processed_paths(config)
     tokenizer = load_tokenizer(config.model)
@@ -33,7 +42,7 @@ def run_prepare(config: RunConfig) -> DataRef:
     return DataRef(
         processed_dir=str(out_dir),
         fingerprint=fingerprint,
-        raw_version=raw_data_version(config.data.path),
+        raw_version=data_version(config),
         stats=stats,
         reused=reused,
     )

@@ -10,6 +10,7 @@ from prefect import get_run_logger, task
 from tasks.common import retry_only_transient, step_run
 from tasks.io.models import load_base_model, load_tokenizer
 from tasks.lib.config import RunConfig
+from tasks.lib.promotion import items_fingerprint
 from tasks.lib.refs import DataRef, RunContext, TaskEvalRef, TrainRef
 from tasks.lib.task_eval import compare, evaluate_task, load_split, task_markdown, write_predictions
 
@@ -21,6 +22,12 @@ def load_adapter_model(config: RunConfig, adapter_dir: str) -> PeftModel:
     )
     model.eval()
     return model
+
+
+def evaluated_items_fingerprint(rows: list[dict], config: RunConfig) -> str:
+    """The fingerprint of the test items evaluate_task scores (the first evaluation.max_items)."""
+    selected = rows[: config.evaluation.max_items] if config.evaluation.max_items else rows
+    return items_fingerprint([(str(row.get("id")), row["messages"]) for row in selected])
 
 
 def run_target_eval(config: RunConfig, context: RunContext, data: DataRef, trained: TrainRef) -> TaskEvalRef:
@@ -49,6 +56,7 @@ def run_target_eval(config: RunConfig, context: RunContext, data: DataRef, train
             markdown=markdown,
             mlflow_run_id=tracker.run_id,
             item_ids=[record.id for record in tuned.predictions],
+            test_fingerprint=evaluated_items_fingerprint(rows, config),
             base_correct=[record.correct for record in base.predictions],
             tuned_correct=[record.correct for record in tuned.predictions],
         )

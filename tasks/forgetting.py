@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from prefect import get_run_logger, task
 
 from tasks.common import retry_only_transient, step_run
 from tasks.evaluate import load_adapter_model
-from tasks.io.models import load_tokenizer, model_version
+from tasks.io.models import load_base_model, load_tokenizer, model_version
 from tasks.io.score_cache import benchmark_key_parts, get_or_compute
 from tasks.lib.benchmarks import run_benchmarks
 from tasks.lib.config import RunConfig
@@ -40,6 +41,44 @@ def base_model_version(config: RunConfig) -> str:
         },
         sort_keys=True,
     )
+
+
+def score_benchmarks(config: RunConfig, model, tokenizer) -> dict:
+    bench = config.forgetting
+    return run_benchmarks(
+        model,
+        tokenizer,
+        list(bench.benchmarks),
+        Path(bench.data_dir),
+        limit=bench.limit,
+        batch_size=bench.batch_size,
+        max_length=bench.max_length,
+        perplexity_limit=bench.perplexity_limit,
+    )
+
+
+def base_scores_for(config: RunConfig, compute: Callable[[], dict]) -> tuple[dict, bool]:
+    """The base model's per-item benchmark results from the cache, else `compute()`d and cached."""
+    bench = config.forgetting
+    key = benchmark_key_parts(
+        base_model_version(config),
+        list(bench.benchmarks),
+        Path(bench.data_dir),
+        limit=bench.limit,
+        max_length=bench.max_length,
+        perplexity_limit=bench.perplexity_limit,
+    )
+    return get_or_compute(key, compute, bench.cache_dir)
+
+
+def score_base_model(config: RunConfig) -> tuple[dict, bool]:
+    """Fill the base-score cache for `config` (the `qlora score-base` verb); returns (scores, was cached)."""
+
+    def compute() -> dict:
+        model = load_base_model(config.model, config.quantization, for_training=False)
+        return score_benchmarks(config, model, load_tokenizer(config.model))
+
+    return base_scores_for(config, compute)
 
 
 VERDICT_CODE = {"fail": 0.0, "inconclusive": 0.5, "pass": 1.0}
@@ -81,23 +120,13 @@ def run_forgetting_check(
         if bench.enabled and bench.benchmarks:
             tokenizer = load_tokenizer(config.model)
             model = load_adapter_model(config, trained.adapter_dir)
-            names, data_dir = list(bench.benchmarks), Path(bench.data_dir)
-            settings = {
-                "limit": bench.limit,
-                "max_length": bench.max_length,
-                "perplexity_limit": bench.perplexity_limit,
-            }
-
-            def score(model) -> dict:
-                return run_benchmarks(model, tokenizer, names, data_dir, batch_size=bench.batch_size, **settings)
 
             def score_base() -> dict:
                 with model.disable_adapter():
-                    return score(model)
+                    return score_benchmarks(config, model, tokenizer)
 
-            key = benchmark_key_parts(base_model_version(config), names, data_dir, **settings)
-            base_scores, cached = get_or_compute(key, score_base, bench.cache_dir)
-            tuned_scores = score(model)
+            base_scores, cached = base_scores_for(config, score_base)
+            tuned_scores = score_benchmarks(config, model, tokenizer)
         gate = decide(
             base_scores, tuned_scores, config.gate, evaluation.base_correct, evaluation.tuned_correct, "correct"
         )
@@ -126,6 +155,7 @@ def run_forgetting_check(
             markdown=markdown,
             base_scores_cached=cached,
             mlflow_run_id=tracker.run_id,
+            tags=gate_tags(gate),
         )
 
 

@@ -1,20 +1,55 @@
-"""Prefect task: register the merged model, move aliases by the promotion policy, verify the round trip."""
+"""Prefect task: decide promotion on the same test items as the champion, register, verify, then move aliases."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
 from transformers import AutoModelForCausalLM
 
 from tasks.common import retry_only_transient, step_run
 from tasks.io.models import load_tokenizer
-from tasks.io.registry import register_merged_model, verify_round_trip
+from tasks.io.registry import (
+    PIPELINE_RUN_TAG,
+    champion,
+    load_registered,
+    register_merged_model,
+    verify_round_trip,
+)
 from tasks.io.versioning import git_commit
 from tasks.lib.config import RunConfig
 from tasks.lib.merge import fidelity_prompts
-from tasks.lib.refs import DataRef, PipelineResult, RegistrationRef, RunContext
-from tasks.lib.task_eval import load_split
+from tasks.lib.promotion import decide_promotion, decode_correct, encode_correct
+from tasks.lib.refs import DataRef, PipelineResult, RegistrationRef, RunContext, TaskEvalRef
+from tasks.lib.task_eval import evaluate_task, load_split
+
+TEST_FINGERPRINT_TAG = "test_fingerprint"
+TEST_CORRECT_TAG = "test_items_correct"
+MAX_TAG_ITEMS = 4000  # MLflow tag values hold 5,000 characters; larger test sets are re-scored instead
+
+
+def champion_correct_on(
+    config: RunConfig, evaluation: TaskEvalRef, rows: list[dict], logger=None
+) -> tuple[list[bool] | None, str]:
+    """The champion's per-item correctness on this run's test items, and where it came from.
+
+    Reused from the champion's tags when it was scored on the same items; otherwise the champion
+    (`models:/<name>@champion`) is loaded and scored on them now.
+    """
+    current = champion(MlflowClient(), config.registry.model_name)
+    if current is None:
+        return None, "no champion"
+    version, tags = current
+    if tags.get(TEST_FINGERPRINT_TAG) == evaluation.test_fingerprint and TEST_CORRECT_TAG in tags:
+        return decode_correct(tags[TEST_CORRECT_TAG]), f"v{version}'s stored results on the same items"
+    if logger:
+        logger.info("champion v%s was scored on other test items: scoring it on this run's items", version)
+    model, tokenizer = load_registered(f"models:/{config.registry.model_name}/{version}")
+    scored = evaluate_task(model, tokenizer, rows, config.evaluation)
+    by_id = {record.id: record.correct for record in scored.predictions}
+    return [by_id[item] for item in evaluation.item_ids], f"v{version} re-scored on this run's items"
 
 
 def run_registration(config: RunConfig, context: RunContext, data: DataRef, result: PipelineResult) -> RegistrationRef:
@@ -25,43 +60,55 @@ def run_registration(config: RunConfig, context: RunContext, data: DataRef, resu
         return RegistrationRef(
             registered=False, model_name=name, version=None, aliases=[], reason="a gate failed: nothing registered"
         )
-    metric = result.evaluation.primary_metric
+    evaluation = result.evaluation
     with step_run(config, context, "register") as tracker:
-        registered = register_merged_model(
-            Path(result.merge.merged_dir),
-            name,
-            run_id=tracker.run_id,
-            score=result.evaluation.tuned[metric],
-            metric_name=metric,
-            tags={
-                "data_version": data.raw_version,
-                "processed_data_fingerprint": data.fingerprint,
-                "config_hash": config.fingerprint(),
-                "git_commit": git_commit(),
-                "pipeline_run_id": context.run_id,
-                "mlflow_parent_run_id": context.parent_run_id,
-                "merge_strategy": result.merge.strategy,
-                "gate": "passed",
-                **{f"base.{key}": value for key, value in result.evaluation.base.items()},
-                **{f"tuned.{key}": value for key, value in result.evaluation.tuned.items()},
-            },
-            gate_passed=True,
-        )
-        if registered.version is not None and registered.aliases:
-            tokenizer = load_tokenizer(config.model)
-            merged = AutoModelForCausalLM.from_pretrained(result.merge.merged_dir, use_safetensors=True)
-            prompts = fidelity_prompts(
-                load_split(Path(data.processed_dir), "test"), tokenizer, config.merge.num_fidelity_prompts
-            )
-            report = verify_round_trip(name, registered.aliases[-1], merged, tokenizer, prompts)
-            tracker.log_metrics({f"round_trip.{key}": value for key, value in report.model_dump().items()})
+        rows = load_split(Path(data.processed_dir), "test")
+        champion_items, source = champion_correct_on(config, evaluation, rows, get_run_logger_or_none())
+        decision = decide_promotion(True, evaluation.tuned_correct, champion_items, config.gate.alpha)
+        tokenizer = load_tokenizer(config.model)
+        merged = AutoModelForCausalLM.from_pretrained(result.merge.merged_dir, use_safetensors=True)
+        prompts = fidelity_prompts(rows, tokenizer, config.merge.num_fidelity_prompts)
+        reports = {}
+
+        def verify(uri: str) -> None:
+            reports["round_trip"] = verify_round_trip(uri, merged, tokenizer, prompts)
+
+        tags = {
+            "data_version": data.raw_version,
+            "processed_data_fingerprint": data.fingerprint,
+            "config_hash": config.fingerprint(),
+            "git_commit": git_commit(),
+            PIPELINE_RUN_TAG: context.run_id,
+            "mlflow_parent_run_id": context.parent_run_id,
+            "merge_strategy": result.merge.strategy,
+            "champion_comparison": source,
+            TEST_FINGERPRINT_TAG: evaluation.test_fingerprint,
+            **result.forgetting.tags,
+            **{f"base.{key}": value for key, value in evaluation.base.items()},
+            **{f"tuned.{key}": value for key, value in evaluation.tuned.items()},
+        }
+        if len(evaluation.tuned_correct) <= MAX_TAG_ITEMS:
+            tags[TEST_CORRECT_TAG] = encode_correct(evaluation.tuned_correct)
+        registered = register_merged_model(Path(result.merge.merged_dir), name, tracker.run_id, tags, decision, verify)
+        round_trip = reports["round_trip"].model_dump() if "round_trip" in reports else None
+        if round_trip:
+            tracker.log_metrics({f"round_trip.{key}": value for key, value in round_trip.items()})
+        tracker.set_tags({"promotion_reason": decision.reason})
         return RegistrationRef(
             registered=registered.version is not None,
             model_name=name,
             version=str(registered.version) if registered.version is not None else None,
             aliases=registered.aliases,
             reason=registered.reason,
+            round_trip=round_trip,
         )
+
+
+def get_run_logger_or_none():
+    try:
+        return get_run_logger()
+    except MissingContextError:  # outside a Prefect run (tests, scripts)
+        return None
 
 
 @task(name="register-model", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_only_transient)

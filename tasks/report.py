@@ -11,6 +11,18 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def merge_summary(strategy: str, check: dict) -> str:
+    ratio = check["relative_distance"]
+    ratio_text = "n/a: the adapter moves nothing measurable" if ratio is None else f"{ratio:.3g}"
+    return (
+        f"Strategy `{strategy}`, {check['dtype']} weights, on {check['n_answer_tokens']} answer tokens of "
+        f"{check['n_prompts']} test items: answer log-probabilities within {check['merged_vs_adapter_max']:.3g} of "
+        f"the adapter model (bound {check['max_logprob_diff']}); mean distance {check['merged_vs_adapter_mean']:.3g} "
+        f"against the base's {check['base_vs_adapter_mean']:.3g} (ratio {ratio_text}); argmax agreement "
+        f"{check['argmax_agreement']:.4f}."
+    )
+
+
 def pipeline_markdown(config: RunConfig, result: PipelineResult) -> str:
     lines = [f"# QLoRA pipeline `{config.name}`, run `{result.run_id}`", ""]
     if result.data is not None:
@@ -34,14 +46,7 @@ def pipeline_markdown(config: RunConfig, result: PipelineResult) -> str:
     if result.forgetting is not None:
         lines += [result.forgetting.markdown, ""]
     if result.merge is not None:
-        fidelity = result.merge.fidelity
-        lines += [
-            "## Merge",
-            "",
-            f"Strategy `{result.merge.strategy}`: argmax agreement {fidelity['argmax_agreement']:.4f}, "
-            f"max |logit diff| {fidelity['max_abs_logit_diff']:.4g} against the adapter model.",
-            "",
-        ]
+        lines += ["## Merge", "", merge_summary(result.merge.strategy, result.merge.fidelity), ""]
     lines += ["## Registry", ""]
     registration = result.registration
     if registration is not None and registration.registered:

@@ -97,7 +97,7 @@ def write_tiny_config(
         # A random 2-layer model gains nothing on the task and moves benchmarks by chance: the
         # default gate is loosened here and tightened in the tests that exercise it.
         "gate": {"max_accuracy_drop": 100.0, "max_perplexity_increase": 10.0, "require_task_improvement": False},
-        "merge": {"num_fidelity_prompts": 4},
+        "merge": {"num_fidelity_prompts": 12},
         "registry": {"model_name": "tiny-sst2"},
         "tracking": {
             "uri": f"sqlite:///{root / 'mlflow.db'}",

@@ -8,6 +8,7 @@ checks the weights that come back and `verify_round_trip` compares logits agains
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from tasks.io.tracking import scrub_mapping
 from tasks.lib.merge import FidelityReport, fidelity
-from tasks.lib.promotion import CHAMPION, decide_promotion
+from tasks.lib.promotion import CHAMPION, PromotionDecision
 
 LOGGED_MODEL_NAME = "merged_model"
-SCORE_TAG = "score"
-METRIC_TAG = "metric"
+PIPELINE_RUN_TAG = "pipeline_run_id"
+ROUND_TRIP_TAG = "round_trip"
 _REQUIREMENTS = ("torch", "transformers", "safetensors", "accelerate", "tokenizers")
 
 
@@ -57,7 +58,8 @@ def _pip_requirements() -> list[str]:
     return pins
 
 
-def _champion(client: MlflowClient, model_name: str) -> tuple[int, dict[str, str]] | None:
+def champion(client: MlflowClient, model_name: str) -> tuple[int, dict[str, str]] | None:
+    """(version, tags) of the version holding the champion alias, or None."""
     try:
         registered = client.get_registered_model(model_name)
     except MlflowException as error:
@@ -70,20 +72,14 @@ def _champion(client: MlflowClient, model_name: str) -> tuple[int, dict[str, str
     return int(champion_version), client.get_model_version(model_name, str(champion_version)).tags
 
 
-def _champion_score(client: MlflowClient, model_name: str, metric_name: str) -> float | None:
-    champion = _champion(client, model_name)
-    if champion is None:
-        return None
-    champion_version, tags = champion
-    if tags.get(METRIC_TAG) != metric_name:
-        raise RegistryError(
-            f"{model_name} v{champion_version} (champion) was scored on {tags.get(METRIC_TAG)!r}, this run on "
-            f"{metric_name!r}: scores are not comparable; use another registry.model_name or the same metric"
-        )
+def version_of_pipeline_run(client: MlflowClient, model_name: str, pipeline_run_id: str) -> int | None:
+    """The version a (retried or rerun) pipeline run already registered, so it never registers twice."""
     try:
-        return float(tags[SCORE_TAG])
-    except (KeyError, ValueError):
-        raise RegistryError(f"{model_name} v{champion_version} (champion) has no numeric {SCORE_TAG!r} tag") from None
+        versions = client.search_model_versions(f"name='{model_name}'")
+    except MlflowException:
+        return None
+    mine = [int(v.version) for v in versions if v.tags.get(PIPELINE_RUN_TAG) == pipeline_run_id]
+    return min(mine) if mine else None
 
 
 def _log_merged_model(merged_dir: Path) -> str:
@@ -102,46 +98,47 @@ def register_merged_model(
     merged_dir: Path,
     model_name: str,
     run_id: str,
-    score: float,
-    metric_name: str,
     tags: dict[str, Any],
-    gate_passed: bool,
+    decision: PromotionDecision,
+    verify: Callable[[str], FidelityReport] | None = None,
 ) -> RegistrationResult:
-    """Log the merged folder in run `run_id`, register it and move aliases by `decide_promotion`.
+    """Register the merged folder (logged in run `run_id`), verify the version, and only then move aliases.
 
-    A failed gate registers (and logs) nothing. `tags` (data version, config hash, git commit, ...) are set
-    on the version beside `score` and `metric`.
+    Nothing is registered when the decision says so. A pipeline run that already registered a version (a
+    retried task, a rerun) gets that version back instead of a second one. `verify(models:/NAME/VERSION)`
+    must raise when the version does not reproduce the merged model: the version is then tagged
+    `round_trip=failed` and receives no alias.
     """
     merged_dir = Path(merged_dir)
     if not (merged_dir / "config.json").is_file():
         raise RegistryError(f"{merged_dir} is not a merged model folder (no config.json)")
-    client = MlflowClient()
-    champion_score = _champion_score(client, model_name, metric_name)
-    decision = decide_promotion(gate_passed, score, champion_score)
     if not decision.register:
         return RegistrationResult(version=None, aliases=[], promoted=False, reason=decision.reason)
-
-    active = mlflow.active_run()
-    if active is not None and active.info.run_id != run_id:
-        raise RegistryError(f"run {active.info.run_id} is active, but the model belongs to run {run_id}")
-    if active is None:
-        with mlflow.start_run(run_id=run_id):
+    client = MlflowClient()
+    version_tags = {**scrub_mapping(tags), "run_id": run_id, **decision.tags}
+    version = version_of_pipeline_run(client, model_name, str(tags.get(PIPELINE_RUN_TAG, "")))
+    model_uri = None
+    if version is None:
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id != run_id:
+            raise RegistryError(f"run {active.info.run_id} is active, but the model belongs to run {run_id}")
+        if active is None:
+            with mlflow.start_run(run_id=run_id):
+                model_uri = _log_merged_model(merged_dir)
+        else:
             model_uri = _log_merged_model(merged_dir)
-    else:
-        model_uri = _log_merged_model(merged_dir)
-
-    version_tags = {
-        **scrub_mapping(tags),
-        SCORE_TAG: repr(float(score)),
-        METRIC_TAG: metric_name,
-        "run_id": run_id,
-        **decision.tags,
-    }
-    registered = mlflow.register_model(model_uri, model_name, tags=version_tags)
+        version = int(mlflow.register_model(model_uri, model_name, tags=version_tags).version)
+    if verify is not None:
+        try:
+            verify(f"models:/{model_name}/{version}")
+        except RoundTripError:
+            client.set_model_version_tag(model_name, str(version), ROUND_TRIP_TAG, "failed")
+            raise
+        client.set_model_version_tag(model_name, str(version), ROUND_TRIP_TAG, "verified")
     for alias in decision.aliases:
-        client.set_registered_model_alias(model_name, alias, registered.version)
+        client.set_registered_model_alias(model_name, alias, str(version))
     return RegistrationResult(
-        version=int(registered.version),
+        version=version,
         aliases=decision.aliases,
         promoted=CHAMPION in decision.aliases,
         reason=decision.reason,
@@ -149,11 +146,9 @@ def register_merged_model(
     )
 
 
-def load_by_alias(
-    model_name: str, alias: str, dst_dir: Path | None = None
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Download `models:/NAME@alias` and load it as a transformers model, refusing missing/extra weights."""
-    uri = f"models:/{model_name}@{alias}"
+def load_registered(uri: str, dst_dir: Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Download `models:/NAME@alias` or `models:/NAME/VERSION` and load it as a transformers model, refusing
+    missing or extra weights."""
     dst = Path(dst_dir) if dst_dir else Path(tempfile.mkdtemp(prefix="registry-"))
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
@@ -175,21 +170,20 @@ def load_by_alias(
 
 
 def verify_round_trip(
-    model_name: str,
-    alias: str,
+    uri: str,
     reference_model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
     max_abs_logit_diff: float = 1e-4,
 ) -> FidelityReport:
-    """Load `models:/NAME@alias` and raise RoundTripError unless its logits match the reference's."""
-    loaded, _ = load_by_alias(model_name, alias)
+    """Load `uri` (models:/...) and raise RoundTripError unless its logits match the reference's."""
+    loaded, _ = load_registered(uri)
     loaded.to(next(reference_model.parameters()).device)
     with torch.inference_mode():
         report = fidelity(reference_model, loaded, tokenizer, prompts)
     if report.argmax_agreement < 1.0 or report.max_abs_logit_diff > max_abs_logit_diff:
         raise RoundTripError(
-            f"models:/{model_name}@{alias} differs from the registered model: argmax agreement "
+            f"{uri} differs from the registered model: argmax agreement "
             f"{report.argmax_agreement:.4f}, max |logit diff| {report.max_abs_logit_diff:.3g} "
             f"(allowed {max_abs_logit_diff})"
         )

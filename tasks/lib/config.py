@@ -63,8 +63,12 @@ class LoraConfig(_Section):
 
 
 class SplitConfig(_Section):
-    validation: float = Field(0.1, gt=0.0, lt=1.0, description="Fraction of rows held out for validation loss.")
-    test: float = Field(0.1, gt=0.0, lt=1.0, description="Fraction held out for target-task evaluation.")
+    validation: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Fraction of rows held out for validation loss (unless validation_path)."
+    )
+    test: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Fraction held out for target-task evaluation (unless test_path)."
+    )
 
     @model_validator(mode="after")
     def _leaves_training_rows(self) -> SplitConfig:
@@ -76,6 +80,14 @@ class SplitConfig(_Section):
 class DataConfig(_Section):
     path: str = Field(description="Local JSONL/JSON/CSV/TSV/Parquet file, or a hub data set id.")
     hub_split: str = Field("train", description="Split to read when `path` is a hub id.")
+    validation_path: str | None = Field(
+        None, description="Separate validation source (file or hub id, same format); replaces split.validation."
+    )
+    validation_hub_split: str = Field("validation", description="Split to read when validation_path is a hub id.")
+    test_path: str | None = Field(
+        None, description="Separate test source (file or hub id, same format); replaces split.test."
+    )
+    test_hub_split: str = Field("test", description="Split to read when test_path is a hub id.")
     format: Literal["auto", "alpaca", "chat", "prompt_completion", "template"] = Field(
         "auto", description="Row shape; auto detects alpaca, chat (messages) and prompt/completion."
     )
@@ -87,6 +99,11 @@ class DataConfig(_Section):
         default_factory=dict, description="Per-column value renaming, e.g. {label: {'0': negative}}."
     )
     system_prompt: str | None = Field(None, description="System turn prepended to every row.")
+    rename_columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Column renames applied to every source before templating, e.g. {content: sentence} when "
+        "the test file names a column differently from the training file.",
+    )
     max_rows: int | None = Field(None, gt=0, description="Keep the first N rows after shuffling by seed.")
     max_length: int = Field(256, gt=8, description="Token limit for prompt + answer.")
     overlong: Literal["drop", "truncate"] = Field("drop", description="What to do with rows over max_length.")
@@ -98,6 +115,13 @@ class DataConfig(_Section):
     def _template_needs_templates(self) -> DataConfig:
         if self.format == "template" and not (self.prompt_template and self.completion_template):
             raise ValueError("format 'template' needs both prompt_template and completion_template")
+        return self
+
+    @model_validator(mode="after")
+    def _every_held_out_split_has_a_source(self) -> DataConfig:
+        for name in ("validation", "test"):
+            if getattr(self.split, name) == 0.0 and not getattr(self, f"{name}_path"):
+                raise ValueError(f"split.{name} is 0 and no {name}_path is given: the {name} split would be empty")
         return self
 
 
@@ -160,7 +184,9 @@ class ForgettingConfig(_Section):
     benchmarks: list[BenchmarkName] = Field(
         default_factory=lambda: ["hellaswag", "arc_easy", "piqa", "lambada", "wikitext"]
     )
-    limit: int | None = Field(200, gt=0, description="Items per accuracy benchmark.")
+    limit: int | None = Field(
+        500, gt=0, description="Items per accuracy benchmark (500: the gate settles a 5-point margin, see README)."
+    )
     perplexity_limit: int | None = Field(
         5, gt=0, description="Documents per perplexity benchmark (a WikiText article is ~5k tokens); null: all."
     )
@@ -197,9 +223,11 @@ class MergeConfig(_Section):
         description="dequantize: merge into the dequantized 4-bit base the adapter was trained on; "
         "original: merge into the full-precision base.",
     )
-    min_argmax_agreement: float = Field(0.99, gt=0.0, le=1.0)
-    max_abs_logit_diff: float = Field(1.0, gt=0.0)
-    num_fidelity_prompts: int = Field(8, gt=0)
+    min_argmax_agreement: float = Field(0.99, gt=0.0, le=1.0, description="At answer positions, merged vs adapter.")
+    max_relative_distance: float = Field(
+        0.1, gt=0.0, lt=1.0, description="Merged-to-adapter over base-to-adapter distance (answer log-probs)."
+    )
+    num_fidelity_prompts: int = Field(32, gt=8, description="Test items the merge check compares.")
 
 
 class RegistryConfig(_Section):

@@ -19,8 +19,10 @@ def looks_like_hub_id(value: str) -> bool:
 def check_inputs(config: RunConfig, benchmarks: bool = True) -> None:
     """Names every missing input; `benchmarks=False` for steps that stop before the forgetting check."""
     problems = []
-    if not Path(config.data.path).exists() and not looks_like_hub_id(config.data.path):
-        problems.append(f"data.path: {config.data.path} does not exist (and is not a hub id)")
+    for key in ("path", "validation_path", "test_path"):
+        value = getattr(config.data, key)
+        if value and not Path(value).exists() and not looks_like_hub_id(value):
+            problems.append(f"data.{key}: {value} does not exist (and is not a hub id)")
     model_path = Path(config.model.name_or_path)
     if config.model.gguf_file:
         if not (model_path / config.model.gguf_file).is_file():

@@ -3,10 +3,14 @@
 Order of work: load, normalise every row (all errors raised together), deduplicate, rank rows by a
 seeded content hash, keep `max_rows`, cut the ranking into test / validation / train, tokenise.
 
-Split choice: each row's rank is sha256(seed, normalised messages), so the same seed and data give
-byte-identical files whatever the file order, a different seed gives a different split, fractions are
-exact (counts are rounded), and identical rows always share a split, so duplicates never leak from
-train into test even with `deduplicate: false`.
+Split choice: each row's rank is sha256(seed, the raw row), so the same seed and data give byte-identical
+files whatever the file order, a different seed gives a different split, a new prompt template or value map
+keeps the same items in each split (champion and challenger are scored on the same test items), fractions
+are exact (counts are rounded), and identical rows always share a split. A split with its own source
+(`data.validation_path`, `data.test_path`) takes no rows from the main source.
+
+Decontamination: a training row whose input (case- and whitespace-normalised) equals a validation or test
+item's is dropped; held-out inputs found verbatim inside a training input are counted. Both go to the stats.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import string
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tasks.lib.config import DataConfig, RunConfig
 from tasks.lib.data_formats import (
@@ -30,7 +34,7 @@ from tasks.lib.data_formats import (
     raise_collected,
 )
 
-PREP_VERSION = 1  # bump when the output of this module changes for the same inputs
+PREP_VERSION = 2  # bump when the output of this module changes for the same inputs
 SPLITS = ("train", "validation", "test")
 IGNORE_INDEX = -100
 MAX_LABEL_CLASSES = 20
@@ -269,16 +273,21 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def input_fingerprint(config: RunConfig, tokenizer) -> str:
     """Everything the prepared files depend on; equal fingerprints mean identical outputs."""
-    path = config.data.path
-    source = (
-        f"hub:{path}:{config.data.hub_split}"
-        if is_hub_id(path)
-        else (_file_md5(Path(path)) if Path(path).is_file() else f"missing:{path}")
-    )
+    data = config.data
+
+    def source(path: str | None, hub_split: str) -> str | None:
+        if path is None:
+            return None
+        if is_hub_id(path):
+            return f"hub:{path}:{hub_split}"
+        return _file_md5(Path(path)) if Path(path).is_file() else f"missing:{path}"
+
     payload = json.dumps(
         {
             "version": PREP_VERSION,
-            "source": source,
+            "source": source(data.path, data.hub_split),
+            "validation_source": source(data.validation_path, data.validation_hub_split),
+            "test_source": source(data.test_path, data.test_hub_split),
             "data": config.data.model_dump(mode="json"),
             "seed": config.seed,
             "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -301,8 +310,8 @@ def is_up_to_date(out_dir: Path, fingerprint: str) -> bool:
 # ---------------------------------------------------------------- the whole preparation
 
 
-def _rank_key(seed: int, messages: list[dict[str, str]]) -> str:
-    return hashlib.sha256(f"{seed}\n{_canonical(messages)}".encode()).hexdigest()
+def _rank_key(seed: int, split_key: str) -> str:
+    return hashlib.sha256(f"{seed}\n{split_key}".encode()).hexdigest()
 
 
 def _canonical(messages: list[dict[str, str]]) -> str:
@@ -310,10 +319,12 @@ def _canonical(messages: list[dict[str, str]]) -> str:
 
 
 def _split_counts(total: int, data: DataConfig) -> dict[str, int]:
-    test = round(total * data.split.test)
-    validation = round(total * data.split.validation)
+    """Rows cut from the main source; a held-out split with its own source takes none."""
+    test = 0 if data.test_path else round(total * data.split.test)
+    validation = 0 if data.validation_path else round(total * data.split.validation)
     if total >= 3:  # every split gets a row when there are enough
-        test, validation = max(test, 1), max(validation, 1)
+        test = test if data.test_path else max(test, 1)
+        validation = validation if data.validation_path else max(validation, 1)
     return {"test": test, "validation": validation, "train": max(total - test - validation, 0)}
 
 
@@ -358,44 +369,108 @@ def _write_json(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
-def _normalise_all(config: RunConfig) -> tuple[list[tuple[str, list[dict[str, str]]]], str]:
-    """Load and normalise every row: [(id, messages)], and the format used. All row errors at once."""
-    data, path = config.data, config.data.path
-    located = load_located_rows(path, data.hub_split)
+class SourceRow(NamedTuple):
+    id: str
+    split_key: str  # the raw row, canonical: templates and value maps do not move a row between splits
+    messages: list[dict[str, str]]
+    prompt: str  # the raw prompt-side text, normalised: what decontamination compares
+
+
+def normalise_text(text: str) -> str:
+    """Case- and whitespace-insensitive form used to find the same item in two splits."""
+    return " ".join(text.casefold().split())
+
+
+def prompt_text(row: dict[str, Any], messages: list[dict[str, str]], fmt: str, data: DataConfig) -> str:
+    """The item's input as the data set gives it: template columns raw, otherwise the user turns."""
+    if fmt == "template":
+        columns = sorted(template_columns(data.prompt_template or ""))
+        return normalise_text("\n".join(str(row.get(column, "")) for column in columns))
+    return normalise_text("\n".join(m["content"] for m in messages if m["role"] == "user"))
+
+
+def _renamed(row: dict[str, Any], renames: dict[str, str]) -> dict[str, Any]:
+    return {renames.get(key, key): value for key, value in row.items()} if isinstance(row, dict) else row
+
+
+def _normalise_source(
+    path: str, hub_split: str, data: DataConfig, fmt: str | None = None
+) -> tuple[list[SourceRow], str]:
+    """Load and normalise every row of one source: all row errors at once; returns the rows and the format."""
+    located = load_located_rows(path, hub_split)
+    if data.rename_columns:
+        located = [(number, _renamed(row, data.rename_columns)) for number, row in located]
     word = location_word(path)
     first_where = f"{path} {word} {located[0][0]}"
-    fmt = detect_format(located[0][1], first_where) if data.format == "auto" else data.format
+    if fmt is None:
+        fmt = detect_format(located[0][1], first_where) if data.format == "auto" else data.format
     if fmt == "template":
         check_template_columns(list(located[0][1]), data, path)
     resolved = data.model_copy(update={"format": fmt})
-    stem, rows, errors = Path(path).stem if not is_hub_id(path) else path.replace("/", "--"), [], []
+    stem = Path(path).stem if not is_hub_id(path) else f"{path.replace('/', '--')}-{hub_split}"
+    rows, errors = [], []
     for number, row in located:
         try:
-            rows.append((f"{stem}-{number}", row_to_messages(row, resolved, f"{path} {word} {number}")))
+            messages = row_to_messages(row, resolved, f"{path} {word} {number}")
         except DataError as error:
             errors.append(str(error))
+            continue
+        raw = json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)
+        rows.append(SourceRow(f"{stem}-{number}", raw, messages, prompt_text(row, messages, fmt, resolved)))
     raise_collected(errors, f"{path}: invalid rows")
     return rows, fmt
+
+
+def _deduplicate(rows: list[SourceRow]) -> list[SourceRow]:
+    seen, unique = set(), []
+    for row in rows:
+        key = _canonical(row.messages)
+        if key not in seen:
+            seen.add(key)
+            unique.append(row)
+    return unique
+
+
+def _ranked(rows: list[SourceRow], seed: int) -> list[tuple[str, SourceRow]]:
+    return sorted(((_rank_key(seed, row.split_key), row) for row in rows), key=lambda item: item[0])
+
+
+def _decontaminate(parts: dict[str, list[SourceRow]]) -> dict[str, int]:
+    """Drop training rows whose input equals a validation/test item's; count held-out inputs found inside
+    training inputs (a test sentence quoted in a longer training phrase)."""
+    held_out = {row.prompt for name in ("validation", "test") for row in parts[name]}
+    kept = [row for row in parts["train"] if row.prompt not in held_out]
+    removed = len(parts["train"]) - len(kept)
+    parts["train"] = kept
+    corpus = "\x00".join(row.prompt for row in kept)
+    return {
+        "train_rows_removed_as_held_out": removed,
+        **{
+            f"{name}_items_inside_train_rows": sum(row.prompt in corpus for row in parts[name])
+            for name in ("validation", "test")
+        },
+    }
 
 
 def prepare_dataset(config: RunConfig, tokenizer, out_dir: Path, stats_path: Path) -> dict[str, Any]:
     """Write train/validation/test.jsonl + manifest.json to out_dir (atomically) and stats to stats_path."""
     data, out_dir = config.data, Path(out_dir)
     fingerprint = input_fingerprint(config, tokenizer)
-    rows, fmt = _normalise_all(config)
+    rows, fmt = _normalise_source(data.path, data.hub_split, data)
     rows_read = len(rows)
     if data.deduplicate:
-        seen, unique = set(), []
-        for row_id, messages in rows:
-            key = _canonical(messages)
-            if key not in seen:
-                seen.add(key)
-                unique.append((row_id, messages))
-        rows = unique
+        rows = _deduplicate(rows)
     duplicates = rows_read - len(rows)
-    ranked = sorted(((_rank_key(config.seed, m), (i, m)) for i, m in rows), key=lambda item: item[0])
+    ranked = _ranked(rows, config.seed)
     ranked = ranked[: data.max_rows] if data.max_rows else ranked
     parts = _cut(ranked, _split_counts(len(ranked), data))
+    for name in ("validation", "test"):
+        source = getattr(data, f"{name}_path")
+        if source:
+            held_out, _ = _normalise_source(source, getattr(data, f"{name}_hub_split"), data, fmt)
+            held_out = _deduplicate(held_out) if data.deduplicate else held_out
+            parts[name] = [row for _, row in _ranked(held_out, config.seed)]
+    decontamination = _decontaminate(parts)
 
     files, stats = (
         {},
@@ -406,6 +481,12 @@ def prepare_dataset(config: RunConfig, tokenizer, out_dir: Path, stats_path: Pat
             "rows_read": rows_read,
             "duplicates_removed": duplicates,
             "rows_selected": len(ranked),
+            "sources": {
+                "train": data.path,
+                "validation": data.validation_path or f"{data.path} ({data.split.validation:g} of it)",
+                "test": data.test_path or f"{data.path} ({data.split.test:g} of it)",
+            },
+            "decontamination": decontamination,
             "dropped_overlong": 0,
             "truncated": 0,
             "rows": {},
@@ -417,7 +498,7 @@ def prepare_dataset(config: RunConfig, tokenizer, out_dir: Path, stats_path: Pat
     answers: dict[str, Counter] = {}
     for split in SPLITS:
         lines, answers[split] = [], Counter()
-        for row_id, messages in parts[split]:
+        for row_id, _, messages, _ in parts[split]:
             encoded = tokenize_conversation(messages, tokenizer, data.max_length, data.overlong)
             if encoded is None:
                 stats["dropped_overlong"] += 1

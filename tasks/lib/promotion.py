@@ -4,14 +4,19 @@
   never enters the registry, so no alias, search or deployment can pick it up by mistake; the run itself,
   its metrics and its adapter stay in MLflow tracking for diagnosis.
 - Gate passed: the new version becomes `challenger`. It also becomes `champion` when there is no champion
-  yet or its score beats the champion's strictly (a tie keeps the incumbent: no churn without evidence).
-  Aliases move: the previous champion keeps its version number and tags, only the alias leaves it.
+  yet, or when it is shown better than the champion on the same test items: an exact one-sided McNemar test
+  of per-item correctness at `alpha`. A tie, or a gain the items cannot confirm, keeps the incumbent (no
+  churn without evidence). Aliases move: the previous champion keeps its version number and tags.
 """
 
 from __future__ import annotations
 
-import math
+import hashlib
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from tasks.lib import stats
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -25,21 +30,53 @@ class PromotionDecision:
     tags: dict[str, str] = field(default_factory=dict)  # tags set on the new version
 
 
-def decide_promotion(gate_passed: bool, score: float, champion_score: float | None) -> PromotionDecision:
-    """Apply the policy above; `champion_score` is None when the registered model has no champion."""
-    if math.isnan(score):
-        raise ValueError("score is NaN: cannot rank the model")
+def items_fingerprint(items: Sequence[tuple[str, object]]) -> str:
+    """Identifies a test set: (item id, conversation) pairs in order."""
+    return hashlib.sha256(json.dumps(list(items), sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def encode_correct(correct: Sequence[bool]) -> str:
+    return "".join("1" if value else "0" for value in correct)
+
+
+def decode_correct(text: str) -> list[bool]:
+    if set(text) - {"0", "1"}:
+        raise ValueError(f"not a per-item correctness string: {text[:40]!r}")
+    return [char == "1" for char in text]
+
+
+def decide_promotion(
+    gate_passed: bool,
+    challenger_correct: Sequence[bool],
+    champion_correct: Sequence[bool] | None,
+    alpha: float = 0.05,
+) -> PromotionDecision:
+    """Apply the policy above; `champion_correct` is None when there is no champion, else the champion's
+    per-item correctness on the challenger's own test items (same order)."""
     if not gate_passed:
         return PromotionDecision(register=False, reason="forgetting/quality gate failed: not registered")
-    if champion_score is None:
-        promoted, reason = True, f"no champion yet: promoted with score {score:.4g}"
-    elif score > champion_score:
-        promoted, reason = True, f"score {score:.4g} beats champion's {champion_score:.4g}: promoted"
+    tags = {"gate": "passed"}
+    if champion_correct is None:
+        promoted, reason = True, "no champion yet: promoted"
     else:
-        promoted, reason = False, f"score {score:.4g} does not beat champion's {champion_score:.4g}: challenger"
+        pairs = stats.count_pairs(champion_correct, challenger_correct)
+        low, high = stats.difference_interval(pairs, 1.0 - 2.0 * alpha)
+        p_value = stats.p_better(pairs)
+        promoted = p_value < alpha
+        summary = (
+            f"{100 * pairs.delta:+.1f} pts [{100 * low:+.1f}, {100 * high:+.1f}] vs the champion on the same "
+            f"{pairs.n} items ({pairs.gains} gained, {pairs.losses} lost), p={p_value:.2g}"
+        )
+        reason = f"{summary}: {'promoted' if promoted else 'not shown better, stays challenger'}"
+        tags.update(
+            {
+                "promotion.delta_pts": f"{100 * pairs.delta:.2f}",
+                "promotion.ci_pts": f"[{100 * low:.2f}, {100 * high:.2f}]",
+                "promotion.p_value": f"{p_value:.4g}",
+                "promotion.n": str(pairs.n),
+            }
+        )
+    tags.update({"promoted": str(promoted).lower(), "promotion_reason": reason})
     return PromotionDecision(
-        register=True,
-        aliases=[CHALLENGER, CHAMPION] if promoted else [CHALLENGER],
-        tags={"gate": "passed", "promoted": str(promoted).lower(), "promotion_reason": reason},
-        reason=reason,
+        register=True, aliases=[CHALLENGER, CHAMPION] if promoted else [CHALLENGER], tags=tags, reason=reason
     )

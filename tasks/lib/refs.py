@@ -43,6 +43,7 @@ class TaskEvalRef(BaseModel):
     markdown: str
     mlflow_run_id: str
     item_ids: list[str] = Field(default_factory=list)  # the test items, in order
+    test_fingerprint: str = ""  # identifies those items (ids and conversations): champion comparisons pair on it
     base_correct: list[bool] = Field(default_factory=list)  # per item, for the paired task test
     tuned_correct: list[bool] = Field(default_factory=list)
 
@@ -53,12 +54,13 @@ class ForgettingRef(BaseModel):
     markdown: str
     base_scores_cached: bool
     mlflow_run_id: str
+    tags: dict[str, str] = Field(default_factory=dict)  # verdicts and reasons, copied onto the registered version
 
 
 class MergeRef(BaseModel):
     merged_dir: str
     strategy: str
-    fidelity: dict[str, float]
+    fidelity: dict[str, Any]  # MergeCheck fields
     mlflow_run_id: str
 
 
@@ -68,6 +70,7 @@ class RegistrationRef(BaseModel):
     version: str | None
     aliases: list[str]
     reason: str
+    round_trip: dict[str, float] | None = None  # the registered version against the merged model
 
 
 class PipelineResult(BaseModel):

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL
 from prefect.testing.utilities import prefect_test_harness
 
+from flows.cli import main as qlora
 from flows.finetune import finetune
 from tasks.pipeline_run import artifact_key
 from tests.conftest import write_tiny_config
@@ -82,6 +83,19 @@ def test_flow_trains_evaluates_registers_and_reuses_base_scores(
     assert "adapter/adapter_model.safetensors" in adapter_files
     assert str(client.get_model_version_by_alias("tiny-sst2", "champion").version) == "1"
 
+    # The gate's paired statistics reach MLflow and the registered version.
+    forgetting_run = next(run for run in children if run.data.tags["step"] == "forgetting")
+    gate_metrics = {"gate_verdict", "gate.hellaswag.delta", "gate.hellaswag.ci_low", "gate.hellaswag.p_value"}
+    assert gate_metrics <= set(forgetting_run.data.metrics)
+    assert forgetting_run.data.metrics["gate.wikitext.n"] == 2  # documents, paired
+    version = client.get_model_version("tiny-sst2", "1")
+    assert version.tags["gate.verdict"] == first.forgetting.gate["verdict"]
+    assert version.tags["gate.hellaswag"].split(":")[0] in {"pass", "inconclusive"}
+    assert version.tags["round_trip"] == "verified" and version.tags["pipeline_run_id"] == first.run_id
+    assert version.tags["test_fingerprint"] == first.evaluation.test_fingerprint
+
+    assert qlora(["check-run", first.run_dir]) == 0  # what CI runs on the demo
+
     report = _report("tiny")
     assert report is not None and "Registered `tiny-sst2` version **1**" in report and "hellaswag" in report
 
@@ -90,6 +104,7 @@ def test_flow_trains_evaluates_registers_and_reuses_base_scores(
     # Same seed, same data: the same score, and a tie keeps the incumbent champion.
     assert second.registration.version == "2" and second.registration.aliases == ["challenger"]
     assert str(client.get_model_version_by_alias("tiny-sst2", "champion").version) == "1"
+    assert client.get_model_version("tiny-sst2", "2").tags["champion_comparison"].startswith("v1's stored results")
 
     # Scheduled retraining: nothing changed since the registered version -> skip; new data -> train.
     unchanged = finetune(config_path=str(config_path), overrides=["lora.r=4"], skip_if_unchanged=True)
@@ -99,6 +114,11 @@ def test_flow_trains_evaluates_registers_and_reuses_base_scores(
     new_data = finetune(config_path=str(config_path), overrides=["lora.r=4"], skip_if_unchanged=True)
     assert not new_data.skipped and new_data.data.raw_version != first.data.raw_version
     assert new_data.registration.version == "3"
+
+    # A challenger evaluated on other test items: the champion is re-scored on the challenger's items.
+    fewer_items = finetune(config_path=str(config_path), overrides=["lora.r=4", "evaluation.max_items=8"])
+    tags = client.get_model_version("tiny-sst2", fewer_items.registration.version).tags
+    assert tags["champion_comparison"].endswith("re-scored on this run's items") and tags["promotion.n"] == "8"
 
     leaked = _files_containing(tmp_path, FAKE_TOKEN)
     assert leaked == [], f"HF_TOKEN leaked into {leaked}"
@@ -117,6 +137,7 @@ def test_failed_gate_registers_nothing(tmp_path: Path, tiny_model_dir: Path, ben
     assert _registered_versions(f"sqlite:///{tmp_path / 'mlflow.db'}", "tiny-sst2") == []
     parent = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(result.mlflow_run_id)
     assert parent.data.tags["gate"] == "failed"
+    assert qlora(["check-run", str(Path(result.run_dir).parent)]) == 4  # CI would fail on this run
 
 
 def test_corrupted_data_fails_the_flow_with_the_step_error(

@@ -43,7 +43,10 @@ def test_shortened_demo_flow_learns_the_task_keeps_general_ability_and_registers
         "forgetting.limit=40",
         f"forgetting.data_dir={REPO_ROOT / 'data' / 'benchmarks'}",
         f"forgetting.cache_dir={tmp_path / 'score_cache'}",
-        "gate.max_accuracy_drop=10.0",  # 40 items: the standard error is ~8 points
+        "gate.max_accuracy_drop=10.0",
+        # 40 items cannot show non-inferiority at any useful margin (the full demo uses 400): here the check is
+        # that nothing is called forgetting, so inconclusive rows do not block.
+        "gate.on_inconclusive=pass",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
         f"tracking.artifact_location={(tmp_path / 'mlartifacts').as_uri()}",
     ]
@@ -53,7 +56,7 @@ def test_shortened_demo_flow_learns_the_task_keeps_general_ability_and_registers
     assert result.train.best_eval_loss < 0.5 * result.train.first_eval_loss
     evaluation = result.evaluation
     assert evaluation.tuned["accuracy"] >= evaluation.base["accuracy"] + 0.1, evaluation.markdown
-    assert result.forgetting.passed, result.forgetting.markdown
+    assert result.forgetting.passed and result.forgetting.gate["verdict"] != "fail", result.forgetting.markdown
     assert result.merge.fidelity["argmax_agreement"] >= 0.99
     assert result.registration.registered and "champion" in result.registration.aliases
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -35,7 +35,7 @@ def test_demo_config_is_valid():
         ("train", {"learning_rate": 0}, "train.learning_rate"),
         ("train", {"learning_rate": -1e-4}, "train.learning_rate"),
         ("data", {"split": {"validation": 1.5}}, "data.split.validation"),
-        ("data", {"split": {"test": 0.0}}, "data.split.test"),
+        ("data", {"split": {"test": -0.1}}, "data.split.test"),
         ("lora", {"rank": 8}, "lora.rank"),
         ("train", {"max_steps": "many"}, "train.max_steps"),
         ("quantization", {"quant_type": "int3"}, "quantization.quant_type"),

@@ -11,6 +11,7 @@ import pytest
 from tasks.lib import stats
 from tasks.lib.config import GateConfig
 from tasks.lib.gate import GateResult, GateRow, decide
+from tasks.lib.gate_calibration import verdict_rates
 
 GATE = GateConfig(max_accuracy_drop=5.0, max_perplexity_increase=0.10, require_task_improvement=True)
 
@@ -148,40 +149,16 @@ def test_missing_or_unpaired_items_fail_the_row() -> None:
 
 
 # ---------------------------------------------------------------- calibration (seeded simulation)
-
-
-def _simulate(n: int, k: int, true_drop: float, discordance: float, reps: int, seed: int) -> dict[str, float]:
-    """Rates of overall verdicts over `reps` simulated fine-tunes with k accuracy benchmarks of n items, the
-    first of which truly drops by `true_drop` (a fraction); `discordance` of items change their answer."""
-    rng = np.random.default_rng(seed)
-    counts = {"pass": 0, "fail": 0, "inconclusive": 0}
-    for _ in range(reps):
-        base, tuned = {}, {}
-        for index in range(k):
-            drop = true_drop if index == 0 else 0.0
-            p_loss, p_gain = (discordance + drop) / 2, (discordance - drop) / 2
-            cells = rng.multinomial(n, [p_gain, p_loss, 0.4, 1 - 0.4 - p_gain - p_loss])
-            b, t = _pairs(n, gains=int(cells[0]), losses=int(cells[1]), both=int(cells[2]))
-            base[f"b{index}"], tuned[f"b{index}"] = b, t
-        result = _calibration_decide(base, tuned)
-        counts[result] += 1
-    return {key: value / reps for key, value in counts.items()}
-
-
-def _calibration_decide(base: dict, tuned: dict) -> str:
-    names = ["hellaswag", "arc_easy", "piqa", "lambada", "arc_challenge"]
-    b = {names[i]: _accuracy(values) for i, values in enumerate(base.values())}
-    t = {names[i]: _accuracy(values) for i, values in enumerate(tuned.values())}
-    result = decide(b, t, GATE, [0, 1], [1, 1])
-    verdicts = {row.verdict for row in result.rows}
-    return "fail" if "fail" in verdicts else "inconclusive" if "inconclusive" in verdicts else "pass"
+# 1,000 simulated fine-tunes each, 4 benchmarks of 500 items (the default forgetting.limit), 15% of items
+# changing their answer: benchmarks/gate_calibration.py reports the same rates over more settings.
 
 
 def test_no_effect_is_almost_never_called_forgetting() -> None:
-    rates = _simulate(n=500, k=4, true_drop=0.0, discordance=0.15, reps=1000, seed=0)
+    rates = verdict_rates(GATE, n=500, k=4, true_drop=0.0, discordance=0.15, reps=1000, seed=0)
     assert rates["fail"] <= 0.05 + 0.02
 
 
 def test_a_drop_of_one_and_a_half_margins_is_caught() -> None:
-    rates = _simulate(n=500, k=4, true_drop=1.5 * GATE.max_accuracy_drop / 100, discordance=0.15, reps=1000, seed=1)
+    drop = 1.5 * GATE.max_accuracy_drop / 100
+    rates = verdict_rates(GATE, n=500, k=4, true_drop=drop, discordance=0.15, reps=1000, seed=1)
     assert rates["fail"] >= 0.80

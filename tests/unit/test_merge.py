@@ -13,15 +13,16 @@ from transformers import AutoModelForCausalLM
 from tasks.io.models import load_base_model
 from tasks.lib.config import LoraConfig, MergeConfig, ModelConfig, QuantizationConfig
 from tasks.lib.merge import (
-    FidelityReport,
     MergeError,
     MergeFidelityError,
-    check_fidelity,
+    check_merge,
     fidelity,
     fidelity_prompts,
     merge_adapter,
+    merge_check,
 )
 from tasks.lib.modeling import peft_lora_config
+from tasks.lib.prepare import tokenize_conversation
 
 ROWS = [
     {
@@ -92,6 +93,10 @@ def test_fidelity_compares_only_real_tokens(trained, tiny_tokenizer, prompts) ->
     assert report.max_abs_logit_diff < 1e-5 and report.argmax_agreement == 1.0
 
 
+def _encoded(tokenizer) -> list[dict]:
+    return [tokenize_conversation(row["messages"], tokenizer, 256, "truncate") for row in ROWS]
+
+
 def test_dequantize_merge_reproduces_trained_model(trained, tiny_tokenizer, prompts, tmp_path) -> None:
     _, model, _ = trained
     out = _merge(trained, tiny_tokenizer, "dequantize", tmp_path / "merged")
@@ -105,52 +110,56 @@ def test_dequantize_merge_reproduces_trained_model(trained, tiny_tokenizer, prom
     assert all(type(m).__name__ != "Linear4bit" for m in merged.modules())
 
     report = fidelity(model, merged, tiny_tokenizer, prompts)
-    print(f"dequantize merge vs 4-bit+adapter: {report}")
-    assert report.argmax_agreement >= 0.99
-    assert report.max_abs_logit_diff < 1e-4
-    check_fidelity(report, MergeConfig())
+    assert report.argmax_agreement >= 0.99 and report.max_abs_logit_diff < 1e-4
 
-    base = load_base_model(ModelConfig(name_or_path=str(out)), FULL)
-    without_adapter = load_base_model(trained[0], FULL)
-    moved = fidelity(without_adapter, base, tiny_tokenizer, prompts)
-    assert moved.max_abs_logit_diff > 100 * report.max_abs_logit_diff  # the adapter was really merged in
+    check = merge_check(model, merged, _encoded(tiny_tokenizer))
+    print(f"dequantize merge vs 4-bit+adapter: {check}")
+    check_merge(check, MergeConfig())
+    assert check.relative_distance is not None and check.relative_distance < 1e-3  # the adapter really moved things
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_check_passes_a_correct_merge_and_refuses_one_that_dropped_the_adapter(
+    trained, tiny_tokenizer, tmp_path, dtype
+) -> None:
+    model_cfg, model, _ = trained
+    merged = AutoModelForCausalLM.from_pretrained(_merge(trained, tiny_tokenizer, "dequantize", tmp_path / "m")).to(
+        dtype
+    )
+    check = merge_check(model, merged, _encoded(tiny_tokenizer))
+    assert check.dtype == str(dtype).removeprefix("torch.")
+    check_merge(check, MergeConfig())
+
+    base_only = load_base_model(model_cfg, QUANT).dequantize(dtype=torch.float32).to(dtype)  # the adapter lost
+    dropped = merge_check(model, base_only, _encoded(tiny_tokenizer))
+    assert dropped.relative_distance == pytest.approx(1.0, abs=0.05 if dtype == torch.float32 else 0.3)
+    with pytest.raises(MergeFidelityError, match="not merged faithfully"):
+        check_merge(dropped, MergeConfig())
 
 
 def test_original_merge_is_measurably_worse(trained, tiny_tokenizer, prompts, tmp_path) -> None:
     _, model, _ = trained
-    dequantized = fidelity(
+    dequantized = merge_check(
         model,
         AutoModelForCausalLM.from_pretrained(_merge(trained, tiny_tokenizer, "dequantize", tmp_path / "d")),
-        tiny_tokenizer,
-        prompts,
+        _encoded(tiny_tokenizer),
     )
-    original = fidelity(
+    original = merge_check(
         model,
         AutoModelForCausalLM.from_pretrained(_merge(trained, tiny_tokenizer, "original", tmp_path / "o")),
-        tiny_tokenizer,
-        prompts,
+        _encoded(tiny_tokenizer),
     )
     print(f"original merge vs 4-bit+adapter: {original}")
-    assert original.max_abs_logit_diff > 100 * dequantized.max_abs_logit_diff
+    assert original.merged_vs_adapter_mean > 100 * dequantized.merged_vs_adapter_mean
 
 
-def test_corrupted_merge_is_detected(trained, tiny_tokenizer, prompts, tmp_path) -> None:
+def test_corrupted_merge_is_detected(trained, tiny_tokenizer, tmp_path) -> None:
     _, model, _ = trained
     merged = AutoModelForCausalLM.from_pretrained(_merge(trained, tiny_tokenizer, "dequantize", tmp_path / "m"))
     with torch.no_grad():
         merged.model.layers[1].mlp.down_proj.weight.mul_(8.0)
-    report = fidelity(model, merged, tiny_tokenizer, prompts)
-    with pytest.raises(MergeFidelityError, match="argmax agreement"):
-        check_fidelity(report, MergeConfig())
-
-
-def test_check_fidelity_names_every_broken_threshold() -> None:
-    report = FidelityReport(max_abs_logit_diff=2.5, mean_abs_logit_diff=0.1, argmax_agreement=0.9, n_tokens=10)
-    with pytest.raises(MergeFidelityError) as error:
-        check_fidelity(report, MergeConfig(min_argmax_agreement=0.99, max_abs_logit_diff=1.0))
-    assert "min_argmax_agreement" in str(error.value) and "max_abs_logit_diff" in str(error.value)
-    good = report.model_copy(update={"max_abs_logit_diff": 0.5, "argmax_agreement": 1.0})
-    check_fidelity(good, MergeConfig())
+    with pytest.raises(MergeFidelityError, match="allowed for float32"):
+        check_merge(merge_check(model, merged, _encoded(tiny_tokenizer)), MergeConfig())
 
 
 def test_original_strategy_refuses_quantized_base(trained, tiny_tokenizer, tmp_path) -> None:

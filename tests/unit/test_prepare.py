@@ -421,3 +421,51 @@ def test_successful_rerun_replaces_old_output(tmp_path, tiny_tokenizer):
     assert not (out_dir / "stale.txt").exists()
     assert json.loads((out_dir / "manifest.json").read_text())["seed"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.jsonl", "out", "out-stats.json"]
+
+
+# ---------------------------------------------------------------- held-out data that stays held out
+
+
+def _ids(out_dir: Path, split: str) -> list[str]:
+    return [row["id"] for row in _read_split(out_dir, split)]
+
+
+def test_changed_template_keeps_the_same_test_items(tmp_path, tiny_tokenizer):
+    path = _sst2_file(tmp_path / "data.tsv")
+    _, first = _prepare(_config(path, **SST2_DATA), tiny_tokenizer, tmp_path, "a")
+    reworded = {
+        **SST2_DATA,
+        "prompt_template": "Movie review:\n{sentence}\nIs it positive or negative?",
+        "value_maps": {"label": {"0": "neg", "1": "pos"}},
+        "system_prompt": "You label sentiment.",
+    }
+    _, second = _prepare(_config(path, **reworded), tiny_tokenizer, tmp_path, "b")
+    assert _read_split(first, "test")[0]["messages"] != _read_split(second, "test")[0]["messages"]
+    for split in ("train", "validation", "test"):
+        assert _ids(first, split) == _ids(second, split)
+
+
+def test_separate_test_source_with_renamed_column_and_decontamination(tmp_path, tiny_tokenizer):
+    train = _sst2_file(tmp_path / "train.tsv", rows=60)
+    train_lines = train.read_text().splitlines()
+    held_out_sentence = train_lines[7].split("\t")[1]  # also in training: must leave the training split
+    test = tmp_path / "dev.tsv"
+    test.write_text(
+        "label\tcontent\n"
+        f"1\t{held_out_sentence.upper()}\n"  # the same item up to case
+        f"0\t{train_lines[9].split(chr(9))[1][:12]}\n"  # a phrase quoted inside a training row
+        "1\tan unseen sentence entirely\n",
+        encoding="utf-8",
+    )
+    data = {**SST2_DATA, "test_path": str(test), "rename_columns": {"content": "sentence"}, "split": {"test": 0.0}}
+    stats, out = _prepare(_config(train, **data), tiny_tokenizer, tmp_path)
+    assert stats["rows"]["test"] == 3 and all(i.startswith("dev-") for i in _ids(out, "test"))
+    assert stats["decontamination"]["train_rows_removed_as_held_out"] == 1
+    assert stats["decontamination"]["test_items_inside_train_rows"] == 1
+    assert not any(held_out_sentence in row["messages"][-2]["content"] for row in _read_split(out, "train"))
+    assert stats["sources"]["test"] == str(test)
+
+
+def test_zero_test_fraction_needs_a_test_source(tmp_path):
+    with pytest.raises(ValueError, match="test_path"):
+        _config(tmp_path / "x.tsv", **{**SST2_DATA, "split": {"test": 0.0}})

@@ -1,38 +1,59 @@
-"""The promotion policy: champion only on a strict improvement, nothing registered on a failed gate."""
+"""The promotion policy: champion only when shown better on the same items, nothing registered on a failed gate."""
 
 from __future__ import annotations
 
 import pytest
 
-from tasks.lib.promotion import CHALLENGER, CHAMPION, decide_promotion
+from tasks.lib.promotion import (
+    CHALLENGER,
+    CHAMPION,
+    decide_promotion,
+    decode_correct,
+    encode_correct,
+    items_fingerprint,
+)
+
+CHAMPION_ITEMS = [True] * 60 + [False] * 40
 
 
 def test_first_passing_run_becomes_champion() -> None:
-    decision = decide_promotion(True, 0.8, None)
+    decision = decide_promotion(True, [True, False], None)
     assert decision.register and set(decision.aliases) == {CHAMPION, CHALLENGER}
     assert decision.tags["promoted"] == "true"
 
 
-def test_better_run_takes_the_champion_alias() -> None:
-    decision = decide_promotion(True, 0.81, 0.80)
+def test_clearly_better_run_takes_the_champion_alias_with_its_evidence() -> None:
+    challenger = [True] * 85 + [False] * 15  # 25 gains, 0 losses on the same items
+    decision = decide_promotion(True, challenger, CHAMPION_ITEMS)
     assert CHAMPION in decision.aliases and CHALLENGER in decision.aliases
+    assert float(decision.tags["promotion.p_value"]) == pytest.approx(0.5**25, rel=1e-3)
+    assert decision.tags["promotion.n"] == "100" and "promoted" in decision.reason
 
 
-@pytest.mark.parametrize("score", [0.79, 0.80], ids=["worse", "equal"])
-def test_worse_or_equal_run_stays_challenger(score: float) -> None:
-    decision = decide_promotion(True, score, 0.80)
+@pytest.mark.parametrize(
+    "challenger",
+    [[True] * 62 + [False] * 38, CHAMPION_ITEMS, [True] * 50 + [False] * 50],
+    ids=["small-gain", "equal", "worse"],
+)
+def test_unproven_or_worse_run_stays_challenger(challenger: list[bool]) -> None:
+    decision = decide_promotion(True, challenger, CHAMPION_ITEMS)
     assert decision.register and decision.aliases == [CHALLENGER]
-    assert decision.tags["promoted"] == "false"
-    assert "does not beat" in decision.reason
+    assert decision.tags["promoted"] == "false" and "stays challenger" in decision.reason
 
 
-@pytest.mark.parametrize("champion_score", [None, 0.1], ids=["no-champion", "weak-champion"])
-def test_gate_failure_registers_nothing(champion_score: float | None) -> None:
-    decision = decide_promotion(False, 0.99, champion_score)
-    assert not decision.register and decision.aliases == [] and CHAMPION not in decision.aliases
-    assert "gate" in decision.reason
+@pytest.mark.parametrize("champion", [None, [False] * 100], ids=["no-champion", "weak-champion"])
+def test_gate_failure_registers_nothing(champion) -> None:
+    decision = decide_promotion(False, [True] * 100, champion)
+    assert not decision.register and decision.aliases == [] and "gate" in decision.reason
 
 
-def test_nan_score_is_refused() -> None:
-    with pytest.raises(ValueError, match="NaN"):
-        decide_promotion(True, float("nan"), None)
+def test_items_must_pair() -> None:
+    with pytest.raises(ValueError, match="same items"):
+        decide_promotion(True, [True] * 99, CHAMPION_ITEMS)
+
+
+def test_per_item_encoding_round_trips_and_fingerprints_differ() -> None:
+    assert decode_correct(encode_correct(CHAMPION_ITEMS)) == CHAMPION_ITEMS
+    with pytest.raises(ValueError):
+        decode_correct("01x")
+    assert items_fingerprint([("a", 1)]) != items_fingerprint([("b", 1)])

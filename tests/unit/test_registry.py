@@ -14,15 +14,16 @@ from transformers import AutoModelForCausalLM
 
 from tasks.io.models import load_base_model
 from tasks.io.registry import (
-    RegistryError,
+    PIPELINE_RUN_TAG,
     RoundTripError,
-    load_by_alias,
+    load_registered,
     register_merged_model,
     verify_round_trip,
 )
 from tasks.lib.config import LoraConfig, ModelConfig, QuantizationConfig
 from tasks.lib.merge import fidelity_prompts, merge_adapter
 from tasks.lib.modeling import peft_lora_config
+from tasks.lib.promotion import PromotionDecision, decide_promotion
 
 NAME = "tiny-sst2"
 TAGS = {"data_version": "md5-abc123", "config_hash": "0123456789abcdef", "git_commit": "deadbeef"}
@@ -74,43 +75,53 @@ def merged_dir(tiny_model_dir: Path, tiny_tokenizer, tmp_path_factory: pytest.Te
     )
 
 
-def _register(experiment_id: str, merged_dir: Path, score: float, gate_passed: bool = True):
+def _register(experiment_id: str, merged_dir: Path, decision: PromotionDecision, verify=None, run_tag: str = "r1"):
     with mlflow.start_run(experiment_id=experiment_id) as run:
-        return register_merged_model(merged_dir, NAME, run.info.run_id, score, "accuracy", TAGS, gate_passed)
+        tags = {**TAGS, PIPELINE_RUN_TAG: run_tag}
+        return register_merged_model(merged_dir, NAME, run.info.run_id, tags, decision, verify)
 
 
-def test_champion_stays_on_better_version_and_round_trips(mlflow_store, merged_dir, tiny_tokenizer) -> None:
-    first = _register(mlflow_store, merged_dir, 0.8)
-    second = _register(mlflow_store, merged_dir, 0.7)
-    failed = _register(mlflow_store, merged_dir, 0.99, gate_passed=False)
+def _promote(challenger: list[bool], champion: list[bool] | None, gate_passed: bool = True) -> PromotionDecision:
+    return decide_promotion(gate_passed, challenger, champion)
+
+
+GOOD, WORSE = [True] * 40 + [False] * 10, [True] * 20 + [False] * 30
+
+
+def test_champion_moves_only_on_evidence_and_round_trips(mlflow_store, merged_dir, tiny_tokenizer) -> None:
+    first = _register(mlflow_store, merged_dir, _promote(WORSE, None), run_tag="r1")
+    better = _register(mlflow_store, merged_dir, _promote(GOOD, WORSE), run_tag="r2")
+    same = _register(mlflow_store, merged_dir, _promote(GOOD, GOOD), run_tag="r3")
+    failed = _register(mlflow_store, merged_dir, _promote(GOOD, None, gate_passed=False), run_tag="r4")
 
     assert (first.version, first.promoted) == (1, True)
-    assert (second.version, second.promoted) == (2, False)
+    assert (better.version, better.promoted) == (2, True)
+    assert (same.version, same.promoted) == (3, False)
     assert failed.version is None and not failed.promoted and failed.aliases == []
 
     client = MlflowClient()
-    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
-    assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "2"
-    assert len(client.search_model_versions(f"name='{NAME}'")) == 2
-    tags = client.get_model_version(NAME, "1").tags
-    assert float(tags["score"]) == 0.8 and tags["metric"] == "accuracy"
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
+    assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "3"
+    assert len(client.search_model_versions(f"name='{NAME}'")) == 3
+    tags = client.get_model_version(NAME, "2").tags
     assert {key: tags[key] for key in TAGS} == TAGS
+    assert float(tags["promotion.p_value"]) < 0.05 and tags["promoted"] == "true"
 
     artifacts = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{NAME}@champion"))
     assert list((artifacts / "model").glob("*.safetensors")) and not list(artifacts.rglob("*.bin"))
 
-    model, tokenizer = load_by_alias(NAME, "champion")
+    model, tokenizer = load_registered(f"models:/{NAME}@champion")
     assert tokenizer.chat_template
     reference = AutoModelForCausalLM.from_pretrained(merged_dir)
     prompts = fidelity_prompts(ROWS, tiny_tokenizer, 2)
     batch = tiny_tokenizer(prompts[0], return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
         assert torch.allclose(model(**batch).logits, reference(**batch).logits, atol=1e-6, rtol=0)
-    report = verify_round_trip(NAME, "champion", reference, tiny_tokenizer, prompts)
+    report = verify_round_trip(f"models:/{NAME}@champion", reference, tiny_tokenizer, prompts)
     assert report.argmax_agreement == 1.0
 
     with pytest.raises(RoundTripError, match="differs"):
-        verify_round_trip(NAME, "champion", _corrupted(merged_dir), tiny_tokenizer, prompts)
+        verify_round_trip(f"models:/{NAME}/2", _corrupted(merged_dir), tiny_tokenizer, prompts)
 
 
 def _corrupted(merged_dir: Path) -> AutoModelForCausalLM:
@@ -120,14 +131,28 @@ def _corrupted(merged_dir: Path) -> AutoModelForCausalLM:
     return model
 
 
-def test_better_version_takes_champion_and_metric_mismatch_is_refused(mlflow_store, merged_dir) -> None:
-    _register(mlflow_store, merged_dir, 0.5)
-    better = _register(mlflow_store, merged_dir, 0.6)
-    assert better.version == 2 and better.promoted
-    client = MlflowClient()
-    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
-    assert client.get_model_version(NAME, "1").tags["score"] == "0.5"  # the old champion keeps its version
+def test_failed_round_trip_moves_no_alias_and_a_retry_registers_no_second_version(
+    mlflow_store, merged_dir, tiny_tokenizer
+) -> None:
+    prompts = fidelity_prompts(ROWS, tiny_tokenizer, 2)
 
-    with mlflow.start_run(experiment_id=mlflow_store) as run, pytest.raises(RegistryError, match="not comparable"):
-        register_merged_model(merged_dir, NAME, run.info.run_id, 0.9, "f1", TAGS, True)
-    assert len(client.search_model_versions(f"name='{NAME}'")) == 2
+    def verify_against_wrong_model(uri: str) -> None:
+        verify_round_trip(uri, _corrupted(merged_dir), tiny_tokenizer, prompts)
+
+    with pytest.raises(RoundTripError):
+        _register(mlflow_store, merged_dir, _promote(GOOD, None), verify_against_wrong_model, run_tag="r9")
+    client = MlflowClient()
+    assert client.get_registered_model(NAME).aliases == {}
+    assert client.get_model_version(NAME, "1").tags["round_trip"] == "failed"
+
+    reference = AutoModelForCausalLM.from_pretrained(merged_dir)
+    retried = _register(
+        mlflow_store,
+        merged_dir,
+        _promote(GOOD, None),
+        lambda uri: verify_round_trip(uri, reference, tiny_tokenizer, prompts),
+        run_tag="r9",
+    )
+    assert retried.version == 1 and retried.promoted
+    assert len(client.search_model_versions(f"name='{NAME}'")) == 1
+    assert client.get_model_version(NAME, "1").tags["round_trip"] == "verified"

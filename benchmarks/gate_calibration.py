@@ -1,0 +1,73 @@
+"""How often does the forgetting gate say fail / pass / inconclusive? A seeded simulation, no model needed.
+
+For each setting (items per benchmark n, 4 accuracy benchmarks, 15% of items changing their answer between
+base and tuned, as measured on the demo) it simulates fine-tunes with no effect and with a real drop of 1.5x
+the margin on one benchmark, and reports:
+- no effect -> fail (family-wise false alarm; target <= 0.05),
+- 1.5x-margin drop -> fail (power; target >= 0.80),
+- no effect -> pass (how often an honest run ends conclusively),
+- the minimum drop non-inferiority can be shown for with 80% power at that n.
+
+    python benchmarks/gate_calibration.py [--quick]
+"""
+
+from __future__ import annotations
+
+import math
+
+from _common import parser, write_results
+
+from tasks.lib import stats
+from tasks.lib.config import GateConfig, RunConfig, load_config
+from tasks.lib.gate_calibration import verdict_rates
+
+K = 4
+DISCORDANCE = (0.10, 0.15, 0.20)
+
+
+def main() -> None:
+    args = parser(__doc__).parse_args()
+    demo: RunConfig = load_config(args.config, args.overrides)
+    gate: GateConfig = demo.gate
+    reps = 200 if args.quick else 2000
+    settings = {"demo": demo.forgetting.limit, "default": 500}
+    rows, table = [], []
+    margin = gate.max_accuracy_drop / 100
+    for label, n in settings.items():
+        for discordance in DISCORDANCE:
+            null = verdict_rates(gate, n, K, 0.0, discordance, reps, seed=11)
+            drop = verdict_rates(gate, n, K, 1.5 * margin, discordance, reps, seed=12)
+            sd = math.sqrt(discordance)
+            detectable = 100 * stats.detectable_margin(sd, n, gate.alpha / K)
+            needed = stats.items_needed(sd, margin, gate.alpha / K)
+            row = {
+                "setting": label,
+                "items_per_benchmark": n,
+                "discordance": discordance,
+                "no_effect_fail": null["fail"],
+                "no_effect_pass": null["pass"],
+                "drop_1_5x_margin_fail": drop["fail"],
+                "detectable_drop_pts": detectable,
+                "items_for_80pct_power": needed,
+            }
+            rows.append(row)
+            table.append(
+                f"| {label} | {n} | {discordance:.2f} | {null['fail']:.3f} | {drop['fail']:.3f} | {null['pass']:.3f} "
+                f"| {detectable:.1f} | {needed} |"
+            )
+    markdown = "\n".join(
+        [
+            f"Gate calibration ({reps} simulated fine-tunes per cell, {K} accuracy benchmarks, margin "
+            f"{gate.max_accuracy_drop:g} points, family-wise alpha {gate.alpha}, Holm):",
+            "",
+            "| setting | items | discordance | no effect -> fail (<= 0.05) | 1.5x-margin drop -> fail (>= 0.80) "
+            "| no effect -> pass | detectable drop (pts) | items for 80% power |",
+            "|---|---|---|---|---|---|---|---|",
+            *table,
+        ]
+    )
+    write_results("gate_calibration", {"reps": reps, "rows": rows}, markdown, args.quick)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Did a finished pipeline run end the way the product promises? Used by CI on the demo and by `qlora check-run`.
+
+A run passes when its gates passed, it registered a version, that version's registry round trip was verified,
+and the registry's `champion` alias points at it. The step timings come from the run's MLflow step runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tasks.lib.config import RunConfig
+from tasks.lib.promotion import CHAMPION
+from tasks.lib.refs import PipelineResult
+
+
+@dataclass
+class RunCheck:
+    problems: list[str] = field(default_factory=list)
+    steps: dict[str, float] = field(default_factory=dict)  # step name -> seconds
+    wall_seconds: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def load_run(run_dir: Path) -> tuple[RunConfig, PipelineResult]:
+    run_dir = Path(run_dir)
+    config = RunConfig.model_validate(json.loads((run_dir / "config.json").read_text()))
+    result = PipelineResult.model_validate_json((run_dir / "pipeline_result.json").read_text())
+    return config, result
+
+
+def outcome_problems(result: PipelineResult) -> list[str]:
+    """What keeps this run from being a verified, registered champion (pure: reads the result only)."""
+    problems = []
+    if result.forgetting is None:
+        problems.append("the run has no gate result (it did not get past evaluation)")
+    elif not result.forgetting.passed:
+        verdict = result.forgetting.gate.get("verdict", "failed")
+        problems.append(f"the gate did not pass (verdict: {verdict})")
+    registration = result.registration
+    if registration is None or not registration.registered:
+        problems.append(f"nothing registered ({registration.reason if registration else 'no registration step'})")
+    else:
+        if CHAMPION not in registration.aliases:
+            problems.append(f"v{registration.version} did not become champion ({registration.reason})")
+        if not registration.round_trip:
+            problems.append(f"v{registration.version}'s registry round trip was not verified")
+    return problems
+
+
+def check_run(run_dir: Path) -> RunCheck:
+    """Outcome checks plus the registry's own view and the step timings from MLflow."""
+    import mlflow
+
+    from tasks.io.tracking import configure_mlflow
+
+    config, result = load_run(run_dir)
+    check = RunCheck(problems=outcome_problems(result))
+    configure_mlflow(config.tracking.uri, config.tracking.experiment, config.tracking.artifact_location)
+    client = mlflow.MlflowClient()
+    if result.registration and result.registration.registered:
+        champion = client.get_model_version_by_alias(result.registration.model_name, CHAMPION)
+        if champion.version != result.registration.version:
+            check.problems.append(f"the registry's champion is v{champion.version}, not v{result.registration.version}")
+        if champion.tags.get("round_trip") != "verified":
+            check.problems.append(f"the champion v{champion.version} is not tagged round_trip=verified")
+    parent = client.get_run(result.mlflow_run_id)
+    if parent.info.end_time:
+        check.wall_seconds = (parent.info.end_time - parent.info.start_time) / 1000
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result.mlflow_run_id}'"
+    )
+    for child in sorted(children, key=lambda run: run.info.start_time):
+        if child.info.end_time:
+            check.steps[child.info.run_name] = (child.info.end_time - child.info.start_time) / 1000
+    return check
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def run_report(run_dir: Path, check: RunCheck) -> str:
+    """The committed demo report: provenance, timings and the run's own pipeline report."""
+    from tasks.report import pipeline_markdown
+
+    config, result = load_run(run_dir)
+    lines = [
+        f"# Demo run report: `{config.name}` run `{result.run_id}`",
+        "",
+        f"- written {datetime.now(UTC):%Y-%m-%d %H:%M UTC} from `{run_dir}` by `make demo-report`",
+        f"- commit `{_commit()}`; machine: {machine_description()}",
+        f"- outcome: {'registered, verified champion' if check.ok else '; '.join(check.problems)}",
+        f"- wall time: {check.wall_seconds:.0f} s" if check.wall_seconds else "- wall time: unknown",
+        "",
+        "| step | seconds |",
+        "|---|---|",
+        *[f"| {name} | {seconds:.0f} |" for name, seconds in check.steps.items()],
+        "",
+        pipeline_markdown(config, result).replace("# QLoRA pipeline", "## QLoRA pipeline", 1),
+    ]
+    return "\n".join(lines) + "\n"
