@@ -68,7 +68,7 @@ def check_run(run_dir: Path) -> RunCheck:
     client = mlflow.MlflowClient()
     if result.registration and result.registration.registered:
         champion = client.get_model_version_by_alias(result.registration.model_name, CHAMPION)
-        if champion.version != result.registration.version:
+        if str(champion.version) != str(result.registration.version):
             check.problems.append(f"the registry's champion is v{champion.version}, not v{result.registration.version}")
         if champion.tags.get("round_trip") != "verified":
             check.problems.append(f"the champion v{champion.version} is not tagged round_trip=verified")

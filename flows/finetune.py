@@ -1,4 +1,7 @@
-"""The pipeline as one Prefect flow: prepare -> train -> evaluate -> forgetting -> gate -> merge -> register.
+"""The pipeline as one Prefect flow: prepare -> train -> evaluate -> merge -> forgetting + gate -> register.
+
+The merge comes before the forgetting check so that the benchmarks score the merged model, the artifact that
+will be registered, at base speed; a run whose task row already failed is neither merged nor benchmarked.
 
 Run it with `qlora run configs/demo.yaml`, from the Prefect UI (deployments in flows/serve.py),
 or call `finetune(...)` from Python.
@@ -14,6 +17,7 @@ from tasks.data import prepare_data
 from tasks.evaluate import evaluate_target_task
 from tasks.forgetting import check_forgetting
 from tasks.lib.config import load_config
+from tasks.lib.gate import task_row
 from tasks.lib.preflight import check_inputs
 from tasks.lib.refs import PipelineResult
 from tasks.merge import merge_adapter_task
@@ -21,6 +25,10 @@ from tasks.pipeline_run import artifact_key, finish_pipeline_run, last_registere
 from tasks.register import register_model
 from tasks.report import pipeline_markdown
 from tasks.train import train
+
+
+def task_row_passes(config, evaluation) -> bool:
+    return task_row(evaluation.base_correct, evaluation.tuned_correct, config.gate, "correct").passed
 
 
 @flow(name="qlora-finetune", persist_result=True)
@@ -64,9 +72,11 @@ def finetune(
     try:
         result.train = train(config, context, data)
         result.evaluation = evaluate_target_task(config, context, data, result.train)
-        result.forgetting = check_forgetting(config, context, result.train, result.evaluation)
-        if result.forgetting.passed:
+        if task_row_passes(config, result.evaluation) or config.forgetting.run_when_task_fails:
             result.merge = merge_adapter_task(config, context, data, result.train)
+        else:
+            logger.info("the target-task row failed: no merge, forgetting benchmarks skipped, nothing registered")
+        result.forgetting = check_forgetting(config, context, result.merge, result.evaluation)
         result.registration = register_model(config, context, data, result)
     except BaseException:
         finish_pipeline_run(context, result, failed=True)

@@ -8,23 +8,26 @@ from importlib.metadata import version
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from transformers import AutoModelForCausalLM
 
 from tasks.common import retry_only_transient, step_run
-from tasks.evaluate import load_adapter_model
-from tasks.io.models import load_base_model, load_tokenizer, model_version
+from tasks.io.models import load_tokenizer, model_version
 from tasks.io.score_cache import benchmark_key_parts, get_or_compute
 from tasks.lib.benchmarks import run_benchmarks
 from tasks.lib.config import RunConfig
 from tasks.lib.gate import GateResult, decide
+from tasks.lib.merge import dense_base
 from tasks.lib.modeling import resolve_compute_dtype
-from tasks.lib.refs import ForgettingRef, RunContext, TaskEvalRef, TrainRef
+from tasks.lib.refs import ForgettingRef, MergeRef, RunContext, TaskEvalRef
 from tasks.lib.report import forgetting_delta_chart, forgetting_markdown
+from tasks.merge import merge_base_loader
 
 
 def base_model_version(config: RunConfig) -> str:
     """The base weights, how they are loaded and what computes them: each can change a score.
 
-    4-bit and full-precision bases score differently; so do compute dtypes, devices and library versions.
+    The base is scored as the model the adapter is merged into (merge.strategy: the dequantized 4-bit base,
+    or the original); quantization, compute dtype, device and library versions all change scores.
     """
     import torch
 
@@ -35,6 +38,7 @@ def base_model_version(config: RunConfig) -> str:
         {
             "weights": model_version(config.model),
             "quantization": config.quantization.model_dump(mode="json"),
+            "scored_as": f"dense merge base ({config.merge.strategy})",
             "compute_dtype": dtype,
             "device": device,
             "versions": libraries,
@@ -75,8 +79,8 @@ def score_base_model(config: RunConfig) -> tuple[dict, bool]:
     """Fill the base-score cache for `config` (the `qlora score-base` verb); returns (scores, was cached)."""
 
     def compute() -> dict:
-        model = load_base_model(config.model, config.quantization, for_training=False)
-        return score_benchmarks(config, model, load_tokenizer(config.model))
+        base = dense_base(merge_base_loader(config)())
+        return score_benchmarks(config, base, load_tokenizer(config.model))
 
     return base_scores_for(config, compute)
 
@@ -109,27 +113,40 @@ def gate_tags(gate: GateResult) -> dict[str, str]:
     return tags
 
 
+def load_scored_models(config: RunConfig, merged_dir: str):
+    """What the check compares: the base the adapter was merged into, as dense weights, and the merged model
+    that will be registered. Both score at base speed."""
+    base = dense_base(merge_base_loader(config)())
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, use_safetensors=True, dtype=base.dtype)
+    return base, merged
+
+
 def run_forgetting_check(
-    config: RunConfig, context: RunContext, trained: TrainRef, evaluation: TaskEvalRef
+    config: RunConfig, context: RunContext, merge: MergeRef | None, evaluation: TaskEvalRef
 ) -> ForgettingRef:
     bench = config.forgetting
     with step_run(config, context, "forgetting") as tracker:
         base_scores: dict = {}
         tuned_scores: dict = {}
         cached = False
-        if bench.enabled and bench.benchmarks:
+        note = ""
+        if not (bench.enabled and bench.benchmarks):
+            note = "Forgetting benchmarks disabled (forgetting.enabled / forgetting.benchmarks)."
+        elif merge is None:
+            note = (
+                "Forgetting benchmarks not run: the target-task row already failed, so nothing can be promoted "
+                "(set forgetting.run_when_task_fails for the full report)."
+            )
+        else:
             tokenizer = load_tokenizer(config.model)
-            model = load_adapter_model(config, trained.adapter_dir)
-
-            def score_base() -> dict:
-                with model.disable_adapter():
-                    return score_benchmarks(config, model, tokenizer)
-
-            base_scores, cached = base_scores_for(config, score_base)
-            tuned_scores = score_benchmarks(config, model, tokenizer)
+            base, merged = load_scored_models(config, merge.merged_dir)
+            base_scores, cached = base_scores_for(config, lambda: score_benchmarks(config, base, tokenizer))
+            del base
+            tuned_scores = score_benchmarks(config, merged, tokenizer)
         gate = decide(
             base_scores, tuned_scores, config.gate, evaluation.base_correct, evaluation.tuned_correct, "correct"
         )
+        gate.note = note
         for side, scores in (("base", base_scores), ("tuned", tuned_scores)):
             tracker.log_metrics(
                 {
@@ -161,10 +178,11 @@ def run_forgetting_check(
 
 @task(name="check-forgetting", retries=1, retry_condition_fn=retry_only_transient)
 def check_forgetting(
-    config: RunConfig, context: RunContext, trained: TrainRef, evaluation: TaskEvalRef
+    config: RunConfig, context: RunContext, merge: MergeRef | None, evaluation: TaskEvalRef
 ) -> ForgettingRef:
-    """A failed gate is a result, not an error: the flow reads `passed` and does not promote."""
-    ref = run_forgetting_check(config, context, trained, evaluation)
+    """Scores the merged model (what ships) against its base. A failed gate is a result, not an error: the
+    flow reads `passed` and does not promote."""
+    ref = run_forgetting_check(config, context, merge, evaluation)
     get_run_logger().info(
         "forgetting gate %s (base scores %s)",
         "PASSED" if ref.passed else "FAILED",

@@ -195,6 +195,9 @@ class ForgettingConfig(_Section):
         1024, gt=16, description="Longest scored sequence in tokens (WikiText windows); capped by the model's."
     )
     data_dir: str = Field("data/benchmarks", description="Prepared benchmark JSONL (DVC stage output).")
+    run_when_task_fails: bool = Field(
+        False, description="Score the benchmarks even when the task row already failed (the full report)."
+    )
     cache_dir: str = Field(".cache/base_scores", description="Base-model scores reused across runs.")
 
 

@@ -69,6 +69,7 @@ class GateResult(BaseModel):
     max_perplexity_increase: float
     alpha: float
     on_inconclusive: str
+    note: str = ""  # e.g. why the benchmarks were not scored
 
     def failures(self) -> list[GateRow]:
         return [row for row in [*self.rows, self.task] if not row.passed]
@@ -229,7 +230,7 @@ def _benchmark_rows(base: dict, tuned: dict, gate: GateConfig) -> list[GateRow]:
     return [row for row in rows if row is not None]
 
 
-def _task_row(
+def task_row(
     base_correct: Sequence[bool] | None, tuned_correct: Sequence[bool] | None, gate: GateConfig, metric: str
 ) -> GateRow:
     if not base_correct or not tuned_correct:
@@ -291,7 +292,7 @@ def decide(
     `task_*_correct` are the per-item correctness of base and tuned on the same test items, in the same order.
     """
     rows = _benchmark_rows(base, tuned, gate)
-    task = _task_row(task_base_correct, task_tuned_correct, gate, task_metric)
+    task = task_row(task_base_correct, task_tuned_correct, gate, task_metric)
     verdict = overall_verdict([*rows, task])
     return GateResult(
         verdict=verdict,

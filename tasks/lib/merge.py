@@ -51,6 +51,15 @@ def _merge_dtype(model: PreTrainedModel) -> torch.dtype:
     return model.dtype
 
 
+def dense_base(base: PreTrainedModel) -> PreTrainedModel:
+    """A 4-bit base as plain dense weights (what the adapter is merged into); other bases unchanged."""
+    if not _is_quantized(base):
+        return base
+    dtype = _merge_dtype(base)
+    base = base.dequantize(dtype=dtype)
+    return base.to(dtype)  # modules left unquantized (embeddings, norms, lm_head) too
+
+
 def merge_adapter(
     base_loader: Callable[[], PreTrainedModel],
     adapter_dir: Path,
@@ -74,15 +83,12 @@ def merge_adapter(
         raise MergeError("the tokenizer has no chat template: the merged model would not render chats")
 
     base = base_loader()
-    if _is_quantized(base):
-        if strategy == "original":
-            raise MergeError(
-                "merge.strategy 'original' needs the full-precision base, but base_loader returned a quantized "
-                "model: load it with quantization disabled"
-            )
-        dtype = _merge_dtype(base)
-        base = base.dequantize(dtype=dtype)
-        base = base.to(dtype)  # modules left unquantized (embeddings, norms, lm_head) too
+    if _is_quantized(base) and strategy == "original":
+        raise MergeError(
+            "merge.strategy 'original' needs the full-precision base, but base_loader returned a quantized "
+            "model: load it with quantization disabled"
+        )
+    base = dense_base(base)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload(safe_merge=True)
     merged.eval()
     if hasattr(merged.config, "quantization_config"):

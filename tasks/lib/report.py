@@ -101,6 +101,8 @@ def forgetting_markdown(result: GateResult, task_metrics: dict | None = None) ->
             + "."
         )
     lines += ["", summary, ""]
+    if result.note:
+        lines += [result.note, ""]
     return "\n".join(lines)
 
 

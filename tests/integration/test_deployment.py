@@ -98,9 +98,16 @@ def test_ui_run_with_overrides_completes_and_registers(served) -> None:
 
     # What the UI's "Run" -> "Custom run" posts: the deployment's defaults merged with the edited fields.
     parameters = {**on_demand["parameters"], "overrides": ["train.max_steps=8", "lora.r=4"]}
-    flow_run = client.post(
-        f"/deployments/{on_demand['id']}/create_flow_run", json={"parameters": parameters}
-    ).raise_for_status()
+    # Retried on 503 as Prefect's own client and the UI do: a fresh SQLite-backed server answers 503 while its
+    # background services hold the database.
+    flow_run = _wait_for(
+        lambda: client.post(
+            f"/deployments/{on_demand['id']}/create_flow_run", json={"parameters": parameters}
+        ).raise_for_status(),
+        60,
+        "the server to accept the flow run",
+        logs,
+    )
     flow_run_id = flow_run.json()["id"]
 
     def finished() -> dict | None:

@@ -131,7 +131,8 @@ def test_failed_gate_registers_nothing(tmp_path: Path, tiny_model_dir: Path, ben
     )
     result = finetune(config_path=str(config_path))
 
-    assert not result.forgetting.passed
+    assert not result.forgetting.passed and result.forgetting.gate["task"]["verdict"] != "pass"
+    assert result.forgetting.gate["rows"] == [] and "not run" in result.forgetting.markdown  # no work wasted
     assert result.merge is None and not Path(result.run_dir, "merged").exists()
     assert not result.registration.registered and "gate" in result.registration.reason
     assert _registered_versions(f"sqlite:///{tmp_path / 'mlflow.db'}", "tiny-sst2") == []
