@@ -1,9 +1,9 @@
 """Forgetting checks with and without cached base scores, and lm-eval scoring throughput.
 
 Runs the pipeline's own step function, tasks.forgetting.run_forgetting_check, twice on the same config and
-adapter, starting from an empty score cache: the first check computes the base model's benchmark scores
-(and caches them) and scores the tuned model; the second reads the base scores from the cache and scores only
-the tuned model. Prints both wall times (each includes loading the model) and their ratio.
+merged model, starting from an empty score cache: the first check computes the base model's benchmark scores
+(and caches them) and scores the merged model; the second reads the base scores from the cache and scores only
+the merged model. Prints both wall times (each includes loading the models) and their ratio.
 
 Scoring throughput, in benchmark items per second at `forgetting.batch_size` (an item is a question for the
 multiple-choice tasks and LAMBADA, a document for WikiText), comes from timing every lm-eval pass
@@ -47,6 +47,17 @@ def fresh_adapter(config: Any, out_dir: Path) -> Path:
     return out_dir
 
 
+def merged_model(config: Any, adapter: Path, out_dir: Path) -> Path:
+    """The adapter merged as the pipeline's merge step does (without its check: only scoring is timed)."""
+    from tasks.io.models import load_tokenizer
+    from tasks.lib.merge import merge_adapter
+    from tasks.merge import merge_base_loader
+
+    return merge_adapter(
+        merge_base_loader(config), adapter, config.merge.strategy, out_dir, load_tokenizer(config.model)
+    )
+
+
 def scoring_passes(calls: Calls, phases: list[str]) -> list[dict[str, Any]]:
     """One row per lm-eval pass: which check and model it belonged to, its benchmarks, items, seconds."""
     rows = []
@@ -73,7 +84,7 @@ def main() -> int:
     import tasks.forgetting
     import tasks.lib.benchmarks
     from tasks.data import run_prepare
-    from tasks.lib.refs import TaskEvalRef, TrainRef
+    from tasks.lib.refs import MergeRef, TaskEvalRef
     from tasks.pipeline_run import start_pipeline_run
 
     with tempfile.TemporaryDirectory(prefix="qlora-bench-forgetting-") as work:
@@ -89,15 +100,11 @@ def main() -> int:
             arguments.error("forgetting is disabled or lists no benchmarks in this config")
         context = start_pipeline_run(config, None, run_prepare(config))
         adapter = Path(args.adapter) if args.adapter else fresh_adapter(config, root / "adapter")
-        trained = TrainRef(
-            adapter_dir=str(adapter),
+        merged = MergeRef(
+            merged_dir=str(merged_model(config, adapter, root / "merged")),
+            strategy=config.merge.strategy,
+            fidelity={},
             mlflow_run_id="",
-            global_step=0,
-            resumed_from_step=None,
-            first_eval_loss=None,
-            best_eval_loss=None,
-            trainable_params=0,
-            tokens_per_second=0.0,
         )
         metric = config.evaluation.primary_metric
         evaluation = TaskEvalRef(
@@ -113,7 +120,7 @@ def main() -> int:
             checks = []
             for expect_cached in (False, True):
                 with stopwatch() as elapsed:
-                    ref = tasks.forgetting.run_forgetting_check(config, context, trained, evaluation)
+                    ref = tasks.forgetting.run_forgetting_check(config, context, merged, evaluation)
                 if ref.base_scores_cached != expect_cached:
                     raise RuntimeError(f"expected base_scores_cached={expect_cached}, got {ref.base_scores_cached}")
                 checks.append({"seconds": elapsed(), "base_scores_cached": ref.base_scores_cached})

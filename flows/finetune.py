@@ -61,6 +61,13 @@ def finetune(
             return PipelineResult(run_id="", run_dir="", mlflow_run_id="", skipped=True, reason=reason, data=data)
 
     context = start_pipeline_run(config, run_id, data)
+    logger.info(
+        "run %s in %s; if it dies, resume it with: qlora run %s --run-id %s",
+        context.run_id,
+        context.run_dir,
+        config_path,
+        context.run_id,
+    )
     result = PipelineResult(
         run_id=context.run_id,
         run_dir=context.run_dir,

@@ -56,6 +56,9 @@ def start_pipeline_run(config: RunConfig, run_id: str | None, data: DataRef) -> 
     )
     tracker.log_metrics({f"data.{k}": v for k, v in flatten(data.stats).items() if isinstance(v, int | float)})
     tracker.log_artifact(run_dir / "config.json")
+    rejects = Path(data.processed_dir) / "rejects.jsonl"
+    if rejects.is_file():
+        tracker.log_artifact(rejects, "data")
     return RunContext(run_id=run_id, run_dir=str(run_dir), experiment_id=experiment_id, parent_run_id=parent_run_id)
 
 

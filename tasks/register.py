@@ -10,6 +10,7 @@ from prefect.exceptions import MissingContextError
 from transformers import AutoModelForCausalLM
 
 from tasks.common import retry_only_transient, step_run
+from tasks.io.locks import registry_lock
 from tasks.io.models import load_tokenizer
 from tasks.io.registry import (
     PIPELINE_RUN_TAG,
@@ -61,7 +62,8 @@ def run_registration(config: RunConfig, context: RunContext, data: DataRef, resu
             registered=False, model_name=name, version=None, aliases=[], reason="a gate failed: nothing registered"
         )
     evaluation = result.evaluation
-    with step_run(config, context, "register") as tracker:
+    with step_run(config, context, "register") as tracker, registry_lock(name):
+        # Under the lock: the champion is read, compared and replaced by one run at a time.
         rows = load_split(Path(data.processed_dir), "test")
         champion_items, source = champion_correct_on(config, evaluation, rows, get_run_logger_or_none())
         decision = decide_promotion(True, evaluation.tuned_correct, champion_items, config.gate.alpha)

@@ -108,6 +108,12 @@ class DataConfig(_Section):
     max_length: int = Field(256, gt=8, description="Token limit for prompt + answer.")
     overlong: Literal["drop", "truncate"] = Field("drop", description="What to do with rows over max_length.")
     deduplicate: bool = True
+    on_invalid: Literal["error", "drop"] = Field(
+        "error", description="error: refuse the file naming every bad row; drop: skip them into rejects.jsonl."
+    )
+    max_invalid_fraction: float = Field(
+        0.05, ge=0.0, le=1.0, description="With on_invalid=drop, more invalid rows than this is an error anyway."
+    )
     split: SplitConfig = Field(default_factory=SplitConfig)
     processed_dir: str = Field("data/processed", description="Where prepared splits are written.")
 
@@ -244,6 +250,18 @@ class TrackingConfig(_Section):
     )
     experiment: str = "qlora"
     artifact_location: str | None = Field(None, description="Artifact root for a new experiment.")
+
+    @field_validator("uri", "artifact_location")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        authority = (value or "").split("://", 1)[-1].split("/", 1)[0]
+        if "@" in authority:
+            raise ValueError(
+                "must not carry credentials (user:password@): a config is copied into run folders, MLflow and "
+                "Prefect parameters. Set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or the store's own "
+                "environment variables) instead"
+            )
+        return value
 
 
 class ScheduleConfig(_Section):

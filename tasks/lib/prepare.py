@@ -394,9 +394,14 @@ def _renamed(row: dict[str, Any], renames: dict[str, str]) -> dict[str, Any]:
 
 
 def _normalise_source(
-    path: str, hub_split: str, data: DataConfig, fmt: str | None = None
+    path: str, hub_split: str, data: DataConfig, fmt: str | None = None, rejects: list[dict] | None = None
 ) -> tuple[list[SourceRow], str]:
-    """Load and normalise every row of one source: all row errors at once; returns the rows and the format."""
+    """Load and normalise every row of one source; returns the rows and the format.
+
+    Invalid rows: with `data.on_invalid: error` all of them are raised at once; with `drop` they are appended
+    to `rejects` (source, location, reason), unless more than `data.max_invalid_fraction` of the rows are
+    invalid, which is an error anyway (a wrong template or format, not a few bad rows).
+    """
     located = load_located_rows(path, hub_split)
     if data.rename_columns:
         located = [(number, _renamed(row, data.rename_columns)) for number, row in located]
@@ -408,16 +413,24 @@ def _normalise_source(
         check_template_columns(list(located[0][1]), data, path)
     resolved = data.model_copy(update={"format": fmt})
     stem = Path(path).stem if not is_hub_id(path) else f"{path.replace('/', '--')}-{hub_split}"
-    rows, errors = [], []
+    rows, errors, dropped = [], [], []
     for number, row in located:
+        where = f"{path} {word} {number}"
         try:
-            messages = row_to_messages(row, resolved, f"{path} {word} {number}")
+            messages = row_to_messages(row, resolved, where)
         except DataError as error:
             errors.append(str(error))
+            dropped.append({"source": path, word: number, "reason": str(error).removeprefix(f"{where}: ")})
             continue
         raw = json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)
         rows.append(SourceRow(f"{stem}-{number}", raw, messages, prompt_text(row, messages, fmt, resolved)))
-    raise_collected(errors, f"{path}: invalid rows")
+    if data.on_invalid == "error" or len(errors) > data.max_invalid_fraction * len(located):
+        limit = (
+            "" if data.on_invalid == "error" else f" (more than data.max_invalid_fraction={data.max_invalid_fraction})"
+        )
+        raise_collected(errors, f"{path}: invalid rows{limit}")
+    if rejects is not None:
+        rejects.extend(dropped)
     return rows, fmt
 
 
@@ -456,7 +469,8 @@ def prepare_dataset(config: RunConfig, tokenizer, out_dir: Path, stats_path: Pat
     """Write train/validation/test.jsonl + manifest.json to out_dir (atomically) and stats to stats_path."""
     data, out_dir = config.data, Path(out_dir)
     fingerprint = input_fingerprint(config, tokenizer)
-    rows, fmt = _normalise_source(data.path, data.hub_split, data)
+    rejects: list[dict] = []
+    rows, fmt = _normalise_source(data.path, data.hub_split, data, rejects=rejects)
     rows_read = len(rows)
     if data.deduplicate:
         rows = _deduplicate(rows)
@@ -467,7 +481,7 @@ def prepare_dataset(config: RunConfig, tokenizer, out_dir: Path, stats_path: Pat
     for name in ("validation", "test"):
         source = getattr(data, f"{name}_path")
         if source:
-            held_out, _ = _normalise_source(source, getattr(data, f"{name}_hub_split"), data, fmt)
+            held_out, _ = _normalise_source(source, getattr(data, f"{name}_hub_split"), data, fmt, rejects)
             held_out = _deduplicate(held_out) if data.deduplicate else held_out
             parts[name] = [row for _, row in _ranked(held_out, config.seed)]
     decontamination = _decontaminate(parts)
@@ -481,6 +495,8 @@ def prepare_dataset(config: RunConfig, tokenizer, out_dir: Path, stats_path: Pat
             "rows_read": rows_read,
             "duplicates_removed": duplicates,
             "rows_selected": len(ranked),
+            "invalid_rows_dropped": len(rejects),
+            "rejects_file": "rejects.jsonl" if rejects else None,
             "sources": {
                 "train": data.path,
                 "validation": data.validation_path or f"{data.path} ({data.split.validation:g} of it)",
@@ -543,6 +559,8 @@ def prepare_dataset(config: RunConfig, tokenizer, out_dir: Path, stats_path: Pat
         "data_config": data.model_dump(mode="json"),
     }
     files["manifest.json"] = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    if rejects:
+        files["rejects.jsonl"] = "".join(json.dumps(reject, ensure_ascii=False) + "\n" for reject in rejects)
     _write_atomically(out_dir, files)
     _write_json(Path(stats_path), stats)
     return stats

@@ -157,3 +157,20 @@ def test_corrupted_data_fails_the_flow_with_the_step_error(
     assert "sst2_slice.tsv" in str(error) and "line 6" in str(error)
     assert not (tmp_path / "processed" / "tiny").exists()
     assert _registered_versions(f"sqlite:///{tmp_path / 'mlflow.db'}", "tiny-sst2") == []
+
+
+def test_registry_lock_is_a_prefect_global_concurrency_limit() -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+
+    from tasks.io.locks import registry_lock, registry_lock_name
+
+    with registry_lock("locked-model"):
+        with get_client(sync_client=True) as client:
+            limit = client.read_global_concurrency_limit_by_name(registry_lock_name("locked-model"))
+        assert limit.limit == 1 and limit.active and limit.active_slots == 1
+        with pytest.raises(TimeoutError):  # a second run waits while the first holds the slot
+            with concurrency(registry_lock_name("locked-model"), timeout_seconds=2, strict=True):
+                pass
+    with registry_lock("locked-model", timeout_seconds=5):  # released: the next run gets it at once
+        pass

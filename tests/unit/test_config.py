@@ -121,3 +121,11 @@ def test_fingerprint_changes_with_any_value():
     second = config_from_dict(minimal(lora={"r": 8}))
     assert first.fingerprint() == config_from_dict(minimal()).fingerprint()
     assert first.fingerprint() != second.fingerprint()
+
+
+@pytest.mark.parametrize("key", ["tracking.uri", "tracking.artifact_location"])
+def test_credentials_in_uris_are_refused_without_echoing_them(key):
+    with pytest.raises(ConfigError) as error:
+        load_config("configs/demo.yaml", [f"{key}=https://trainer:pa55word-x@mlflow.example.com"])
+    assert key in str(error.value) and "MLFLOW_TRACKING_PASSWORD" in str(error.value)
+    assert "pa55word-x" not in str(error.value)

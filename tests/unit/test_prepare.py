@@ -469,3 +469,29 @@ def test_separate_test_source_with_renamed_column_and_decontamination(tmp_path, 
 def test_zero_test_fraction_needs_a_test_source(tmp_path):
     with pytest.raises(ValueError, match="test_path"):
         _config(tmp_path / "x.tsv", **{**SST2_DATA, "split": {"test": 0.0}})
+
+
+def _alpaca_with_empty_outputs(path: Path, rows: int = 40, empty: tuple[int, ...] = (3, 17)) -> Path:
+    lines = [
+        json.dumps({"instruction": f"Say the number {i}", "input": "", "output": "" if i in empty else str(i)})
+        for i in range(rows)
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_invalid_rows_are_dropped_into_a_rejects_file_when_asked(tmp_path, tiny_tokenizer):
+    path = _alpaca_with_empty_outputs(tmp_path / "alpaca.jsonl")
+    with pytest.raises(DataError, match="line 4"):
+        _prepare(_config(path, format="alpaca"), tiny_tokenizer, tmp_path, "strict")
+    stats, out = _prepare(_config(path, format="alpaca", on_invalid="drop"), tiny_tokenizer, tmp_path, "lenient")
+    assert stats["invalid_rows_dropped"] == 2 and stats["rows_read"] == 38
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["source"], r["line"]) for r in rejects] == [(str(path), 4), (str(path), 18)]
+    assert all("output" in r["reason"] for r in rejects)
+
+
+def test_too_many_invalid_rows_are_an_error_even_when_dropping(tmp_path, tiny_tokenizer):
+    path = _alpaca_with_empty_outputs(tmp_path / "alpaca.jsonl", rows=20, empty=tuple(range(5)))
+    with pytest.raises(DataError, match="max_invalid_fraction"):
+        _prepare(_config(path, format="alpaca", on_invalid="drop"), tiny_tokenizer, tmp_path)
