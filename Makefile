@@ -64,11 +64,13 @@ bench:  ## performance benchmarks on the demo (minutes); results in benchmarks/r
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/forgetting_cache.py
 	$(BIN)/python benchmarks/orchestration_overhead.py
+	$(BIN)/python benchmarks/gate_calibration.py
 
 bench-quick:  ## smoke versions of the benchmarks
 	$(BIN)/python benchmarks/train_throughput.py --quick
 	$(BIN)/python benchmarks/forgetting_cache.py --quick
 	$(BIN)/python benchmarks/orchestration_overhead.py --quick
+	$(BIN)/python benchmarks/gate_calibration.py --quick
 
 clean:  ## remove runs, local MLflow store and stack state (keeps data, model and .venv)
 	rm -rf runs mlruns.db mlartifacts .stack .cache

@@ -1,8 +1,8 @@
 """How often does the forgetting gate say fail / pass / inconclusive? A seeded simulation, no model needed.
 
-For each setting (items per benchmark n, 4 accuracy benchmarks, 15% of items changing their answer between
-base and tuned, as measured on the demo) it simulates fine-tunes with no effect and with a real drop of 1.5x
-the margin on one benchmark, and reports:
+For each setting (items per benchmark n, 4 accuracy benchmarks, a share of items whose answer changes by
+chance between base and tuned: the demo measured 3-10%) it simulates fine-tunes with no effect and with a real
+drop of 1.5x the margin on one benchmark (on top of the chance changes), and reports:
 - no effect -> fail (family-wise false alarm; target <= 0.05),
 - 1.5x-margin drop -> fail (power; target >= 0.80),
 - no effect -> pass (how often an honest run ends conclusively),
@@ -22,7 +22,7 @@ from tasks.lib.config import GateConfig, RunConfig, load_config
 from tasks.lib.gate_calibration import verdict_rates
 
 K = 4
-DISCORDANCE = (0.10, 0.15, 0.20)
+DISCORDANCE = (0.05, 0.10, 0.15, 0.20)  # the demo measured 3-10% per benchmark
 
 
 def main() -> None:

@@ -180,7 +180,8 @@ def _perplexity_pending(name: str, metric: str, base: list, tuned: list, gate: G
 def _describe(row: GateRow, unit: str) -> str:
     change = f"{row.delta:+.2f}{unit} [{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
     if row.verdict == "pass":
-        return f"{change}: no drop beyond the {row.margin:g}{unit} margin (p={row.p_noninferior:.2g})"
+        worse = "rise" if row.kind == "perplexity" else "drop"
+        return f"{change}: no {worse} beyond the {row.margin:g}{unit} margin (p={row.p_noninferior:.2g})"
     if row.verdict == "fail":
         return f"{change}: forgetting shown beyond the {row.margin:g}{unit} margin (p={row.p_worse:.2g})"
     return (

@@ -1,8 +1,8 @@
 """Seeded simulation of the gate's error rates on per-item paired results (no model needed).
 
 Each simulated fine-tune scores k accuracy benchmarks of n items. On every item base and tuned either agree
-(right or wrong together) or differ; `discordance` is the fraction of items whose answer changed, and the first
-benchmark truly drops by `true_drop` (a fraction: losses exceed gains by that much). The rates are of the
+(right or wrong together) or differ: `discordance` is the fraction of items whose answer changes by chance
+(half gained, half lost), and the first benchmark also loses `true_drop` of its items for real. The rates are of the
 overall verdict over the benchmark rows: what the forgetting gate would say.
 """
 
@@ -22,9 +22,7 @@ BOTH_RIGHT = 0.4  # items both models answer correctly; does not change the pair
 def simulated_results(
     rng: np.random.Generator, n: int, true_drop: float, discordance: float
 ) -> tuple[list[int], list[int]]:
-    p_loss, p_gain = (discordance + true_drop) / 2, (discordance - true_drop) / 2
-    if p_gain < 0:
-        raise ValueError(f"a drop of {true_drop} needs a discordance of at least {true_drop}")
+    p_gain, p_loss = discordance / 2, discordance / 2 + true_drop
     gains, losses, both, _ = rng.multinomial(n, [p_gain, p_loss, BOTH_RIGHT, 1 - BOTH_RIGHT - p_gain - p_loss])
     base = [0] * gains + [1] * losses + [1] * both
     tuned = [1] * gains + [0] * losses + [1] * both
