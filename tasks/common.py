@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from tasks.io.tracking import MlflowTracker, configure_mlflow, mlflow_run
 from tasks.lib.config import RunConfig
@@ -31,3 +36,42 @@ def step_run(config: RunConfig, context: RunContext, step: str) -> Iterator[Mlfl
         tracker = MlflowTracker(run_id)
         tracker.set_tags({"step": step, "pipeline_run_id": context.run_id})
         yield tracker
+
+
+Ref = TypeVar("Ref", bound=BaseModel)
+
+
+def _marker(context: RunContext, step: str) -> Path:
+    return Path(context.run_dir) / "steps" / f"{step}.json"
+
+
+def completed_step(context: RunContext, step: str, ref_type: type[Ref]) -> Ref | None:
+    """The result of `step` when this run already completed it (a rerun with the same run id), else None.
+
+    A rerun reuses finished steps instead of redoing them: the adapter is never trained a step further, the
+    evaluation and the gate are not recomputed on a different model, and each step has one MLflow run.
+    """
+    marker = _marker(context, step)
+    if not marker.is_file():
+        return None
+    return ref_type.model_validate_json(marker.read_text(encoding="utf-8"))
+
+
+def mark_completed(context: RunContext, step: str, ref: Ref) -> Ref:
+    """Record `step` as done (atomically: a kill leaves either no marker or a whole one)."""
+    marker = _marker(context, step)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_name(f".{marker.name}.tmp")
+    tmp.write_text(ref.model_dump_json(indent=2), encoding="utf-8")
+    os.replace(tmp, marker)
+    return ref
+
+
+def once(step: str, ref_type: type[Ref], context: RunContext, run, logger=None) -> Ref:
+    """Run `run()` unless this pipeline run already completed `step`; either way return the step's result."""
+    done = completed_step(context, step, ref_type)
+    if done is not None:
+        if logger is not None:
+            logger.info("%s already completed in this run: reusing its result", step)
+        return done
+    return mark_completed(context, step, run())

@@ -7,7 +7,7 @@ from pathlib import Path
 from peft import PeftModel
 from prefect import get_run_logger, task
 
-from tasks.common import retry_only_transient, step_run
+from tasks.common import once, retry_only_transient, step_run
 from tasks.io.models import load_base_model, load_tokenizer
 from tasks.lib.config import RunConfig
 from tasks.lib.promotion import items_fingerprint
@@ -64,7 +64,9 @@ def run_target_eval(config: RunConfig, context: RunContext, data: DataRef, train
 
 @task(name="evaluate-target-task", retries=1, retry_condition_fn=retry_only_transient)
 def evaluate_target_task(config: RunConfig, context: RunContext, data: DataRef, trained: TrainRef) -> TaskEvalRef:
-    ref = run_target_eval(config, context, data, trained)
+    ref = once(
+        "evaluate", TaskEvalRef, context, lambda: run_target_eval(config, context, data, trained), get_run_logger()
+    )
     metric = ref.primary_metric
     get_run_logger().info(
         "%s on %d test items: base %.3f -> tuned %.3f", metric, ref.n_items, ref.base[metric], ref.tuned[metric]

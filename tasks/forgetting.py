@@ -10,7 +10,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from transformers import AutoModelForCausalLM
 
-from tasks.common import retry_only_transient, step_run
+from tasks.common import once, retry_only_transient, step_run
 from tasks.io.models import load_tokenizer, model_version
 from tasks.io.score_cache import benchmark_key_parts, get_or_compute
 from tasks.lib.benchmarks import run_benchmarks
@@ -182,7 +182,13 @@ def check_forgetting(
 ) -> ForgettingRef:
     """Scores the merged model (what ships) against its base. A failed gate is a result, not an error: the
     flow reads `passed` and does not promote."""
-    ref = run_forgetting_check(config, context, merge, evaluation)
+    ref = once(
+        "forgetting",
+        ForgettingRef,
+        context,
+        lambda: run_forgetting_check(config, context, merge, evaluation),
+        get_run_logger(),
+    )
     get_run_logger().info(
         "forgetting gate %s (base scores %s)",
         "PASSED" if ref.passed else "FAILED",

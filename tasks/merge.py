@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from transformers import AutoModelForCausalLM
 
-from tasks.common import retry_only_transient, step_run
+from tasks.common import once, retry_only_transient, step_run
 from tasks.evaluate import load_adapter_model
 from tasks.io.models import load_base_model, load_tokenizer
 from tasks.lib.config import RunConfig
@@ -60,7 +60,7 @@ def run_merge(config: RunConfig, context: RunContext, data: DataRef, trained: Tr
 
 @task(name="merge-adapter", retries=1, retry_condition_fn=retry_only_transient)
 def merge_adapter_task(config: RunConfig, context: RunContext, data: DataRef, trained: TrainRef) -> MergeRef:
-    ref = run_merge(config, context, data, trained)
+    ref = once("merge", MergeRef, context, lambda: run_merge(config, context, data, trained), get_run_logger())
     get_run_logger().info(
         "merged (%s): answer log-probs within %.3g of the adapter model (%.3g x the base's distance)",
         ref.strategy,

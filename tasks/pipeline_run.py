@@ -12,7 +12,7 @@ import mlflow
 
 from tasks.io.tracking import MlflowTracker, configure_mlflow, flatten
 from tasks.io.versioning import git_commit, package_versions
-from tasks.lib.config import RunConfig
+from tasks.lib.config import ConfigError, RunConfig
 from tasks.lib.refs import DataRef, PipelineResult, RunContext
 
 
@@ -34,13 +34,16 @@ def start_pipeline_run(config: RunConfig, run_id: str | None, data: DataRef) -> 
     marker = run_dir / "mlflow_run.json"
     client = mlflow.MlflowClient()
     if marker.is_file():
-        parent_run_id = json.loads(marker.read_text())["parent_run_id"]
+        stored = json.loads(marker.read_text())
+        refuse_changed_resume(run_id, run_dir, config, data, stored)
+        parent_run_id = stored["parent_run_id"]
+        close_killed_step_runs(client, experiment_id, parent_run_id)
         client.update_run(parent_run_id, status="RUNNING")
     else:
         parent_run_id = client.create_run(
             experiment_id, run_name=f"{config.name}-{run_id}", tags={"pipeline": "qlora", "run_id": run_id}
         ).info.run_id
-        marker.write_text(json.dumps({"parent_run_id": parent_run_id}))
+        marker.write_text(json.dumps({"parent_run_id": parent_run_id, "data_fingerprint": data.fingerprint}))
         (run_dir / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))
     tracker = MlflowTracker(parent_run_id)
     tracker.log_params(flatten(config.model_dump(mode="json")))
@@ -60,6 +63,34 @@ def start_pipeline_run(config: RunConfig, run_id: str | None, data: DataRef) -> 
     if rejects.is_file():
         tracker.log_artifact(rejects, "data")
     return RunContext(run_id=run_id, run_dir=str(run_dir), experiment_id=experiment_id, parent_run_id=parent_run_id)
+
+
+def refuse_changed_resume(run_id: str, run_dir: Path, config: RunConfig, data: DataRef, stored: dict) -> None:
+    """A resumed run must continue what it started: the same config and the same prepared data."""
+    problems = []
+    previous_config = run_dir / "config.json"
+    if previous_config.is_file():
+        before = flatten(json.loads(previous_config.read_text()))
+        after = flatten(config.model_dump(mode="json"))
+        changed = sorted(key for key in set(before) | set(after) if before.get(key) != after.get(key))
+        if changed:
+            problems.append(f"config keys changed: {', '.join(changed)}")
+    if stored.get("data_fingerprint") not in (None, data.fingerprint):
+        problems.append("the prepared data changed (its fingerprint differs)")
+    if problems:
+        raise ConfigError(
+            f"run {run_id} cannot resume: {'; '.join(problems)}. Start a new run (no --run-id) for the new settings."
+        )
+
+
+def close_killed_step_runs(client: mlflow.MlflowClient, experiment_id: str, parent_run_id: str) -> None:
+    """Step runs of a killed attempt still say RUNNING; nothing else can be running under this parent now."""
+    stale = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'",
+    )
+    for run in stale:
+        client.set_terminated(run.info.run_id, status="KILLED")
 
 
 def finish_pipeline_run(context: RunContext, result: PipelineResult, failed: bool) -> None:

@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
 from transformers import AutoModelForCausalLM
 
-from tasks.common import retry_only_transient, step_run
+from tasks.common import once, retry_only_transient, step_run
 from tasks.io.locks import registry_lock
 from tasks.io.models import load_tokenizer
 from tasks.io.registry import (
@@ -115,7 +115,9 @@ def get_run_logger_or_none():
 
 @task(name="register-model", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_only_transient)
 def register_model(config: RunConfig, context: RunContext, data: DataRef, result: PipelineResult) -> RegistrationRef:
-    ref = run_registration(config, context, data, result)
+    ref = once(
+        "register", RegistrationRef, context, lambda: run_registration(config, context, data, result), get_run_logger()
+    )
     get_run_logger().info(
         "registry: %s", f"{ref.model_name} v{ref.version} {ref.aliases}" if ref.registered else ref.reason
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from tasks.common import retry_only_transient, step_run
+from tasks.common import once, retry_only_transient, step_run
 from tasks.io.models import load_base_model, load_tokenizer
 from tasks.io.tracking import flatten
 from tasks.io.versioning import git_commit, package_versions
@@ -70,7 +70,7 @@ def run_training(config: RunConfig, context: RunContext, data: DataRef) -> Train
 @task(name="train-adapter", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_only_transient)
 def train(config: RunConfig, context: RunContext, data: DataRef) -> TrainRef:
     """A retry (or a re-run with the same run id) resumes from the latest checkpoint."""
-    ref = run_training(config, context, data)
+    ref = once("train", TrainRef, context, lambda: run_training(config, context, data), get_run_logger())
     get_run_logger().info(
         "trained %d steps (resumed from %s): validation loss %.4f -> %.4f; %d trainable parameters",
         ref.global_step,

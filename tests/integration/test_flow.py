@@ -174,3 +174,26 @@ def test_registry_lock_is_a_prefect_global_concurrency_limit() -> None:
                 pass
     with registry_lock("locked-model", timeout_seconds=5):  # released: the next run gets it at once
         pass
+
+
+def test_rerun_of_a_finished_run_reuses_its_steps_and_a_changed_resume_is_refused(
+    tmp_path: Path, tiny_model_dir: Path, benchmark_data_dir: Path
+) -> None:
+    config_path = write_tiny_config(tmp_path, tiny_model_dir, benchmark_data_dir, {"train.max_steps": 4})
+    first = finetune(config_path=str(config_path), run_id="rerun-me")
+    adapter = Path(first.train.adapter_dir, "adapter_model.safetensors")
+    weights = adapter.read_bytes()
+
+    again = finetune(config_path=str(config_path), run_id="rerun-me")
+    assert adapter.read_bytes() == weights and again.train.global_step == 4  # not trained a step further
+    assert again.registration.version == first.registration.version  # no second version either
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = client.get_run(first.mlflow_run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{first.mlflow_run_id}'"
+    )
+    assert sorted(run.data.tags["step"] for run in children) == sorted(STEPS)  # each step ran once
+    assert parent.info.status == "FINISHED"
+
+    with pytest.raises(Exception, match="cannot resume: config keys changed: lora.r"):
+        finetune(config_path=str(config_path), run_id="rerun-me", overrides=["lora.r=4"])
