@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.schedules import Cron
 
 from flows.finetune import finetune
@@ -15,6 +16,9 @@ from tasks.lib.config import load_config
 
 ON_DEMAND = "qlora-on-demand"
 SCHEDULED = "qlora-scheduled-retrain"
+# One run of a deployment at a time, the rest queued (shown as waiting for a slot in the UI): the rule belongs
+# to the deployment, so it holds wherever the deployment runs (this process, or a work pool's workers).
+ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
 
 
 def build_deployments(config_path: str) -> list:
@@ -24,6 +28,7 @@ def build_deployments(config_path: str) -> list:
         parameters={"config_path": config_path, "overrides": []},
         description="Fine-tune, evaluate, check forgetting, merge and register, on demand.",
         tags=["qlora", config.name],
+        concurrency_limit=ONE_AT_A_TIME,
     )
     deployments = [on_demand]
     if config.schedule.cron:
@@ -34,11 +39,12 @@ def build_deployments(config_path: str) -> list:
                 schedule=Cron(config.schedule.cron, timezone=config.schedule.timezone),
                 description="Retrains when the DVC data version or the config changed since the last registered model.",
                 tags=["qlora", config.name, "scheduled"],
+                concurrency_limit=ONE_AT_A_TIME,
             )
         )
     return deployments
 
 
 def serve_deployments(config_path: str) -> None:
-    """Blocks, running flow runs one at a time: two trainings never share this worker."""
+    """Blocks, running flow runs one at a time: two trainings never share this machine's cores."""
     serve(*build_deployments(config_path), limit=1)

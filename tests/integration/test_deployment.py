@@ -95,6 +95,9 @@ def test_ui_run_with_overrides_completes_and_registers(served) -> None:
     on_demand = served_deployments[ON_DEMAND]
     schema = on_demand["parameter_openapi_schema"]["properties"]
     assert {"config_path", "overrides", "run_id", "skip_if_unchanged"} <= set(schema)  # the UI's form
+    for deployment in (on_demand, scheduled):  # one run at a time is the deployment's own rule, queued
+        assert deployment["global_concurrency_limit"]["limit"] == 1
+        assert deployment["concurrency_options"]["collision_strategy"] == "ENQUEUE"
 
     # What the UI's "Run" -> "Custom run" posts: the deployment's defaults merged with the edited fields.
     parameters = {**on_demand["parameters"], "overrides": ["train.max_steps=8", "lora.r=4"]}
