@@ -32,6 +32,11 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # lm-eval and transformers redraw their progress bars 10 times a second; into a log file or the Prefect
+    # logs that is thousands of lines per step. tqdm reads its defaults from TQDM_* variables: one update every
+    # 20 s keeps the bars useful in a terminal without flooding a log.
+    os.environ.setdefault("TQDM_MININTERVAL", "20")
+    os.environ.setdefault("TQDM_MAXINTERVAL", "60")
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
