@@ -157,11 +157,19 @@ def cmd_check_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from tasks.lib.data_formats import DataError
     from tasks.lib.preflight import check_inputs
+    from tasks.lib.prepare import check_sources
 
     config = load_config(args.config, args.overrides)
     check_inputs(config)
-    print(f"{args.config}: valid (config hash {config.fingerprint()})")
+    try:
+        notes = check_sources(config.data)
+    except DataError as error:
+        raise ConfigError(f"{args.config}: the data does not fit the config:\n  {error}") from None
+    for note in notes:
+        print(f"note: {note}")
+    print(f"{args.config}: valid, data shape checked (config hash {config.fingerprint()})")
     return 0
 
 

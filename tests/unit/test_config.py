@@ -129,3 +129,12 @@ def test_credentials_in_uris_are_refused_without_echoing_them(key):
         load_config("configs/demo.yaml", [f"{key}=https://trainer:pa55word-x@mlflow.example.com"])
     assert key in str(error.value) and "MLFLOW_TRACKING_PASSWORD" in str(error.value)
     assert "pa55word-x" not in str(error.value)
+
+
+def test_validate_reads_the_data_and_names_a_missing_column(capsys):
+    from flows.cli import main
+
+    assert main(["validate", "configs/demo.yaml"]) == 0
+    assert main(["validate", "configs/demo.yaml", "--set", "data.prompt_template=Review of {text}"]) == 2
+    error = capsys.readouterr().err
+    assert "data/raw/sst2/train.tsv" in error and "'text'" in error and "available columns: label, sentence" in error
