@@ -21,7 +21,7 @@ from tasks.lib.gate import task_row
 from tasks.lib.preflight import check_inputs
 from tasks.lib.refs import PipelineResult
 from tasks.merge import merge_adapter_task
-from tasks.pipeline_run import artifact_key, finish_pipeline_run, last_registered_inputs, start_pipeline_run
+from tasks.pipeline_run import artifact_key, finish_pipeline_run, start_pipeline_run, unchanged_since_last_attempt
 from tasks.register import register_model
 from tasks.report import pipeline_markdown
 from tasks.train import train
@@ -44,8 +44,8 @@ def finetune(
         config_path: YAML run config (see configs/demo.yaml; every key is validated before any work).
         overrides: `section.key=value` strings applied on top, e.g. `train.max_steps=50`.
         run_id: re-use a run id to resume an interrupted run from its last checkpoint.
-        skip_if_unchanged: skip training when the data version and config match the last registered model
-            (what scheduled retraining uses).
+        skip_if_unchanged: skip when the data content and the outcome-relevant config equal those of the last
+            attempted run, whatever its outcome (what scheduled retraining uses).
     """
     logger = get_run_logger()
     config = load_config(config_path, overrides or [])
@@ -53,9 +53,8 @@ def finetune(
     data = prepare_data(config)
 
     if skip_if_unchanged:
-        previous = last_registered_inputs(config)
-        if previous and previous == (data.raw_version, config.fingerprint()):
-            reason = f"data version {data.raw_version} and config unchanged since the last registered model"
+        reason = unchanged_since_last_attempt(config, data)
+        if reason:
             logger.info("skipping training: %s", reason)
             create_markdown_artifact(f"# Retraining skipped\n\n{reason}.", key=artifact_key(config.name))
             return PipelineResult(run_id="", run_dir="", mlflow_run_id="", skipped=True, reason=reason, data=data)

@@ -41,7 +41,9 @@ def start_pipeline_run(config: RunConfig, run_id: str | None, data: DataRef) -> 
         client.update_run(parent_run_id, status="RUNNING")
     else:
         parent_run_id = client.create_run(
-            experiment_id, run_name=f"{config.name}-{run_id}", tags={"pipeline": "qlora", "run_id": run_id}
+            experiment_id,
+            run_name=f"{config.name}-{run_id}",
+            tags={"pipeline": "qlora", "run_id": run_id, "config_name": config.name},
         ).info.run_id
         marker.write_text(json.dumps({"parent_run_id": parent_run_id, "data_fingerprint": data.fingerprint}))
         (run_dir / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))
@@ -52,6 +54,7 @@ def start_pipeline_run(config: RunConfig, run_id: str | None, data: DataRef) -> 
             "data_version": data.raw_version,
             "processed_data_fingerprint": data.fingerprint,
             "config_hash": config.fingerprint(),
+            "outcome_config_hash": config.outcome_fingerprint(),
             "git_commit": git_commit(),
             "seed": config.seed,
             **{f"version.{name}": version for name, version in package_versions().items()},
@@ -108,15 +111,39 @@ def finish_pipeline_run(context: RunContext, result: PipelineResult, failed: boo
     client.set_terminated(context.parent_run_id, status="FAILED" if failed else "FINISHED")
 
 
-def last_registered_inputs(config: RunConfig) -> tuple[str, str] | None:
-    """(data version, config hash) of the newest registered version, or None if there is none."""
-    configure_mlflow(config.tracking.uri, config.tracking.experiment, config.tracking.artifact_location)
-    client = mlflow.MlflowClient()
-    try:
-        versions = client.search_model_versions(f"name='{config.registry.model_name}'")
-    except mlflow.exceptions.MlflowException:
+def last_attempt(config: RunConfig) -> dict[str, str] | None:
+    """Tags of the newest pipeline run of this config's name that completed (gate passed or not), or None.
+
+    A run that crashed is not an attempt to remember: the next schedule retries it."""
+    experiment_id = configure_mlflow(config.tracking.uri, config.tracking.experiment, config.tracking.artifact_location)
+    runs = mlflow.MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.pipeline = 'qlora' and tags.config_name = '{config.name}' and tags.outcome = 'completed'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return dict(runs[0].data.tags) if runs else None
+
+
+def unchanged_since_last_attempt(config: RunConfig, data: DataRef) -> str | None:
+    """Why retraining would repeat the last attempt (same data content, same outcome-relevant config), or None.
+
+    Compared with the last *attempted* run, not the last registered one: a config whose gate failed is not
+    retrained every week until something changes; an edited file counts as new data (the data fingerprint
+    hashes file content), and editing only where results go or when the schedule fires is not a change.
+    """
+    previous = last_attempt(config)
+    if previous is None:
         return None
-    if not versions:
+    same_data = previous.get("processed_data_fingerprint") == data.fingerprint
+    same_config = previous.get("outcome_config_hash") == config.outcome_fingerprint()
+    if not (same_data and same_config):
         return None
-    newest = max(versions, key=lambda version: int(version.version))
-    return newest.tags.get("data_version"), newest.tags.get("config_hash")
+    registered = previous.get("registered_version")
+    outcome = f"gate {previous.get('gate', 'not reached')}, " + (
+        f"registered v{registered}" if registered else "nothing registered"
+    )
+    return (
+        f"data (fingerprint {data.fingerprint[:12]}) and config unchanged since run {previous.get('run_id', '?')} "
+        f"({outcome})"
+    )

@@ -300,6 +300,16 @@ class RunConfig(_Section):
         """Stable hash of the whole config, recorded with every run."""
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
+    def outcome_fingerprint(self) -> str:
+        """Hash of the keys that can change what a run produces or decides; where results go (output_dir,
+        tracking, registry name), when it runs (schedule) and where data is prepared are left out."""
+        keys = ("seed", "model", "quantization", "lora", "data", "train", "evaluation", "forgetting", "gate", "merge")
+        relevant = {key: value for key, value in self.model_dump(mode="json").items() if key in keys}
+        relevant["data"].pop("processed_dir", None)
+        for key in ("data_dir", "cache_dir"):
+            relevant["forgetting"].pop(key, None)
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
 
 def _format_errors(error: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]

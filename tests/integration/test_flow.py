@@ -106,9 +106,15 @@ def test_flow_trains_evaluates_registers_and_reuses_base_scores(
     assert str(client.get_model_version_by_alias("tiny-sst2", "champion").version) == "1"
     assert client.get_model_version("tiny-sst2", "2").tags["champion_comparison"].startswith("v1's stored results")
 
-    # Scheduled retraining: nothing changed since the registered version -> skip; new data -> train.
-    unchanged = finetune(config_path=str(config_path), overrides=["lora.r=4"], skip_if_unchanged=True)
-    assert unchanged.skipped and unchanged.train is None and first.data.raw_version in unchanged.reason
+    # Scheduled retraining: nothing that changes the outcome changed since the last attempt -> skip (also when
+    # only where results go changed); new data -> train.
+    unchanged = finetune(
+        config_path=str(config_path),
+        overrides=["lora.r=4", f"output_dir={tmp_path / 'elsewhere'}"],
+        skip_if_unchanged=True,
+    )
+    assert unchanged.skipped and unchanged.train is None and second.run_id in unchanged.reason
+    assert "registered v2" in unchanged.reason
     data_file = tmp_path / "sst2_slice.tsv"
     data_file.write_text("".join(data_file.read_text().splitlines(keepends=True)[:-20]))
     new_data = finetune(config_path=str(config_path), overrides=["lora.r=4"], skip_if_unchanged=True)
@@ -139,6 +145,10 @@ def test_failed_gate_registers_nothing(tmp_path: Path, tiny_model_dir: Path, ben
     parent = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(result.mlflow_run_id)
     assert parent.data.tags["gate"] == "failed"
     assert qlora(["check-run", str(Path(result.run_dir).parent)]) == 4  # CI would fail on this run
+
+    # The schedule does not retrain the same failing setup every week: it skips, saying why.
+    scheduled = finetune(config_path=str(config_path), skip_if_unchanged=True)
+    assert scheduled.skipped and "gate failed, nothing registered" in scheduled.reason
 
 
 def test_corrupted_data_fails_the_flow_with_the_step_error(
