@@ -37,6 +37,8 @@ def _quiet_libraries() -> None:
     # 20 s keeps the bars useful in a terminal without flooding a log.
     os.environ.setdefault("TQDM_MININTERVAL", "20")
     os.environ.setdefault("TQDM_MAXINTERVAL", "60")
+    # Without `make up`, Prefect starts a temporary server; its 20 s default is too short on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -298,6 +300,14 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(error, USER_ERRORS):
             print(f"error: {error}", file=sys.stderr)
+            return 1
+        if "ephemeral Prefect API server" in str(error):
+            print(
+                "error: the temporary Prefect server did not start in "
+                f"{os.environ['PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS']} s. Start the local stack once with "
+                "`make up` (then runs use it), or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.",
+                file=sys.stderr,
+            )
             return 1
         raise
 
