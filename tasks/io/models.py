@@ -147,3 +147,34 @@ def load_config_only(model: ModelConfig):
     return AutoConfig.from_pretrained(
         resolve_model_path(model), revision=model.revision, trust_remote_code=model.trust_remote_code
     )
+
+
+def load_chat_model(target: str):
+    """(model, tokenizer) for `qlora chat`: `models:/NAME@ALIAS` or `models:/NAME/VERSION` from the registry, a
+    merged model folder, or a run directory (its merged model, else its base + adapter)."""
+    import json
+
+    if target.startswith("models:/"):
+        import mlflow
+
+        from tasks.io.registry import load_registered
+        from tasks.io.tracking import tracking_uri
+
+        mlflow.set_tracking_uri(tracking_uri(None))
+        return load_registered(target)
+    path = Path(target)
+    if (path / "pipeline_result.json").is_file() or (path / "mlflow_run.json").is_file():
+        from tasks.lib.config import RunConfig
+
+        if (path / "merged" / "config.json").is_file():
+            return load_chat_model(str(path / "merged"))
+        config = RunConfig.model_validate(json.loads((path / "config.json").read_text()))
+        from tasks.evaluate import load_adapter_model
+
+        return load_adapter_model(config, str(path / "adapter")), load_tokenizer(config.model)
+    if (path / "config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True), tokenizer
+    raise FileNotFoundError(f"{target}: not a models:/ URI, a model folder or a run directory")

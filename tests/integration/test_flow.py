@@ -95,6 +95,9 @@ def test_flow_trains_evaluates_registers_and_reuses_base_scores(
     assert version.tags["test_fingerprint"] == first.evaluation.test_fingerprint
 
     assert qlora(["check-run", first.run_dir]) == 0  # what CI runs on the demo
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for target in ("models:/tiny-sst2@champion", first.run_dir):
+        assert qlora(["chat", target, "--prompt", "Sentiment of: a fine film", "--max-new-tokens", "4"]) == 0
 
     report = _report("tiny")
     assert report is not None and "Registered `tiny-sst2` version **1**" in report and "hellaswag" in report
