@@ -7,6 +7,7 @@ qlora train configs/demo.yaml --run-id ID                               prepare 
 qlora fetch-demo-model models/smollm2-135m-instruct                     the embedded default model
 qlora prepare-benchmarks data/raw data/benchmarks                       forgetting benchmark data
 qlora score-base configs/demo.yaml                                      the base model's benchmark results, cached
+qlora evaluate|merge|forgetting|register runs/demo/<run_id>            re-run one step of a finished run
 qlora chat models:/smollm2-135m-sst2@champion [--prompt TEXT]            talk to the champion (or a run / folder)
 qlora check-run runs/demo [--report reports/demo_run.md]               did the newest run end as a verified champion?
 qlora serve configs/demo.yaml                                           serve the deployments
@@ -136,6 +137,14 @@ def cmd_score_base(args: argparse.Namespace) -> int:
     print(
         f"base model benchmark results {state}: " + ", ".join(f"{name} n={int(s['n'])}" for name, s in scores.items())
     )
+    return EXIT_OK
+
+
+def cmd_step(args: argparse.Namespace) -> int:
+    from flows.steps import rerun_step
+
+    ref = rerun_step(args.verb, Path(args.run_dir))
+    print(ref.model_dump_json(indent=2, exclude={"markdown"}))
     return EXIT_OK
 
 
@@ -301,6 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("raw_dir")
     bench.add_argument("out_dir")
     bench.set_defaults(handler=cmd_prepare_benchmarks)
+
+    for name, text in [
+        ("evaluate", "re-run the target-task evaluation of a run (base and tuned, same items)"),
+        ("merge", "re-run the merge and its check"),
+        ("forgetting", "re-run the forgetting benchmarks and the gate on the merged model"),
+        ("register", "re-run registration (a run that already registered gets its version back)"),
+    ]:
+        sub = verbs.add_parser(name, help=text)
+        sub.add_argument("run_dir", help="an existing run directory, e.g. runs/demo/<run_id>")
+        sub.set_defaults(handler=cmd_step)
 
     chat = verbs.add_parser("chat", help="talk to a model: models:/NAME@ALIAS, a merged folder or a run directory")
     chat.add_argument("model")

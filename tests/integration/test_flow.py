@@ -208,5 +208,11 @@ def test_rerun_of_a_finished_run_reuses_its_steps_and_a_changed_resume_is_refuse
     assert sorted(run.data.tags["step"] for run in children) == sorted(STEPS)  # each step ran once
     assert parent.info.status == "FINISHED"
 
+    # Every step is also a verb on the run directory, calling the same step function.
+    for verb in ("evaluate", "merge", "forgetting", "register"):
+        assert qlora([verb, first.run_dir]) == 0, verb
+    assert Path(first.run_dir, "merged", "config.json").is_file()
+    assert len(_registered_versions(f"sqlite:///{tmp_path / 'mlflow.db'}", "tiny-sst2")) == 1
+
     with pytest.raises(Exception, match="cannot resume: config keys changed: lora.r"):
         finetune(config_path=str(config_path), run_id="rerun-me", overrides=["lora.r=4"])

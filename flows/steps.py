@@ -1,0 +1,91 @@
+"""Re-run one step of an existing pipeline run (`qlora evaluate|merge|forgetting|register RUN_DIR`).
+
+Each verb calls the same step function the flow's Prefect task calls, on the run's own config and the results
+of the steps before it (their markers in `RUN_DIR/steps/`), logs a new nested MLflow run under the run's parent,
+and replaces the step's marker and outputs. Nothing downstream is re-run: a re-merged model is not re-scored
+until `qlora forgetting` is run too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from tasks.common import completed_step, mark_completed
+from tasks.lib.config import ConfigError, RunConfig
+from tasks.lib.refs import (
+    DataRef,
+    ForgettingRef,
+    MergeRef,
+    PipelineResult,
+    RegistrationRef,
+    RunContext,
+    TaskEvalRef,
+    TrainRef,
+)
+
+STEPS = ("evaluate", "merge", "forgetting", "register")
+NEEDS = {"evaluate": ("train",), "merge": ("train",), "forgetting": ("evaluate",), "register": ("evaluate", "merge")}
+REF_TYPES: dict[str, type[BaseModel]] = {
+    "train": TrainRef,
+    "evaluate": TaskEvalRef,
+    "merge": MergeRef,
+    "forgetting": ForgettingRef,
+    "register": RegistrationRef,
+}
+
+
+def open_run(run_dir: Path) -> tuple[RunConfig, RunContext]:
+    from tasks.io.tracking import configure_mlflow
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "mlflow_run.json").is_file():
+        raise ConfigError(f"{run_dir} is not a pipeline run directory (no mlflow_run.json)")
+    config = RunConfig.model_validate(json.loads((run_dir / "config.json").read_text()))
+    experiment_id = configure_mlflow(config.tracking.uri, config.tracking.experiment, config.tracking.artifact_location)
+    parent = json.loads((run_dir / "mlflow_run.json").read_text())["parent_run_id"]
+    return config, RunContext(
+        run_id=run_dir.name, run_dir=str(run_dir), experiment_id=experiment_id, parent_run_id=parent
+    )
+
+
+def _ref(context: RunContext, step: str):
+    ref = completed_step(context, step, REF_TYPES[step])
+    if ref is None:
+        raise ConfigError(f"{context.run_dir}: step {step!r} has not completed in this run; run it first")
+    return ref
+
+
+def rerun_step(step: str, run_dir: Path) -> BaseModel:
+    """Run `step` again on an existing run directory and record its new result."""
+    from tasks.data import run_prepare
+    from tasks.evaluate import run_target_eval
+    from tasks.forgetting import run_forgetting_check
+    from tasks.merge import run_merge
+    from tasks.register import run_registration
+
+    config, context = open_run(run_dir)
+    for needed in NEEDS[step]:
+        _ref(context, needed)
+    data: DataRef = run_prepare(config)
+    if step == "evaluate":
+        ref = run_target_eval(config, context, data, _ref(context, "train"))
+    elif step == "merge":
+        ref = run_merge(config, context, data, _ref(context, "train"))
+    elif step == "forgetting":
+        merge = completed_step(context, "merge", MergeRef)
+        ref = run_forgetting_check(config, context, merge, _ref(context, "evaluate"))
+    else:
+        result = PipelineResult(
+            run_id=context.run_id,
+            run_dir=context.run_dir,
+            mlflow_run_id=context.parent_run_id,
+            data=data,
+            evaluation=_ref(context, "evaluate"),
+            merge=_ref(context, "merge"),
+            forgetting=_ref(context, "forgetting"),
+        )
+        ref = run_registration(config, context, data, result)
+    return mark_completed(context, step, ref)
