@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
+from mlflow.entities import Metric
 
-from tasks.io.tracking import MlflowTracker, configure_mlflow, flatten
+from tasks.io.tracking import MlflowTracker, configure_mlflow, flatten, log_dataset_inputs
 from tasks.io.versioning import git_commit, package_versions
 from tasks.lib.config import ConfigError, RunConfig
 from tasks.lib.refs import DataRef, PipelineResult, RunContext
@@ -33,7 +35,8 @@ def start_pipeline_run(config: RunConfig, run_id: str | None, data: DataRef) -> 
     experiment_id = configure_mlflow(config.tracking.uri, config.tracking.experiment, config.tracking.artifact_location)
     marker = run_dir / "mlflow_run.json"
     client = mlflow.MlflowClient()
-    if marker.is_file():
+    marker_existed = marker.is_file()
+    if marker_existed:
         stored = json.loads(marker.read_text())
         refuse_changed_resume(run_id, run_dir, config, data, stored)
         parent_run_id = stored["parent_run_id"]
@@ -62,6 +65,13 @@ def start_pipeline_run(config: RunConfig, run_id: str | None, data: DataRef) -> 
     )
     tracker.log_metrics({f"data.{k}": v for k, v in flatten(data.stats).items() if isinstance(v, int | float)})
     tracker.log_artifact(run_dir / "config.json")
+    if not marker_existed:
+        sources = {
+            "train": config.data.path,
+            "validation": config.data.validation_path or config.data.path,
+            "test": config.data.test_path or config.data.path,
+        }
+        log_dataset_inputs(parent_run_id, sources, data.raw_version, config.name)
     rejects = Path(data.processed_dir) / "rejects.jsonl"
     if rejects.is_file():
         tracker.log_artifact(rejects, "data")
@@ -96,11 +106,41 @@ def close_killed_step_runs(client: mlflow.MlflowClient, experiment_id: str, pare
         client.set_terminated(run.info.run_id, status="KILLED")
 
 
+def headline_metrics(result: PipelineResult) -> dict[str, float]:
+    """What Compare in the MLflow UI needs on the parent run: is it better, did it forget, did it ship."""
+    metrics: dict[str, float] = {}
+    if result.forgetting is not None:
+        gate = result.forgetting.gate
+        task = gate.get("task", {})
+        for key in ("base", "tuned", "delta", "ci_low", "ci_high"):
+            if task.get(key) is not None:
+                metrics[f"task.{key}"] = float(task[key])
+        rows = gate.get("rows", [])
+        for row in rows:
+            if row.get("delta") is not None:
+                metrics[f"forgetting.{row['name']}.delta"] = float(row["delta"])
+        accuracy = [row["delta"] for row in rows if row.get("kind") == "accuracy" and row.get("delta") is not None]
+        if accuracy:
+            metrics["forgetting.worst_accuracy_delta_pts"] = float(min(accuracy))
+        metrics["gate.passed"] = float(result.forgetting.passed)
+        metrics["gate.verdict"] = {"fail": 0.0, "inconclusive": 0.5, "pass": 1.0}.get(gate.get("verdict"), 0.0)
+    if result.merge is not None:
+        for key in ("merged_vs_adapter_max", "relative_distance"):
+            if isinstance(result.merge.fidelity.get(key), int | float):
+                metrics[f"merge.{key}"] = float(result.merge.fidelity[key])
+    metrics["registered"] = float(bool(result.registration and result.registration.registered))
+    return metrics
+
+
 def finish_pipeline_run(context: RunContext, result: PipelineResult, failed: bool) -> None:
     client = mlflow.MlflowClient()
     summary = Path(context.run_dir) / "pipeline_result.json"
     summary.write_text(result.model_dump_json(indent=2))
     client.log_artifact(context.parent_run_id, str(summary))
+    client.log_batch(
+        context.parent_run_id,
+        metrics=[Metric(key, value, int(time.time() * 1000), 0) for key, value in headline_metrics(result).items()],
+    )
     tags = {"outcome": "failed" if failed else "completed"}
     if result.forgetting is not None:
         tags["gate"] = "passed" if result.forgetting.passed else "failed"

@@ -134,7 +134,25 @@ def configure_mlflow(uri: str | None, experiment: str, artifact_location: str | 
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
-    return mlflow.create_experiment(experiment, artifact_location=artifact_location)
+    # Marked as model training, so MLflow 3's UI opens the runs view (not the GenAI "evaluation runs" one).
+    return mlflow.create_experiment(
+        experiment, artifact_location=artifact_location, tags={"mlflow.experimentKind": "custom_model_development"}
+    )
+
+
+def log_dataset_inputs(run_id: str, sources: dict[str, str], digest: str, name: str) -> None:
+    """Each split's source as an MLflow dataset input of `run_id` (context = the split), digest = data version."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    inputs = []
+    for split, source in sources.items():
+        dataset = MetaDataset(source=resolve_dataset_source(source), name=f"{name}-{split}", digest=digest[:36])
+        tags = [InputTag(key="mlflow.data.context", value=split)]
+        inputs.append(DatasetInput(dataset=dataset._to_mlflow_entity(), tags=tags))
+    mlflow.MlflowClient().log_inputs(run_id, datasets=inputs)
 
 
 @contextmanager

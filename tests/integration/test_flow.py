@@ -94,6 +94,15 @@ def test_flow_trains_evaluates_registers_and_reuses_base_scores(
     assert version.tags["round_trip"] == "verified" and version.tags["pipeline_run_id"] == first.run_id
     assert version.tags["test_fingerprint"] == first.evaluation.test_fingerprint
 
+    # MLflow as its users expect: headline metrics on the parent run (Compare), data sets as inputs.
+    headline = {"task.delta", "forgetting.hellaswag.delta", "forgetting.worst_accuracy_delta_pts", "gate.passed"}
+    assert headline | {"merge.merged_vs_adapter_max", "registered"} <= set(parent.data.metrics)
+    inputs = {item.dataset.name: item for item in parent.inputs.dataset_inputs}
+    assert set(inputs) == {"tiny-train", "tiny-validation", "tiny-test"}
+    assert {item.dataset.digest for item in inputs.values()} == {first.data.raw_version[:36]}
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
     assert qlora(["check-run", first.run_dir]) == 0  # what CI runs on the demo
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     for target in ("models:/tiny-sst2@champion", first.run_dir):
