@@ -50,13 +50,16 @@ def packed_sdpa(module, query, key, value, attention_mask, position_ids=None, **
     return torch.cat(outputs, dim=1), None
 
 
-AttentionInterface.register(NAME, packed_sdpa)
-AttentionMaskInterface.register(NAME, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+def register_packed_attention() -> None:
+    """Make `packed_sdpa` known to transformers (idempotent); done when a model is switched, not at import."""
+    AttentionInterface.register(NAME, packed_sdpa)
+    AttentionMaskInterface.register(NAME, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
 
 
 def use_packed_attention(model: PreTrainedModel) -> bool:
     """Switches a model that uses SDPA to `packed_sdpa`; returns whether it did."""
     if getattr(model.config, "_attn_implementation", None) != "sdpa":
         return False
+    register_packed_attention()
     model.set_attn_implementation(NAME)
     return model.config._attn_implementation == NAME
