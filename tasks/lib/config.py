@@ -77,9 +77,26 @@ class SplitConfig(_Section):
         return self
 
 
+class TableConfig(_Section):
+    header: bool = Field(True, description="CSV/TSV: line 1 names the columns.")
+    columns: list[str] | None = Field(None, description="Column names; required when header is false.")
+    delimiter: str | None = Field(None, min_length=1, max_length=1, description="Default: ',' for .csv, tab for .tsv.")
+    quoting: Literal["auto", "minimal", "none"] = Field(
+        "auto",
+        description="minimal: quoted fields (pandas, spreadsheets); none: GLUE-style TSV; auto: csv minimal, tsv none.",
+    )
+
+    @model_validator(mode="after")
+    def _names_without_header(self) -> TableConfig:
+        if not self.header and not self.columns:
+            raise ValueError("header is false: list the column names in columns")
+        return self
+
+
 class DataConfig(_Section):
     path: str = Field(description="Local JSONL/JSON/CSV/TSV/Parquet file, or a hub data set id.")
     hub_split: str = Field("train", description="Split to read when `path` is a hub id.")
+    table: TableConfig = Field(default_factory=TableConfig, description="How CSV/TSV files are read.")
     validation_path: str | None = Field(
         None, description="Separate validation source (file or hub id, same format); replaces split.validation."
     )

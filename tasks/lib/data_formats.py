@@ -10,12 +10,25 @@ import csv
 import io
 import json
 import re
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MAX_REPORTED_ERRORS = 20
+_QUOTING = {"minimal": csv.QUOTE_MINIMAL, "none": csv.QUOTE_NONE}
+
+
+@dataclass(frozen=True)
+class TableOptions:
+    """How to read a CSV/TSV file (`data.table` in the config)."""
+
+    header: bool = True  # line 1 names the columns
+    columns: tuple[str, ...] | None = None  # column names: needed without a header, else they replace it
+    delimiter: str | None = None  # default: "," for .csv, tab for .tsv
+    quoting: str = "auto"  # minimal (pandas, spreadsheets) | none (GLUE-style TSV) | auto: csv minimal, tsv none
 
 
 class DataError(ValueError):
@@ -36,7 +49,9 @@ def is_hub_id(path: str) -> bool:
     return not Path(path).exists() and _HUB_ID.match(path) is not None and not path.lower().endswith(EXTENSIONS)
 
 
-def load_located_rows(path: str, hub_split: str = "train") -> list[tuple[int, dict[str, Any]]]:
+def load_located_rows(
+    path: str, hub_split: str = "train", table: TableOptions | None = None
+) -> list[tuple[int, dict[str, Any]]]:
     """Rows with their 1-based position: the line for JSONL/CSV/TSV, the item / row index otherwise."""
     if is_hub_id(path):
         rows = list(enumerate(_load_hub(path, hub_split), start=1))
@@ -48,8 +63,8 @@ def load_located_rows(path: str, hub_split: str = "train") -> list[tuple[int, di
         readers = {
             ".jsonl": _read_jsonl,
             ".json": _read_json,
-            ".csv": _read_delimited,
-            ".tsv": _read_delimited,
+            ".csv": lambda file: _read_delimited(file, table or TableOptions()),
+            ".tsv": lambda file: _read_delimited(file, table or TableOptions()),
             ".parquet": _read_parquet,
         }
         if suffix not in readers:
@@ -60,9 +75,9 @@ def load_located_rows(path: str, hub_split: str = "train") -> list[tuple[int, di
     return rows
 
 
-def load_rows(path: str, hub_split: str = "train") -> list[dict[str, Any]]:
+def load_rows(path: str, hub_split: str = "train", table: TableOptions | None = None) -> list[dict[str, Any]]:
     """The rows of a local file or hub data set, as dicts."""
-    return [row for _, row in load_located_rows(path, hub_split)]
+    return [row for _, row in load_located_rows(path, hub_split, table)]
 
 
 def location_word(path: str) -> str:
@@ -118,28 +133,38 @@ def _read_json(file: Path) -> list[tuple[int, dict[str, Any]]]:
     return list(enumerate(value, start=1))
 
 
-def _read_delimited(file: Path) -> list[tuple[int, dict[str, Any]]]:
-    """CSV (standard quoting) or TSV (no quoting: SST-2 sentences contain bare quote characters)."""
+def _read_delimited(file: Path, table: TableOptions = TableOptions()) -> list[tuple[int, dict[str, Any]]]:
+    """CSV or TSV as `table` says. By default CSV uses standard quoting and TSV none (SST-2 sentences contain
+    bare quote characters); `quoting: minimal` reads a pandas-written TSV."""
+    tsv = file.suffix.lower() == ".tsv"
+    delimiter = table.delimiter or ("\t" if tsv else ",")
+    quoting = _QUOTING[table.quoting] if table.quoting != "auto" else (csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
     text = _decode(file)
-    if file.suffix.lower() == ".tsv":
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
-    else:
-        reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None)
-    if not header or not any(name.strip() for name in header):
-        return []
-    header = [name.strip() for name in header]
-    duplicates = sorted({name for name in header if header.count(name) > 1})
-    if duplicates or "" in header:
-        raise DataError(f"{file} line 1: header has duplicate or empty column names {duplicates or ['']}")
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long documents: the module's default is 128 KiB a field
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
     rows, errors = [], []
-    for fields in reader:
-        if not fields:
-            continue
-        if len(fields) != len(header):
-            errors.append(f"{file} line {reader.line_num}: {len(fields)} fields, the header has {len(header)}")
-            continue
-        rows.append((reader.line_num, dict(zip(header, fields, strict=True))))
+    try:
+        header = next(reader, None) if table.header else None
+        if table.header and (not header or not any(name.strip() for name in header)):
+            return []
+        names = list(table.columns) if table.columns else [name.strip() for name in header or []]
+        if not names:
+            raise DataError(f"{file}: data.table.header is false, so data.table.columns must name the columns")
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates or "" in names:
+            raise DataError(f"{file} line 1: duplicate or empty column names {duplicates or ['']}")
+        if table.header and table.columns and len(header) != len(names):
+            raise DataError(f"{file} line 1: the header has {len(header)} columns, data.table.columns {len(names)}")
+        for fields in reader:
+            if not fields:
+                continue
+            if len(fields) != len(names):
+                expected = "the header has" if header and not table.columns else "data.table.columns names"
+                errors.append(f"{file} line {reader.line_num}: {len(fields)} fields, {expected} {len(names)}")
+                continue
+            rows.append((reader.line_num, dict(zip(names, fields, strict=True))))
+    except csv.Error as error:
+        raise DataError(f"{file} line {reader.line_num}: {error}") from None
     raise_collected(errors, f"{file}: bad {file.suffix[1:].upper()}")
     return rows
 

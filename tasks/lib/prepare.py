@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 from tasks.lib.config import DataConfig, RunConfig
 from tasks.lib.data_formats import (
     DataError,
+    TableOptions,
     is_hub_id,
     load_located_rows,
     location_word,
@@ -389,6 +390,12 @@ def prompt_text(row: dict[str, Any], messages: list[dict[str, str]], fmt: str, d
     return normalise_text("\n".join(m["content"] for m in messages if m["role"] == "user"))
 
 
+def table_options(data: DataConfig) -> TableOptions:
+    table = data.table
+    columns = tuple(table.columns) if table.columns else None
+    return TableOptions(header=table.header, columns=columns, delimiter=table.delimiter, quoting=table.quoting)
+
+
 def _renamed(row: dict[str, Any], renames: dict[str, str]) -> dict[str, Any]:
     return {renames.get(key, key): value for key, value in row.items()} if isinstance(row, dict) else row
 
@@ -402,7 +409,7 @@ def _normalise_source(
     to `rejects` (source, location, reason), unless more than `data.max_invalid_fraction` of the rows are
     invalid, which is an error anyway (a wrong template or format, not a few bad rows).
     """
-    located = load_located_rows(path, hub_split)
+    located = load_located_rows(path, hub_split, table_options(data))
     if data.rename_columns:
         located = [(number, _renamed(row, data.rename_columns)) for number, row in located]
     word = location_word(path)
@@ -452,7 +459,7 @@ def check_sources(data: DataConfig, sample: int = 100) -> list[str]:
         if is_hub_id(path):
             notes.append(f"data.{key} {path} is a hub data set: its columns are checked when it is prepared")
             continue
-        located = load_located_rows(path, getattr(data, split))
+        located = load_located_rows(path, getattr(data, split), table_options(data))
         if data.rename_columns:
             located = [(number, _renamed(row, data.rename_columns)) for number, row in located]
         word = location_word(path)

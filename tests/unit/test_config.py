@@ -138,3 +138,8 @@ def test_validate_reads_the_data_and_names_a_missing_column(capsys):
     assert main(["validate", "configs/demo.yaml", "--set", "data.prompt_template=Review of {text}"]) == 2
     error = capsys.readouterr().err
     assert "data/raw/sst2/train.tsv" in error and "'text'" in error and "available columns: label, sentence" in error
+
+
+def test_header_less_table_needs_column_names():
+    with pytest.raises(ConfigError, match="data.table: Value error, header is false"):
+        load_config("configs/demo.yaml", ["data.table.header=false"])

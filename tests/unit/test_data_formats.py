@@ -132,3 +132,41 @@ def test_hub_rows_are_loaded_through_datasets(monkeypatch):
     assert load_rows("org/name", hub_split="validation") == ROWS
     assert calls == [("org/name", "validation")]
     assert data_formats.location_word("org/name") == "row"
+
+
+# ---------------------------------------------------------------- tables written by real tools
+
+
+def test_header_less_csv_with_column_names_from_the_config(tmp_path):
+    # AG News' train.csv shape: class index, title, description; no header line.
+    path = _write(
+        tmp_path / "ag.csv", '"3","Wall St. Bears","Short-sellers, Wall Street\'s dwindling band"\r\n"4","A, b","c"\r\n'
+    )
+    table = data_formats.TableOptions(header=False, columns=("label", "title", "text"))
+    rows = load_located_rows(path, table=table)
+    assert rows[0] == (
+        1,
+        {"label": "3", "title": "Wall St. Bears", "text": "Short-sellers, Wall Street's dwindling band"},
+    )
+    assert rows[1][1]["title"] == "A, b"  # quoted comma, CRLF line ends
+    with pytest.raises(DataError, match="line 1: 3 fields, data.table.columns names 2"):
+        load_located_rows(path, table=data_formats.TableOptions(header=False, columns=("label", "text")))
+
+
+def test_pandas_written_tsv_with_minimal_quoting(tmp_path):
+    import pandas as pd
+
+    frame = pd.DataFrame({"text": ['he said "hi"', "tab\tinside", "plain"], "label": ["a", "b", "c"]})
+    path = tmp_path / "pandas.tsv"
+    frame.to_csv(path, sep="\t", index=False)
+    rows = load_rows(str(path), table=data_formats.TableOptions(quoting="minimal"))
+    assert rows == frame.to_dict("records")
+    with pytest.raises(DataError, match="pandas.tsv line 3"):  # read GLUE-style (no quoting), the tab splits a row
+        load_rows(str(path))
+
+
+def test_semicolon_csv_and_a_field_over_128_kib(tmp_path):
+    long = "x" * (200 * 1024)
+    path = _write(tmp_path / "eu.csv", f'prompt;completion\n"{long}";"ok"\nsay hi;hi\n')
+    rows = load_rows(path, table=data_formats.TableOptions(delimiter=";"))
+    assert len(rows[0]["prompt"]) == 200 * 1024 and rows[1] == {"prompt": "say hi", "completion": "hi"}
