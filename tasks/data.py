@@ -24,7 +24,8 @@ def processed_paths(config: RunConfig) -> tuple[Path, Path]:
 def data_version(config: RunConfig) -> str:
     """The raw data version of every source; a held-out file inside the same DVC folder adds nothing."""
     versions = [raw_data_version(config.data.path)]
-    for path in (config.data.validation_path, config.data.test_path):
+    replay = config.data.replay.path if config.data.replay else None
+    for path in (config.data.validation_path, config.data.test_path, replay):
         if path and raw_data_version(path) not in versions:
             versions.append(raw_data_version(path))
     return "+".join(versions)

@@ -93,6 +93,13 @@ class TableConfig(_Section):
         return self
 
 
+class ReplayConfig(_Section):
+    path: str = Field(description="General instruction data mixed into training only (file or hub id).")
+    format: Literal["auto", "alpaca", "chat", "prompt_completion"] = "auto"
+    hub_split: str = "train"
+    fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Share of the training rows that are replay rows.")
+
+
 class DataConfig(_Section):
     path: str = Field(description="Local JSONL/JSON/CSV/TSV/Parquet file, or a hub data set id.")
     hub_split: str = Field("train", description="Split to read when `path` is a hub id.")
@@ -130,6 +137,9 @@ class DataConfig(_Section):
     )
     max_invalid_fraction: float = Field(
         0.05, ge=0.0, le=1.0, description="With on_invalid=drop, more invalid rows than this is an error anyway."
+    )
+    replay: ReplayConfig | None = Field(
+        None, description="Mix general data into training against forgetting; never into validation or test."
     )
     split: SplitConfig = Field(default_factory=SplitConfig)
     processed_dir: str = Field("data/processed", description="Where prepared splits are written.")

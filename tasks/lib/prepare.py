@@ -289,6 +289,7 @@ def input_fingerprint(config: RunConfig, tokenizer) -> str:
             "source": source(data.path, data.hub_split),
             "validation_source": source(data.validation_path, data.validation_hub_split),
             "test_source": source(data.test_path, data.test_hub_split),
+            "replay_source": source(data.replay.path, data.replay.hub_split) if data.replay else None,
             "data": config.data.model_dump(mode="json"),
             "seed": config.seed,
             "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -475,6 +476,20 @@ def check_sources(data: DataConfig, sample: int = 100) -> list[str]:
     return notes
 
 
+def _add_replay(parts: dict[str, list[SourceRow]], data: DataConfig, seed: int) -> int:
+    """Append replay rows to the training split so they make up `data.replay.fraction` of it; held-out inputs
+    are never replayed. Returns how many were added (fewer when the replay source is small)."""
+    replay = data.replay
+    replay_data = DataConfig(path=replay.path, format=replay.format, hub_split=replay.hub_split, table=data.table)
+    rows, _ = _normalise_source(replay.path, replay.hub_split, replay_data)
+    held_out = {row.prompt for name in ("validation", "test") for row in parts[name]}
+    rows = [row for row in _deduplicate(rows) if row.prompt not in held_out]
+    wanted = round(len(parts["train"]) * replay.fraction / (1.0 - replay.fraction))
+    chosen = [row._replace(id=f"replay-{row.id}") for _, row in _ranked(rows, seed)[:wanted]]
+    parts["train"] = [row for _, row in _ranked(parts["train"] + chosen, seed)]
+    return len(chosen)
+
+
 def _deduplicate(rows: list[SourceRow]) -> list[SourceRow]:
     seen, unique = set(), []
     for row in rows:
@@ -526,6 +541,7 @@ def prepare_dataset(config: RunConfig, tokenizer, out_dir: Path, stats_path: Pat
             held_out = _deduplicate(held_out) if data.deduplicate else held_out
             parts[name] = [row for _, row in _ranked(held_out, config.seed)]
     decontamination = _decontaminate(parts)
+    replayed = _add_replay(parts, data, config.seed) if data.replay else 0
 
     files, stats = (
         {},
@@ -544,6 +560,7 @@ def prepare_dataset(config: RunConfig, tokenizer, out_dir: Path, stats_path: Pat
                 "test": data.test_path or f"{data.path} ({data.split.test:g} of it)",
             },
             "decontamination": decontamination,
+            "replay_rows": replayed,
             "dropped_overlong": 0,
             "truncated": 0,
             "rows": {},

@@ -495,3 +495,21 @@ def test_too_many_invalid_rows_are_an_error_even_when_dropping(tmp_path, tiny_to
     path = _alpaca_with_empty_outputs(tmp_path / "alpaca.jsonl", rows=20, empty=tuple(range(5)))
     with pytest.raises(DataError, match="max_invalid_fraction"):
         _prepare(_config(path, format="alpaca", on_invalid="drop"), tiny_tokenizer, tmp_path)
+
+
+ALPACA_DEMO = Path(__file__).resolve().parents[2] / "data" / "raw" / "alpaca_gpt4_en_demo" / "alpaca_en_demo.json"
+
+
+def test_replay_rows_go_into_training_only(tmp_path, tiny_tokenizer):
+    path = _sst2_file(tmp_path / "data.tsv", rows=80)
+    plain, plain_out = _prepare(_config(path, **SST2_DATA), tiny_tokenizer, tmp_path, "plain")
+    replay = {"path": str(ALPACA_DEMO), "format": "alpaca", "fraction": 0.2}
+    data = {**SST2_DATA, "max_length": 512, "overlong": "drop", "replay": replay}
+    stats, out = _prepare(_config(path, **data), tiny_tokenizer, tmp_path, "mixed")
+    train_ids = _ids(out, "train")
+    replayed = [row_id for row_id in train_ids if row_id.startswith("replay-")]
+    assert stats["replay_rows"] == round(plain["rows"]["train"] * 0.2 / 0.8) and replayed
+    assert len(replayed) >= stats["replay_rows"] - stats["dropped_overlong"]
+    for split in ("validation", "test"):  # held-out splits are exactly those without replay
+        assert _ids(out, split) == _ids(plain_out, split)
+    assert not any(row_id.startswith("replay-") for row_id in _ids(out, "validation") + _ids(out, "test"))
