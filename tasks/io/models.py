@@ -104,6 +104,15 @@ def load_tokenizer(model: ModelConfig) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def default_device() -> str:
+    """This process's device: the GPU of its local rank under torchrun / accelerate (LOCAL_RANK), counted
+    within CUDA_VISIBLE_DEVICES, else the current CUDA device; the CPU without CUDA."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    local_rank = os.environ.get("LOCAL_RANK")
+    return f"cuda:{int(local_rank)}" if local_rank is not None else f"cuda:{torch.cuda.current_device()}"
+
+
 def load_base_model(
     model: ModelConfig, quantization: QuantizationConfig, device_map: str | None = None, for_training: bool = True
 ):
@@ -122,7 +131,7 @@ def load_base_model(
     )
     if quantization.enabled:
         kwargs["quantization_config"] = bnb_config(quantization)
-        kwargs["device_map"] = device_map or ("cuda:0" if torch.cuda.is_available() else "cpu")
+        kwargs["device_map"] = device_map or default_device()
     loaded = AutoModelForCausalLM.from_pretrained(resolve_model_path(model), **kwargs)
     if quantization.enabled:
         pin_cpu_4bit_kernel(loaded, allow_bf16=not for_training)

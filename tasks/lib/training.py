@@ -113,6 +113,14 @@ def supports_answer_logits_only(model: PreTrainedModel, config: RunConfig) -> bo
     return not config.model.trust_remote_code and "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every value is finite, with one device-to-host transfer: the sum of a non-finite tensor is not
+    finite, and the stacked per-tensor sums are checked at once."""
+    if not tensors:
+        return True
+    return bool(torch.isfinite(torch.stack([t.float().sum() for t in tensors])).all())
+
+
 class DivergenceGuard(TrainerCallback):
     """Stops before a non-finite step can be saved: checks the trainable weights after every
     optimizer step (LoRA weights are few, so this is cheap) and every logged loss."""
@@ -124,8 +132,11 @@ class DivergenceGuard(TrainerCallback):
         # good nor resumed from. (fp16 loss scaling makes inf gradients routine: its scaler skips those steps.)
         if args.fp16:
             return
-        for name, parameter in model.named_parameters():
-            if parameter.requires_grad and parameter.grad is not None and not torch.isfinite(parameter.grad).all():
+        grads = [(name, p.grad) for name, p in model.named_parameters() if p.requires_grad and p.grad is not None]
+        if _all_finite([grad for _, grad in grads]):  # one host sync per step; names are only looked up on failure
+            return
+        for name, grad in grads:
+            if not torch.isfinite(grad).all():
                 suspect = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 if suspect.is_dir():
                     shutil.rmtree(suspect)
@@ -135,8 +146,11 @@ class DivergenceGuard(TrainerCallback):
                 )
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        for name, parameter in model.named_parameters():
-            if parameter.requires_grad and not torch.isfinite(parameter).all():
+        trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        if _all_finite([p.detach() for _, p in trainable]):
+            return
+        for name, parameter in trainable:
+            if not torch.isfinite(parameter).all():
                 raise TrainingDivergedError(
                     f"adapter weight {name} became NaN/inf at step {state.global_step}; training stopped. "
                     f"The last good checkpoint is kept in {args.output_dir}. Lower train.learning_rate."

@@ -251,3 +251,12 @@ def test_plain_lora_trains_without_quantization(tmp_path: Path, tiny_model_dir: 
         assert set(snapshot["weight_dtypes"].values()) == {torch.float32}
     assert run.result.best_eval_loss < run.result.first_eval_loss
     assert (run.result.adapter_dir / "adapter_model.safetensors").is_file()
+
+
+def test_finite_check_is_one_reduction_and_overflow_is_not_divergence() -> None:
+    from tasks.lib.training import _all_finite
+
+    assert _all_finite([torch.ones(3), torch.zeros(2, 2)]) and _all_finite([])
+    assert not _all_finite([torch.ones(3), torch.tensor([1.0, float("nan")])])
+    huge = torch.full((4,), 3e38)  # finite values whose sum overflows: the guard then checks element by element
+    assert not _all_finite([huge]) and bool(torch.isfinite(huge).all())
