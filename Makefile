@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/demo.yaml
 
 SHELL := /bin/bash
-.PHONY: help lock check-lock check-demo demo-report setup demo run up down status test test-slow test-all lint bench bench-quick clean
+.PHONY: help lock check-lock check-demo demo-report test-gpu setup demo run up down status test test-slow test-all lint bench bench-quick clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ test:  ## unit and integration tests (tiny model; no GPU, no network)
 
 test-slow:  ## the slow tier: the real SmolLM2 demo model
 	$(BIN)/python -m pytest -q -m slow
+
+test-gpu:  ## the CUDA tier (skipped, with the reason, without a GPU)
+	$(BIN)/python -m pytest -q -m gpu -rs
 
 lint:  ## ruff
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
