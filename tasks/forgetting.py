@@ -11,7 +11,7 @@ from prefect import get_run_logger, task
 from transformers import AutoModelForCausalLM
 
 from tasks.common import once, retry_only_transient, step_run
-from tasks.io.models import load_tokenizer, model_version
+from tasks.io.models import default_device, load_tokenizer, model_version
 from tasks.io.score_cache import benchmark_key_parts, get_or_compute
 from tasks.lib.benchmarks import run_benchmarks
 from tasks.lib.config import RunConfig
@@ -113,12 +113,9 @@ def gate_tags(gate: GateResult) -> dict[str, str]:
     return tags
 
 
-def load_scored_models(config: RunConfig, merged_dir: str):
-    """What the check compares: the base the adapter was merged into, as dense weights, and the merged model
-    that will be registered. Both score at base speed."""
-    base = dense_base(merge_base_loader(config)())
-    merged = AutoModelForCausalLM.from_pretrained(merged_dir, use_safetensors=True, dtype=base.dtype)
-    return base, merged
+def load_merged(merged_dir: str):
+    """The merged model that will be registered, on this process's device (it scores at base speed)."""
+    return AutoModelForCausalLM.from_pretrained(merged_dir, use_safetensors=True, dtype="auto").to(default_device())
 
 
 def run_forgetting_check(
@@ -138,11 +135,12 @@ def run_forgetting_check(
                 "(set forgetting.run_when_task_fails for the full report)."
             )
         else:
+            # The base is what the adapter was merged into, as dense weights; loaded only when not cached.
             tokenizer = load_tokenizer(config.model)
-            base, merged = load_scored_models(config, merge.merged_dir)
-            base_scores, cached = base_scores_for(config, lambda: score_benchmarks(config, base, tokenizer))
-            del base
-            tuned_scores = score_benchmarks(config, merged, tokenizer)
+            base_scores, cached = base_scores_for(
+                config, lambda: score_benchmarks(config, dense_base(merge_base_loader(config)()), tokenizer)
+            )
+            tuned_scores = score_benchmarks(config, load_merged(merge.merged_dir), tokenizer)
         gate = decide(
             base_scores, tuned_scores, config.gate, evaluation.base_correct, evaluation.tuned_correct, "correct"
         )
