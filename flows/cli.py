@@ -39,6 +39,9 @@ def _quiet_libraries() -> None:
     # 20 s keeps the bars useful in a terminal without flooding a log.
     os.environ.setdefault("TQDM_MININTERVAL", "20")
     os.environ.setdefault("TQDM_MAXINTERVAL", "60")
+    # MLflow prints "View run at: <tracking URI>" after each run; a URI from the environment may carry
+    # credentials. The CLI prints its own links, scrubbed.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     # Without `make up`, Prefect starts a temporary server; its 20 s default is too short on a busy 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
