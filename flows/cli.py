@@ -356,10 +356,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # a user-facing error message, not a traceback, for the errors users cause
-        from tasks.io.registry import RegistryError
-        from tasks.lib.errors import USER_ERRORS
+        from tasks.lib.errors import UserError
 
-        if isinstance(error, (*USER_ERRORS, RegistryError, FileNotFoundError)):
+        if isinstance(error, UserError | FileNotFoundError):
             print(f"error: {error}", file=sys.stderr)
             return 1
         if "ephemeral Prefect API server" in str(error):

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from tasks.io.tracking import scrub_mapping
+from tasks.lib.errors import UserError
 from tasks.lib.merge import FidelityReport, fidelity
 from tasks.lib.promotion import CHAMPION, PromotionDecision
 
@@ -31,7 +32,7 @@ ROUND_TRIP_TAG = "round_trip"
 _REQUIREMENTS = ("torch", "transformers", "safetensors", "accelerate", "tokenizers")
 
 
-class RegistryError(RuntimeError):
+class RegistryError(UserError, RuntimeError):
     """Registration or loading back from the registry went wrong."""
 
 

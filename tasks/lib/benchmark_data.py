@@ -18,6 +18,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from tasks.lib.errors import UserError
+
 # Benchmark name -> output file name inside out_dir.
 OUTPUT_FILES = {
     "hellaswag": "hellaswag.jsonl",
@@ -32,7 +34,7 @@ DEFAULT_BENCHMARKS = ["hellaswag", "arc_easy", "piqa", "lambada", "wikitext"]
 _TOP_HEADING = re.compile(r"^ = [^=].* = $")
 
 
-class BenchmarkDataError(ValueError):
+class BenchmarkDataError(UserError, ValueError):
     """A raw benchmark file is missing or malformed; the message names the file and line."""
 
 

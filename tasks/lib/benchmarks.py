@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.lib.benchmark_data import OUTPUT_FILES
+from tasks.lib.errors import UserError
 
 # The metric each benchmark is judged on (the gate compares these).
 HEADLINE: dict[str, str] = {
@@ -51,7 +52,7 @@ DATA_PLACEHOLDER = "__DATA_DIR__"
 BOOTSTRAP_ITERS = 1000
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(UserError, ValueError):
     """Unknown benchmark name or missing prepared data; the message names the file."""
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tasks.lib.errors import UserError
+
 EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MAX_REPORTED_ERRORS = 20
@@ -31,7 +33,7 @@ class TableOptions:
     quoting: str = "auto"  # minimal (pandas, spreadsheets) | none (GLUE-style TSV) | auto: csv minimal, tsv none
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A user-caused data problem; the message names the file and the line, item or column."""
 
 

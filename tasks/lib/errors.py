@@ -1,10 +1,9 @@
-"""The errors a user causes (config, data, a diverging run, a failed check): shown as messages, not tracebacks."""
+"""The errors a user can cause or must act on (config, data, a diverging run, a failed check, the registry).
 
-from __future__ import annotations
+Every such exception class derives from `UserError`, so the CLI (and the flow) show them as one line, not a
+traceback. This module imports nothing: any module can use it.
+"""
 
-from tasks.lib.config import ConfigError
-from tasks.lib.data_formats import DataError
-from tasks.lib.merge import MergeFidelityError
-from tasks.lib.training import TrainingDivergedError
 
-USER_ERRORS = (ConfigError, DataError, TrainingDivergedError, MergeFidelityError)
+class UserError(Exception):
+    """An error whose message tells the user what to change; shown without a traceback."""

@@ -21,15 +21,16 @@ from pydantic import BaseModel, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tasks.lib.config import MergeConfig
+from tasks.lib.errors import UserError
 
 MergeStrategy = Literal["dequantize", "original"]
 
 
-class MergeError(RuntimeError):
+class MergeError(UserError, RuntimeError):
     """The merge could not be done as asked (wrong base, missing chat template, bad output folder)."""
 
 
-class MergeFidelityError(RuntimeError):
+class MergeFidelityError(UserError, RuntimeError):
     """The merged model does not reproduce the trained (base + adapter) model closely enough."""
 
 

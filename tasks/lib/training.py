@@ -29,13 +29,14 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from tasks.lib.config import RunConfig
+from tasks.lib.errors import UserError
 from tasks.lib.modeling import peft_lora_config, pin_cpu_4bit_kernel, resolve_compute_dtype
 from tasks.lib.packed_attention import use_packed_attention
 
 MetricsSink = Callable[[Mapping[str, float], int], None]
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(UserError, RuntimeError):
     """The loss or the adapter weights stopped being finite; the last good checkpoint is kept."""
 
 
