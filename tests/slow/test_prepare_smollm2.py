@@ -17,7 +17,11 @@ pytestmark = pytest.mark.slow
 def demo():
     config = load_config(
         REPO_ROOT / "configs" / "demo.yaml",
-        [f"data.path={REPO_ROOT / 'data/raw/sst2/train.tsv'}", "data.max_rows=300"],
+        [
+            f"data.path={REPO_ROOT / 'data/raw/sst2/train.tsv'}",
+            f"data.test_path={REPO_ROOT / 'data/raw/sst2/dev.tsv'}",
+            "data.max_rows=300",
+        ],
     )
     from tasks.io.models import load_tokenizer
 
@@ -32,16 +36,19 @@ def test_sst2_demo_preparation(tmp_path, demo, demo_model_dir):
     stats = prepare_dataset(config, tokenizer, tmp_path / "demo", tmp_path / "stats.json")
     assert stats["rows_read"] == 67349
     assert stats["rows_selected"] == 300 and stats["dropped_overlong"] == 0
-    assert stats["rows"] == {"train": 255, "validation": 15, "test": 30}
+    # max_rows applies to train.tsv (train + validation); the test items are all of SST-2 dev.
+    assert stats["rows"] == {"train": 285, "validation": 15, "test": 872}
+    assert stats["label_balance"]["test"] == {"negative": 428, "positive": 444}
+    assert stats["decontamination"]["test_items_inside_train_rows"] == 0
     # SST-2 train is 56% positive; a 300-row random sample lands well inside 40-72%.
     total = {
-        label: sum(split.get(label, 0) for split in stats["label_balance"].values())
+        label: sum(stats["label_balance"][split].get(label, 0) for split in ("train", "validation"))
         for label in ("positive", "negative")
     }
     assert sum(total.values()) == 300 and 0.40 < total["positive"] / 300 < 0.72
 
     rows = [json.loads(line) for line in (tmp_path / "demo" / "train.jsonl").read_text().splitlines()]
-    assert len(rows) == 255
+    assert len(rows) == 285
     for row in rows:
         answer = row["messages"][-1]["content"]
         unmasked = [label for label in row["labels"] if label != IGNORE_INDEX]
