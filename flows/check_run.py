@@ -6,15 +6,14 @@ and the registry's `champion` alias points at it. The step timings come from the
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import subprocess
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tasks.lib.config import RunConfig
+from tasks.io.versioning import git_commit
+from tasks.lib.config import RunConfig, read_run_config
 from tasks.lib.promotion import CHAMPION
 from tasks.lib.refs import PipelineResult
 
@@ -32,7 +31,7 @@ class RunCheck:
 
 def load_run(run_dir: Path) -> tuple[RunConfig, PipelineResult]:
     run_dir = Path(run_dir)
-    config = RunConfig.model_validate(json.loads((run_dir / "config.json").read_text()))
+    config = read_run_config(run_dir)
     result = PipelineResult.model_validate_json((run_dir / "pipeline_result.json").read_text())
     return config, result
 
@@ -96,13 +95,6 @@ def machine_description() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
-
-
 def run_report(run_dir: Path, check: RunCheck) -> str:
     """The committed demo report: provenance, timings and the run's own pipeline report."""
     from tasks.report import pipeline_markdown
@@ -112,7 +104,7 @@ def run_report(run_dir: Path, check: RunCheck) -> str:
         f"# Demo run report: `{config.name}` run `{result.run_id}`",
         "",
         f"- written {datetime.now(UTC):%Y-%m-%d %H:%M UTC} from `{run_dir}` by `make demo-report`",
-        f"- commit `{_commit()}`; machine: {machine_description()}",
+        f"- commit `{git_commit()}`; machine: {machine_description()}",
         f"- outcome: {'registered, verified champion' if check.ok else '; '.join(check.problems)}",
         f"- wall time: {check.wall_seconds:.0f} s" if check.wall_seconds else "- wall time: unknown",
         "",

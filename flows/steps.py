@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from tasks.common import completed_step, mark_completed
-from tasks.lib.config import ConfigError, RunConfig
+from tasks.lib.config import ConfigError, RunConfig, read_run_config
 from tasks.lib.refs import (
     DataRef,
     ForgettingRef,
@@ -43,7 +43,7 @@ def open_run(run_dir: Path) -> tuple[RunConfig, RunContext]:
     run_dir = Path(run_dir)
     if not (run_dir / "mlflow_run.json").is_file():
         raise ConfigError(f"{run_dir} is not a pipeline run directory (no mlflow_run.json)")
-    config = RunConfig.model_validate(json.loads((run_dir / "config.json").read_text()))
+    config = read_run_config(run_dir)
     experiment_id = configure_mlflow(config.tracking.uri, config.tracking.experiment, config.tracking.artifact_location)
     parent = json.loads((run_dir / "mlflow_run.json").read_text())["parent_run_id"]
     return config, RunContext(

@@ -70,10 +70,6 @@ def run_registration(config: RunConfig, context: RunContext, data: DataRef, resu
         tokenizer = load_tokenizer(config.model)
         merged = AutoModelForCausalLM.from_pretrained(result.merge.merged_dir, use_safetensors=True)
         prompts = fidelity_prompts(rows, tokenizer, config.merge.num_fidelity_prompts)
-        reports = {}
-
-        def verify(uri: str) -> None:
-            reports["round_trip"] = verify_round_trip(uri, merged, tokenizer, prompts)
 
         tags = {
             "data_version": data.raw_version,
@@ -91,8 +87,15 @@ def run_registration(config: RunConfig, context: RunContext, data: DataRef, resu
         }
         if len(evaluation.tuned_correct) <= MAX_TAG_ITEMS:
             tags[TEST_CORRECT_TAG] = encode_correct(evaluation.tuned_correct)
-        registered = register_merged_model(Path(result.merge.merged_dir), name, tracker.run_id, tags, decision, verify)
-        round_trip = reports["round_trip"].model_dump() if "round_trip" in reports else None
+        registered = register_merged_model(
+            Path(result.merge.merged_dir),
+            name,
+            tracker.run_id,
+            tags,
+            decision,
+            verify=lambda uri: verify_round_trip(uri, merged, tokenizer, prompts),
+        )
+        round_trip = registered.round_trip.model_dump() if registered.round_trip else None
         if round_trip:
             tracker.log_metrics({f"round_trip.{key}": value for key, value in round_trip.items()})
         tracker.set_tags({"promotion_reason": decision.reason})

@@ -161,8 +161,6 @@ def load_config_only(model: ModelConfig):
 def load_chat_model(target: str):
     """(model, tokenizer) for `qlora chat`: `models:/NAME@ALIAS` or `models:/NAME/VERSION` from the registry, a
     merged model folder, or a run directory (its merged model, else its base + adapter)."""
-    import json
-
     if target.startswith("models:/"):
         import mlflow
 
@@ -173,11 +171,11 @@ def load_chat_model(target: str):
         return load_registered(target)
     path = Path(target)
     if (path / "pipeline_result.json").is_file() or (path / "mlflow_run.json").is_file():
-        from tasks.lib.config import RunConfig
+        from tasks.lib.config import read_run_config
 
         if (path / "merged" / "config.json").is_file():
             return load_chat_model(str(path / "merged"))
-        config = RunConfig.model_validate(json.loads((path / "config.json").read_text()))
+        config = read_run_config(path)
         from tasks.evaluate import load_adapter_model
 
         return load_adapter_model(config, str(path / "adapter")), load_tokenizer(config.model)

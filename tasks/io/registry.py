@@ -46,6 +46,7 @@ class RegistrationResult(BaseModel):
     promoted: bool
     reason: str
     model_uri: str | None = None
+    round_trip: FidelityReport | None = None  # what `verify` measured on the registered version
 
 
 def _pip_requirements() -> list[str]:
@@ -129,9 +130,10 @@ def register_merged_model(
         else:
             model_uri = _log_merged_model(merged_dir)
         version = int(mlflow.register_model(model_uri, model_name, tags=version_tags).version)
+    round_trip = None
     if verify is not None:
         try:
-            verify(f"models:/{model_name}/{version}")
+            round_trip = verify(f"models:/{model_name}/{version}")
         except RoundTripError:
             client.set_model_version_tag(model_name, str(version), ROUND_TRIP_TAG, "failed")
             raise
@@ -144,6 +146,7 @@ def register_merged_model(
         promoted=CHAMPION in decision.aliases,
         reason=decision.reason,
         model_uri=model_uri,
+        round_trip=round_trip,
     )
 
 

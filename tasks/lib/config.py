@@ -340,6 +340,11 @@ class RunConfig(_Section):
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def read_run_config(run_dir: Path | str) -> RunConfig:
+    """The config a pipeline run was started with (`RUN_DIR/config.json`, written by the run itself)."""
+    return RunConfig.model_validate(json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8")))
+
+
 def _format_errors(error: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
     for item in error.errors():

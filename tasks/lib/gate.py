@@ -108,6 +108,20 @@ class _Pending(BaseModel):
     beyond_margin: bool  # the point estimate is past the margin
 
 
+def _paired_fields(pairs: stats.BinaryPairs, low: float, high: float) -> dict:
+    """A row's counts, scores, delta and interval from paired right/wrong results, in points."""
+    return {
+        "n": pairs.n,
+        "base": 100.0 * pairs.base_correct / pairs.n,
+        "tuned": 100.0 * pairs.tuned_correct / pairs.n,
+        "delta": 100.0 * pairs.delta,
+        "ci_low": 100.0 * low,
+        "ci_high": 100.0 * high,
+        "gains": pairs.gains,
+        "losses": pairs.losses,
+    }
+
+
 def _accuracy_pending(name: str, metric: str, base: list, tuned: list, gate: GateConfig, k: int) -> _Pending:
     pairs = stats.count_pairs(base, tuned)
     margin = gate.max_accuracy_drop / 100.0
@@ -120,15 +134,8 @@ def _accuracy_pending(name: str, metric: str, base: list, tuned: list, gate: Gat
         verdict="inconclusive",
         passed=False,
         reason="",
-        n=pairs.n,
-        base=100.0 * pairs.base_correct / pairs.n,
-        tuned=100.0 * pairs.tuned_correct / pairs.n,
-        delta=100.0 * pairs.delta,
-        ci_low=100.0 * low,
-        ci_high=100.0 * high,
+        **_paired_fields(pairs, low, high),
         margin=gate.max_accuracy_drop,
-        gains=pairs.gains,
-        losses=pairs.losses,
         detectable_drop=100.0 * stats.detectable_margin(sd, pairs.n, gate.alpha / k),
         items_needed=stats.items_needed(sd, margin, gate.alpha / k),
     )
@@ -260,16 +267,9 @@ def task_row(
         verdict=verdict,
         passed=_passes(verdict, gate),
         reason=reason,
-        n=pairs.n,
-        base=100.0 * pairs.base_correct / pairs.n,
-        tuned=100.0 * pairs.tuned_correct / pairs.n,
-        delta=100.0 * pairs.delta,
-        ci_low=100.0 * low,
-        ci_high=100.0 * high,
+        **_paired_fields(pairs, low, high),
         p_value=p_better,
         p_better=p_better,
-        gains=pairs.gains,
-        losses=pairs.losses,
         detectable_drop=100.0 * stats.detectable_margin(sd, pairs.n, gate.alpha),
         items_needed=needed,
     )

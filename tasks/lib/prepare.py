@@ -401,6 +401,22 @@ def _renamed(row: dict[str, Any], renames: dict[str, str]) -> dict[str, Any]:
     return {renames.get(key, key): value for key, value in row.items()} if isinstance(row, dict) else row
 
 
+def _load_source(
+    path: str, hub_split: str, data: DataConfig, fmt: str | None
+) -> tuple[list[tuple[int, dict[str, Any]]], DataConfig]:
+    """A source's located rows with columns renamed, and `data` with its format resolved (`fmt`, else
+    detected from the first row); template sources are checked for the columns they name."""
+    located = load_located_rows(path, hub_split, table_options(data))
+    if data.rename_columns:
+        located = [(number, _renamed(row, data.rename_columns)) for number, row in located]
+    if fmt is None:
+        first_where = f"{path} {location_word(path)} {located[0][0]}"
+        fmt = detect_format(located[0][1], first_where) if data.format == "auto" else data.format
+    if fmt == "template":
+        check_template_columns(list(located[0][1]), data, path)
+    return located, data.model_copy(update={"format": fmt})
+
+
 def _normalise_source(
     path: str, hub_split: str, data: DataConfig, fmt: str | None = None, rejects: list[dict] | None = None
 ) -> tuple[list[SourceRow], str]:
@@ -410,16 +426,8 @@ def _normalise_source(
     to `rejects` (source, location, reason), unless more than `data.max_invalid_fraction` of the rows are
     invalid, which is an error anyway (a wrong template or format, not a few bad rows).
     """
-    located = load_located_rows(path, hub_split, table_options(data))
-    if data.rename_columns:
-        located = [(number, _renamed(row, data.rename_columns)) for number, row in located]
-    word = location_word(path)
-    first_where = f"{path} {word} {located[0][0]}"
-    if fmt is None:
-        fmt = detect_format(located[0][1], first_where) if data.format == "auto" else data.format
-    if fmt == "template":
-        check_template_columns(list(located[0][1]), data, path)
-    resolved = data.model_copy(update={"format": fmt})
+    located, resolved = _load_source(path, hub_split, data, fmt)
+    fmt, word = resolved.format, location_word(path)
     stem = Path(path).stem if not is_hub_id(path) else f"{path.replace('/', '--')}-{hub_split}"
     rows, errors, dropped = [], [], []
     for number, row in located:
@@ -460,17 +468,8 @@ def check_sources(data: DataConfig, sample: int = 100) -> list[str]:
         if is_hub_id(path):
             notes.append(f"data.{key} {path} is a hub data set: its columns are checked when it is prepared")
             continue
-        located = load_located_rows(path, getattr(data, split), table_options(data))
-        if data.rename_columns:
-            located = [(number, _renamed(row, data.rename_columns)) for number, row in located]
-        word = location_word(path)
-        if fmt is None:
-            fmt = (
-                detect_format(located[0][1], f"{path} {word} {located[0][0]}") if data.format == "auto" else data.format
-            )
-        if fmt == "template":
-            check_template_columns(list(located[0][1]), data, path)
-        resolved = data.model_copy(update={"format": fmt})
+        located, resolved = _load_source(path, getattr(data, split), data, fmt)
+        fmt, word = resolved.format, location_word(path)
         for number, row in located[:sample]:
             row_to_messages(row, resolved, f"{path} {word} {number}")
     return notes
