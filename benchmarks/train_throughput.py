@@ -224,13 +224,11 @@ def run_variant(
     quiet_libraries()
     try:
         baton.wait(me)  # set-up takes a turn too: loading a model must not overlap another's timed step
-        from tasks.data import processed_paths
+        from tasks.data import run_prepare
 
         schedule = [f"train.{key}={steps}" for key in ("max_steps", "eval_steps", "save_steps")]
         config = load_run_config(config_path, [*overrides, *schedule, "train.early_stopping_patience=null"])
-        data_dir = processed_paths(config)[0]
-        if not (data_dir / "train.jsonl").is_file():
-            raise FileNotFoundError(f"{data_dir}/train.jsonl is missing: run `qlora prepare {config_path}` first")
+        data_dir = Path(run_prepare(config).processed_dir)
         timer = _lockstep_timer(baton, me)
         out_dir = Path(work) / variant
         if variant == "pipeline":

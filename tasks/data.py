@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -12,13 +13,18 @@ from tasks.io.models import load_tokenizer
 from tasks.io.versioning import raw_data_version
 from tasks.lib.config import RunConfig
 from tasks.lib.prepare import input_fingerprint, is_up_to_date, prepare_dataset
+from tasks.lib.publish import stale_temporaries
 from tasks.lib.refs import DataRef
 
 
-def processed_paths(config: RunConfig) -> tuple[Path, Path]:
-    """The prepared splits' folder and the stats file DVC tracks as a metric."""
-    root = Path(config.data.processed_dir)
-    return root / config.name, root.parent / "metrics" / f"{config.name}_data_stats.json"
+def processed_root(config: RunConfig) -> Path:
+    """Every prepared version of this config's data set: `<processed_dir>/<name>/<fingerprint>/`."""
+    return Path(config.data.processed_dir) / config.name
+
+
+def stats_path(config: RunConfig) -> Path:
+    """The stats of the newest preparation, the file DVC tracks as a metric."""
+    return Path(config.data.processed_dir).parent / "metrics" / f"{config.name}_data_stats.json"
 
 
 def data_version(config: RunConfig) -> str:
@@ -32,14 +38,16 @@ def data_version(config: RunConfig) -> str:
 
 
 def run_prepare(config: RunConfig) -> DataRef:
-    out_dir, stats_path = processed_paths(config)
+    """Prepared splits addressed by their inputs' fingerprint: two runs with different data settings never share
+    (or replace) each other's test items; equal settings reuse one folder."""
     tokenizer = load_tokenizer(config.model)
     fingerprint = input_fingerprint(config, tokenizer)
-    reused = is_up_to_date(out_dir, fingerprint) and stats_path.is_file()
+    out_dir = processed_root(config) / fingerprint
+    reused = is_up_to_date(out_dir, fingerprint) and (out_dir / "stats.json").is_file()
     if reused:
-        stats = json.loads(stats_path.read_text())
+        stats = json.loads((out_dir / "stats.json").read_text())
     else:
-        stats = prepare_dataset(config, tokenizer, out_dir, stats_path)
+        stats = prepare_dataset(config, tokenizer, out_dir, stats_path(config), replace=out_dir.exists())
     return DataRef(
         processed_dir=str(out_dir),
         fingerprint=fingerprint,
@@ -47,6 +55,18 @@ def run_prepare(config: RunConfig) -> DataRef:
         stats=stats,
         reused=reused,
     )
+
+
+def clean_prepared(config: RunConfig, keep_current: bool = True) -> list[Path]:
+    """Remove this data set's prepared versions (all but the current config's, unless keep_current is False)
+    and any half-written folder a killed preparation left. Returns what was removed."""
+    root = processed_root(config)
+    keep = input_fingerprint(config, load_tokenizer(config.model)) if keep_current else None
+    removed = [folder for folder in sorted(root.glob("*")) if folder.is_dir() and folder.name != keep]
+    removed += stale_temporaries(root)  # hidden: not matched by glob("*")
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return removed
 
 
 @task(name="prepare-data", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_only_transient)

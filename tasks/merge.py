@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -28,28 +27,25 @@ def merge_base_loader(config: RunConfig):
 def run_merge(config: RunConfig, context: RunContext, data: DataRef, trained: TrainRef) -> MergeRef:
     with step_run(config, context, "merge") as tracker:
         tokenizer = load_tokenizer(config.model)
-        run_dir = Path(context.run_dir)
-        candidate = run_dir / ".merged-unchecked"
-        shutil.rmtree(candidate, ignore_errors=True)
-        try:
-            merge_adapter(
-                merge_base_loader(config), Path(trained.adapter_dir), config.merge.strategy, candidate, tokenizer
-            )
+        merged_dir = Path(context.run_dir) / "merged"
+        checked: dict = {}
+
+        def verify(folder: Path) -> None:
             rows = load_split(Path(data.processed_dir), "test")[: config.merge.num_fidelity_prompts]
             reference = load_adapter_model(config, trained.adapter_dir)
-            merged = AutoModelForCausalLM.from_pretrained(candidate, use_safetensors=True)
+            merged = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
             report = merge_check(reference, merged, rows)
             tracker.log_params({"merge.strategy": config.merge.strategy})
             tracker.log_metrics(
                 {f"fidelity.{key}": value for key, value in report.model_dump().items() if isinstance(value, float)}
             )
-            check_merge(report, config.merge)
-        except BaseException:
-            shutil.rmtree(candidate, ignore_errors=True)  # a refused merge leaves no folder to mistake for one
-            raise
-        merged_dir = run_dir / "merged"
-        shutil.rmtree(merged_dir, ignore_errors=True)
-        candidate.rename(merged_dir)
+            check_merge(report, config.merge)  # raises: the folder is never published
+            checked["report"] = report
+
+        merge_adapter(
+            merge_base_loader(config), Path(trained.adapter_dir), config.merge.strategy, merged_dir, tokenizer, verify
+        )
+        report = checked["report"]
         return MergeRef(
             merged_dir=str(merged_dir),
             strategy=config.merge.strategy,

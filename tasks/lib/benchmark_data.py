@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tasks.lib.errors import UserError
+from tasks.lib.publish import publish_dir
 
 # Benchmark name -> output file name inside out_dir.
 OUTPUT_FILES = {
@@ -209,23 +208,12 @@ def prepare_benchmarks(raw_dir: Path, out_dir: Path, names: list[str] | None = N
     if errors:
         raise BenchmarkDataError("cannot prepare benchmarks:\n  " + "\n  ".join(errors))
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only
-        summary = {}
+    summary = {name: {"file": OUTPUT_FILES[name], "items": len(rows)} for name, rows in converted.items()}
+
+    def fill(folder: Path) -> None:
         for name, rows in converted.items():
-            _write_jsonl(tmp / OUTPUT_FILES[name], rows)
-            summary[name] = {"file": OUTPUT_FILES[name], "items": len(rows)}
-        (tmp / "manifest.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        if out_dir.exists():
-            backup = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            out_dir.rename(backup)
-            tmp.rename(out_dir)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            _write_jsonl(folder / OUTPUT_FILES[name], rows)
+        (folder / "manifest.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    publish_dir(out_dir, fill)
     return summary

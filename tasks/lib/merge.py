@@ -9,8 +9,6 @@ difference on real prompts; `check_fidelity` turns it into a hard failure.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tasks.lib.config import MergeConfig
 from tasks.lib.errors import UserError
+from tasks.lib.publish import publish_dir
 
 MergeStrategy = Literal["dequantize", "original"]
 
@@ -67,13 +66,15 @@ def merge_adapter(
     strategy: MergeStrategy,
     out_dir: Path,
     tokenizer: PreTrainedTokenizerBase,
+    verify: Callable[[Path], object] | None = None,
 ) -> Path:
     """Merge the adapter into the base from `base_loader` and write a plain safetensors HF folder to out_dir.
 
     `dequantize`: base_loader must return the 4-bit base used for training; it is dequantized, then merged.
     A base that is not quantized (plain LoRA) is merged as is: there is nothing to dequantize.
     `original`: base_loader must return the full-precision base (quantization disabled).
-    The folder (weights, config, generation config, tokenizer with chat template) appears atomically.
+    The folder (weights, config, generation config, tokenizer with chat template) appears atomically, and only
+    after `verify(folder)` (e.g. the fidelity check) returned: a refused merge leaves no folder behind.
     """
     if strategy not in ("dequantize", "original"):
         raise MergeError(f"merge.strategy must be 'dequantize' or 'original', got {strategy!r}")
@@ -101,18 +102,14 @@ def merge_adapter(
         if merged.generation_config.eos_token_id is None:
             merged.generation_config.eos_token_id = tokenizer.eos_token_id
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        _check_saved_folder(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    def fill(folder: Path) -> None:
+        merged.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        _check_saved_folder(folder)
+        if verify is not None:
+            verify(folder)
+
+    return publish_dir(out_dir, fill)
 
 
 def _check_saved_folder(folder: Path) -> None:

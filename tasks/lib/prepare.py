@@ -18,9 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import string
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -34,6 +32,7 @@ from tasks.lib.data_formats import (
     location_word,
     raise_collected,
 )
+from tasks.lib.publish import publish_dir
 
 PREP_VERSION = 2  # bump when the output of this module changes for the same inputs
 SPLITS = ("train", "validation", "test")
@@ -342,26 +341,12 @@ def _cut(ranked: list[tuple[str, Any]], counts: dict[str, int]) -> dict[str, lis
     return parts
 
 
-def _write_atomically(out_dir: Path, files: dict[str, str]) -> None:
-    """Write every file into a temp sibling folder, then swap it in; out_dir is replaced only on success."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    old = None
-    try:
+def _write_files(out_dir: Path, files: dict[str, str], replace: bool) -> None:
+    def fill(folder: Path) -> None:
         for name, text in files.items():
-            (tmp / name).write_text(text, encoding="utf-8", newline="\n")
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
-            out_dir.rename(old / "previous")
-        tmp.rename(out_dir)
-    except BaseException:
-        if old is not None and (old / "previous").exists() and not out_dir.exists():
-            (old / "previous").rename(out_dir)
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            (folder / name).write_text(text, encoding="utf-8", newline="\n")
+
+    publish_dir(out_dir, fill, replace=replace)
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -520,8 +505,11 @@ def _decontaminate(parts: dict[str, list[SourceRow]]) -> dict[str, int]:
     }
 
 
-def prepare_dataset(config: RunConfig, tokenizer, out_dir: Path, stats_path: Path) -> dict[str, Any]:
-    """Write train/validation/test.jsonl + manifest.json to out_dir (atomically) and stats to stats_path."""
+def prepare_dataset(
+    config: RunConfig, tokenizer, out_dir: Path, stats_path: Path | None = None, replace: bool = True
+) -> dict[str, Any]:
+    """Write train/validation/test.jsonl, manifest.json and stats.json to out_dir (atomically), stats also to
+    stats_path (the file DVC tracks as a metric). replace=False keeps a folder another process published first."""
     data, out_dir = config.data, Path(out_dir)
     fingerprint = input_fingerprint(config, tokenizer)
     rejects: list[dict] = []
@@ -618,6 +606,8 @@ def prepare_dataset(config: RunConfig, tokenizer, out_dir: Path, stats_path: Pat
     files["manifest.json"] = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     if rejects:
         files["rejects.jsonl"] = "".join(json.dumps(reject, ensure_ascii=False) + "\n" for reject in rejects)
-    _write_atomically(out_dir, files)
-    _write_json(Path(stats_path), stats)
+    files["stats.json"] = json.dumps(stats, indent=2, sort_keys=True) + "\n"
+    _write_files(out_dir, files, replace)
+    if stats_path is not None:
+        _write_json(Path(stats_path), stats)
     return stats

@@ -225,3 +225,52 @@ def test_rerun_of_a_finished_run_reuses_its_steps_and_a_changed_resume_is_refuse
 
     with pytest.raises(Exception, match="cannot resume: config keys changed: lora.r"):
         finetune(config_path=str(config_path), run_id="rerun-me", overrides=["lora.r=4"])
+
+
+def test_concurrent_runs_with_different_data_settings_each_evaluate_on_their_own_split(
+    tmp_path: Path, tiny_model_dir: Path, benchmark_data_dir: Path
+) -> None:
+    """Two `qlora run` processes at once (as two workers of a pool would run them), same name, other data."""
+    import os
+    import subprocess
+    import sys
+
+    from tasks.evaluate import evaluated_items_fingerprint
+    from tasks.lib.config import load_config
+    from tasks.lib.refs import PipelineResult
+    from tasks.lib.task_eval import load_split
+
+    overrides = {"train.max_steps": 2, "evaluation.max_items": 40}  # every test item of each split
+    config_path = write_tiny_config(tmp_path, tiny_model_dir, benchmark_data_dir, overrides)
+    settings = (["data.max_rows=200"], ["data.max_rows=120"])
+    # Two processes creating one fresh SQLite store race on its schema migration (an MLflow limit; the stack's
+    # server owns its store): the store exists before they start, as it does after any first run.
+    MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()
+    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value())
+    qlora_bin = str(Path(sys.executable).parent / "qlora")
+    processes = [
+        subprocess.Popen(
+            [qlora_bin, "run", str(config_path), *[f"--set={item}" for item in setting]],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for setting in settings
+    ]
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    run_dirs = [output.split("run directory:")[1].split()[0] for output in outputs]
+    runs = [PipelineResult.model_validate_json(Path(d, "pipeline_result.json").read_text()) for d in run_dirs]
+
+    folders = [Path(run.data.processed_dir) for run in runs]
+    assert folders[0] != folders[1] and {folder.parent for folder in folders} == {tmp_path / "processed" / "tiny"}
+    for run, folder, setting in zip(runs, folders, settings, strict=True):
+        config = load_config(str(config_path), setting)
+        rows = load_split(folder, "test")[: config.evaluation.max_items]
+        assert run.evaluation.test_fingerprint == evaluated_items_fingerprint(rows, config)
+        assert run.evaluation.n_items == len(rows)
+    assert runs[0].evaluation.n_items > runs[1].evaluation.n_items
+
+    assert qlora(["clean-data", str(config_path), "--set", "data.max_rows=200"]) == 0
+    assert list((tmp_path / "processed" / "tiny").iterdir()) == [folders[0]]

@@ -181,3 +181,22 @@ def test_peft_reload_matches_trained_adapter(trained, tiny_tokenizer, prompts) -
     model_cfg, model, adapter_dir = trained
     reloaded = PeftModel.from_pretrained(load_base_model(model_cfg, QUANT), str(adapter_dir))
     assert fidelity(model, reloaded, tiny_tokenizer, prompts).max_abs_logit_diff < 1e-6
+
+
+def test_a_merge_refused_by_its_check_publishes_no_folder(trained, tiny_tokenizer, tmp_path) -> None:
+    model_cfg, _, adapter_dir = trained
+
+    def refuse(folder: Path) -> None:
+        assert (folder / "config.json").is_file()  # the check sees the whole saved folder
+        raise MergeFidelityError("merged model differs from the adapter model")
+
+    with pytest.raises(MergeFidelityError):
+        merge_adapter(
+            lambda: load_base_model(model_cfg, QUANT),
+            adapter_dir,
+            "dequantize",
+            tmp_path / "merged",
+            tiny_tokenizer,
+            refuse,
+        )
+    assert list(tmp_path.iterdir()) == []  # neither merged/ nor a temporary that looks like one
