@@ -11,6 +11,7 @@ from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.schedules import Cron
 
+from flows.automations import install_crash_detection
 from flows.finetune import finetune
 from tasks.lib.config import load_config
 
@@ -47,4 +48,5 @@ def build_deployments(config_path: str) -> list:
 
 def serve_deployments(config_path: str) -> None:
     """Blocks, running flow runs one at a time: two trainings never share this machine's cores."""
+    install_crash_detection()
     serve(*build_deployments(config_path), limit=1)

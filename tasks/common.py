@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from tasks.io.tracking import MlflowTracker, configure_mlflow, mlflow_run
 from tasks.lib.config import RunConfig
+from tasks.lib.failpoints import failpoint
 from tasks.lib.refs import RunContext
 
 TRANSIENT_ERRORS = (ConnectionError, TimeoutError, OSError)
@@ -35,6 +36,7 @@ def step_run(config: RunConfig, context: RunContext, step: str) -> Iterator[Mlfl
     with mlflow_run(context.experiment_id, step, parent_run_id=context.parent_run_id) as run_id:
         tracker = MlflowTracker(run_id)
         tracker.set_tags({"step": step, "pipeline_run_id": context.run_id})
+        failpoint(step)
         yield tracker
 
 

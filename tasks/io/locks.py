@@ -15,6 +15,8 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+LEASE_SECONDS = 60
+
 
 def registry_lock_name(model_name: str) -> str:
     return f"registry-{model_name}"
@@ -36,5 +38,6 @@ def registry_lock(model_name: str, timeout_seconds: float | None = 3600) -> Iter
     """Hold the model name's registry slot; waits for another run's registration to finish first."""
     name = registry_lock_name(model_name)
     ensure_limit(name)
-    with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True):
+    # The slot is a lease the holder renews: a holder killed mid-registration frees it when the lease runs out.
+    with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, lease_duration=LEASE_SECONDS, strict=True):
         yield

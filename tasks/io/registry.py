@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from tasks.io.tracking import scrub_mapping
 from tasks.lib.errors import UserError
+from tasks.lib.failpoints import failpoint
 from tasks.lib.merge import FidelityReport, fidelity
 from tasks.lib.promotion import CHAMPION, PromotionDecision
 
@@ -127,9 +128,12 @@ def register_merged_model(
         if active is None:
             with mlflow.start_run(run_id=run_id):
                 model_uri = _log_merged_model(merged_dir)
+            # start_run's exit marked the step run FINISHED; the step is not: its caller closes it.
+            client.update_run(run_id, status="RUNNING")
         else:
             model_uri = _log_merged_model(merged_dir)
         version = int(mlflow.register_model(model_uri, model_name, tags=version_tags).version)
+        failpoint("register.version-created")
     round_trip = None
     if verify is not None:
         try:

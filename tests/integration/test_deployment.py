@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,70 +9,28 @@ import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
+from flows.automations import CRASH_DETECTION
 from flows.serve import ON_DEMAND, SCHEDULED
 from tasks.pipeline_run import artifact_key
-from tests.conftest import REPO_ROOT, write_tiny_config
+from tests.conftest import write_tiny_config
+from tests.integration.servers import BIN_DIR, prefect_server, start, stop, wait_for
 
 pytestmark = pytest.mark.integration
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for(check, seconds: float, what: str, logs: list[Path]):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            found = check()
-        except httpx.HTTPError:
-            found = None
-        if found:
-            return found
-        time.sleep(1)
-    tails = "\n".join(f"--- {log}\n{log.read_text(errors='replace')[-3000:]}" for log in logs if log.exists())
-    raise AssertionError(f"timed out after {seconds:.0f}s waiting for {what}\n{tails}")
-
-
-def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        command, env=env, cwd=REPO_ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
 @pytest.fixture
 def served(tmp_path: Path, tiny_model_dir: Path, benchmark_data_dir: Path) -> Iterator[tuple[str, Path, list[Path]]]:
     """`prefect server start` on a free port and `qlora serve` of a tiny config against it."""
     config_path = write_tiny_config(tmp_path, tiny_model_dir, benchmark_data_dir, {"schedule.cron": "0 3 * * 1"})
-    api = f"http://127.0.0.1:{_free_port()}/api"
-    env = dict(
-        os.environ,
-        PREFECT_HOME=str(tmp_path / "prefect-home"),
-        PREFECT_API_URL=api,
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_SERVER_UI_ENABLED="false",
-    )
-    env.pop("MLFLOW_TRACKING_URI", None)
-    logs = [tmp_path / "server.log", tmp_path / "serve.log"]
-    bin_dir = Path(sys.executable).parent
-    port = api.rsplit(":", 1)[1].removesuffix("/api")
-    server = _start([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", port], env, logs[0])
-    processes = [server]
-    try:
-        _wait_for(lambda: httpx.get(f"{api}/health", timeout=5).status_code == 200, 180, "the Prefect server", logs)
-        processes.append(_start([str(bin_dir / "qlora"), "serve", str(config_path)], env, logs[1]))
-        yield api, tmp_path, logs
-    finally:
-        for process in reversed(processes):
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    with prefect_server(tmp_path / "prefect-home") as (api, env, server_log):
+        logs = [server_log, tmp_path / "serve.log"]
+        serve = start([str(BIN_DIR / "qlora"), "serve", str(config_path)], env, logs[1])
+        try:
+            yield api, tmp_path, logs
+        finally:
+            stop([serve])
 
 
 def test_ui_run_with_overrides_completes_and_registers(served) -> None:
@@ -88,7 +41,9 @@ def test_ui_run_with_overrides_completes_and_registers(served) -> None:
         found = {d["name"]: d for d in client.post("/deployments/filter", json={}).raise_for_status().json()}
         return found if {ON_DEMAND, SCHEDULED} <= set(found) else None
 
-    served_deployments = _wait_for(deployments, 180, "the served deployments", logs)
+    served_deployments = wait_for(deployments, 180, "the served deployments", logs)
+    automations = client.post("/automations/filter", json={}).raise_for_status().json()
+    assert CRASH_DETECTION in {automation["name"] for automation in automations}  # `qlora serve` installs it
     scheduled = served_deployments[SCHEDULED]
     assert scheduled["schedules"] and scheduled["schedules"][0]["schedule"]["cron"] == "0 3 * * 1"
     assert scheduled["parameters"]["skip_if_unchanged"] is True
@@ -103,7 +58,7 @@ def test_ui_run_with_overrides_completes_and_registers(served) -> None:
     parameters = {**on_demand["parameters"], "overrides": ["train.max_steps=8", "lora.r=4"]}
     # Retried on 503 as Prefect's own client and the UI do: a fresh SQLite-backed server answers 503 while its
     # background services hold the database.
-    flow_run = _wait_for(
+    flow_run = wait_for(
         lambda: client.post(
             f"/deployments/{on_demand['id']}/create_flow_run", json={"parameters": parameters}
         ).raise_for_status(),
@@ -117,7 +72,7 @@ def test_ui_run_with_overrides_completes_and_registers(served) -> None:
         run = client.get(f"/flow_runs/{flow_run_id}").raise_for_status().json()
         return run if run["state"]["type"] in TERMINAL else None
 
-    run = _wait_for(finished, 420, "the flow run to finish", logs)
+    run = wait_for(finished, 420, "the flow run to finish", logs)
     assert run["state"]["type"] == "COMPLETED", run["state"]
 
     query = {"artifacts": {"key": {"any_": [artifact_key("tiny")]}}, "sort": "CREATED_DESC", "limit": 1}

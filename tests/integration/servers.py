@@ -1,0 +1,76 @@
+"""Real servers for the integration tests: free ports, waiting with the logs on failure, a Prefect server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import REPO_ROOT
+
+BIN_DIR = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(check, seconds: float, what: str, logs: list[Path]):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            found = check()
+        except httpx.HTTPError:
+            found = None
+        if found:
+            return found
+        time.sleep(1)
+    tails = "\n".join(f"--- {log}\n{log.read_text(errors='replace')[-3000:]}" for log in logs if log.exists())
+    raise AssertionError(f"timed out after {seconds:.0f}s waiting for {what}\n{tails}")
+
+
+def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        command, env=env, cwd=REPO_ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    for process in reversed(processes):
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@contextmanager
+def prefect_server(home: Path, **settings: str) -> Iterator[tuple[str, dict[str, str], Path]]:
+    """`prefect server start` on a free port; yields its API URL, an environment pointing at it, and its log."""
+    api = f"http://127.0.0.1:{free_port()}/api"
+    env = dict(
+        os.environ,
+        PREFECT_HOME=str(home),
+        PREFECT_API_URL=api,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_UI_ENABLED="false",
+        **settings,
+    )
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = home.parent / f"{home.name}-server.log"
+    port = api.rsplit(":", 1)[1].removesuffix("/api")
+    server = start([str(BIN_DIR / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", port], env, log)
+    try:
+        wait_for(lambda: httpx.get(f"{api}/health", timeout=5).status_code == 200, 180, "the Prefect server", [log])
+        yield api, env, log
+    finally:
+        stop([server])
