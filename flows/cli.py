@@ -282,12 +282,17 @@ def cmd_stack(args: argparse.Namespace) -> int:
         urls = stack.up(args.config)
         print(f"Prefect UI: {urls['prefect_ui']}\nMLflow UI:  {urls['mlflow']}\nlogs: .stack/*.log")
         print(f"export PREFECT_API_URL={urls['prefect_api']} MLFLOW_TRACKING_URI={urls['mlflow']}")
-    elif args.action == "down":
+        return 0
+    if args.action == "down":
         print(f"stopped: {', '.join(stack.down()) or 'nothing was running'}")
-    else:
-        for name, alive in stack.status().items():
-            print(f"{name}: {'running' if alive else 'stopped'}")
-    return 0
+        return 0
+    report = stack.status()
+    for name, entry in report.items():
+        state = f"running (pid {entry['pid']})" if entry["running"] else "stopped"
+        if "url" in entry:
+            state += f", {entry['url']} {'answers' if entry['healthy'] else 'does not answer'}"
+        print(f"{name:<8} {state}" + (f"\n         {entry['problem']}" if "problem" in entry else ""))
+    return 0 if all(entry["running"] for entry in report.values()) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+from tasks.lib.errors import UserError
+
 # A whole name segment, so `HF_TOKEN` and `db.password` are secrets but `max_new_tokens` and `tokenizer` are not.
 SECRET_KEY_PATTERN = re.compile(
     r"(^|[._-])(token|secret|password|passwd|api[_-]?key|credentials?|auth)($|[._-])", re.IGNORECASE
@@ -130,9 +132,16 @@ def configure_mlflow(uri: str | None, experiment: str, artifact_location: str | 
     """Points MLflow at the store and makes sure the experiment exists; returns the experiment id."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(uri))
+    uri = tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
+        if found.artifact_location.startswith("mlflow-artifacts:") and not uri.startswith("http"):
+            raise UserError(
+                f"experiment {experiment!r} in {scrub(uri)} keeps its artifacts behind an MLflow server's proxy "
+                f"({found.artifact_location}), which only that server can reach: start it (`make up`), or name a "
+                "new experiment (tracking.experiment)"
+            )
         return found.experiment_id
     # Marked as model training, so MLflow 3's UI opens the runs view (not the GenAI "evaluation runs" one).
     return mlflow.create_experiment(
