@@ -12,11 +12,13 @@ from __future__ import annotations
 import prefect.runtime as prefect_runtime
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.states import Failed
 
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate_target_task
 from tasks.forgetting import check_forgetting
 from tasks.lib.config import load_config
+from tasks.lib.errors import UserError
 from tasks.lib.gate import task_row
 from tasks.lib.preflight import check_inputs
 from tasks.lib.refs import PipelineResult
@@ -47,8 +49,19 @@ def finetune(
         skip_if_unchanged: skip when the data content and the outcome-relevant config equal those of the last
             attempted run, whatever its outcome (what scheduled retraining uses).
     """
+    try:
+        return run_pipeline(config_path, overrides or [], run_id, skip_if_unchanged)
+    except UserError as error:
+        # A bad config, override or data file: the flow run's state says what to change, in one line, instead
+        # of a traceback. The exception stays the state's result, so callers still get it raised.
+        message = f"{type(error).__name__}: {error}"
+        get_run_logger().error(message)
+        return Failed(message=message, data=error)
+
+
+def run_pipeline(config_path: str, overrides: list[str], run_id: str | None, skip_if_unchanged: bool):
     logger = get_run_logger()
-    config = load_config(config_path, overrides or [])
+    config = load_config(config_path, overrides)
     check_inputs(config)
     data = prepare_data(config)
 

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.integration
 
 STEPS = {"train", "evaluate", "forgetting", "merge", "register"}
 FAKE_TOKEN = "hf_integrationTestSecret0123456789"
+FAKE_PASSWORD = "integration-Pa55word-xyz"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,10 +52,37 @@ def _files_containing(root: Path, needle: str) -> list[Path]:
     return [path for path in root.rglob("*") if path.is_file() and data in path.read_bytes()]
 
 
+def _prefect_database() -> Path:
+    """The SQLite file of the test harness's Prefect server (flow-run parameters, logs, artifacts)."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().server.database.connection_url.get_secret_value()
+    return Path(url.split(":///", 1)[1])
+
+
+def _leaks(root: Path, captured: str, secrets: list[str]) -> dict[str, list[str]]:
+    """Where each secret appears: files under root (run folders, MLflow store and artifacts), the Prefect
+    database (with its write-ahead log) and the captured console."""
+    database = _prefect_database()
+    places = [*root.rglob("*"), *database.parent.glob(f"{database.name}*")]
+    found = {}
+    for secret in secrets:
+        hits = [str(path) for path in places if path.is_file() and secret.encode() in path.read_bytes()]
+        hits += ["console"] if secret in captured else []
+        if hits:
+            found[secret] = hits
+    return found
+
+
 def test_flow_trains_evaluates_registers_and_reuses_base_scores(
-    tmp_path: Path, tiny_model_dir: Path, benchmark_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    benchmark_data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture,
 ) -> None:
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", FAKE_PASSWORD)  # where credentials belong: the environment
     config_path = write_tiny_config(tmp_path, tiny_model_dir, benchmark_data_dir)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
@@ -138,8 +166,15 @@ def test_flow_trains_evaluates_registers_and_reuses_base_scores(
     tags = client.get_model_version("tiny-sst2", fewer_items.registration.version).tags
     assert tags["champion_comparison"].endswith("re-scored on this run's items") and tags["promotion.n"] == "8"
 
-    leaked = _files_containing(tmp_path, FAKE_TOKEN)
-    assert leaked == [], f"HF_TOKEN leaked into {leaked}"
+    # No secret anywhere: run folders, MLflow store and artifacts, the Prefect database, the console.
+    captured = capfd.readouterr()
+    assert _leaks(tmp_path, captured.out + captured.err, [FAKE_TOKEN, FAKE_PASSWORD]) == {}
+
+    # A password put in the tracking URI is refused before Prefect or MLflow see it, without echoing it.
+    refused = qlora(["run", str(config_path), "--set", f"tracking.uri=http://ci:{FAKE_PASSWORD}@127.0.0.1:9"])
+    captured = capfd.readouterr()
+    assert refused == 2 and "MLFLOW_TRACKING_PASSWORD" in captured.err
+    assert _leaks(tmp_path, captured.out + captured.err, [FAKE_PASSWORD]) == {}
 
 
 def test_failed_gate_registers_nothing(tmp_path: Path, tiny_model_dir: Path, benchmark_data_dir: Path) -> None:
@@ -177,6 +212,11 @@ def test_corrupted_data_fails_the_flow_with_the_step_error(
     assert state.is_failed()
     error = state.result(raise_on_failure=False)
     assert "sst2_slice.tsv" in str(error) and "line 6" in str(error)
+    # The flow run's state in the UI is the error's message itself, not "Flow run encountered an exception".
+    assert state.message.startswith("DataError: ") and "line 6" in state.message
+    query = {"logs": {"flow_run_id": {"any_": [str(state.state_details.flow_run_id)]}}}
+    logs = httpx.post(f"{PREFECT_API_URL.value()}/logs/filter", json=query, timeout=30).raise_for_status().json()
+    assert sum("Traceback" in log["message"] for log in logs) <= 1  # the failing task's, not the flow's too
     assert not (tmp_path / "processed" / "tiny").exists()
     assert _registered_versions(f"sqlite:///{tmp_path / 'mlflow.db'}", "tiny-sst2") == []
 

@@ -33,7 +33,9 @@ def _browser():
     if not (CHROMIUM and CHROMEDRIVER):
         if os.environ.get("QLORA_REQUIRE_BROWSER"):
             pytest.fail("chromium and chromedriver are required (apt-get install chromium chromium-driver)")
-        warnings.warn("browser checks skipped: no chromium/chromedriver (apt-get install chromium chromium-driver)")
+        warnings.warn(
+            "browser checks skipped: no chromium/chromedriver (apt-get install chromium chromium-driver)", stacklevel=2
+        )
         return None
     from selenium import webdriver
 
