@@ -314,3 +314,50 @@ def test_concurrent_runs_with_different_data_settings_each_evaluate_on_their_own
 
     assert qlora(["clean-data", str(config_path), "--set", "data.max_rows=200"]) == 0
     assert list((tmp_path / "processed" / "tiny").iterdir()) == [folders[0]]
+
+
+def test_racing_registrations_leave_the_better_model_champion(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Two runs register at once, both better than the champion, one much better. Each does what
+    `tasks.register.run_registration` does under the Prefect lock: read the champion, decide, register, alias.
+    Without the lock both would read the old champion and the last writer would win, whichever it is."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.io.locks import registry_lock
+    from tasks.io.registry import PIPELINE_RUN_TAG, champion, register_merged_model
+    from tasks.lib.promotion import decide_promotion, decode_correct, encode_correct
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = mlflow.create_experiment("race", artifact_location=(tmp_path / "artifacts").as_uri())
+    n = 200
+    scores = {
+        "old": [i < 40 for i in range(n)],
+        "good": [i < 110 for i in range(n)],
+        "best": [i < 190 for i in range(n)],
+    }
+    both_inside = threading.Barrier(2, timeout=3)
+
+    def register(label: str) -> None:
+        with registry_lock("race-model"):
+            current = champion(mlflow.MlflowClient(), "race-model")
+            incumbent = decode_correct(current[1]["test_items_correct"]) if current else None
+            if label != "old":
+                try:
+                    both_inside.wait()  # both pass at once only if the lock let them in together
+                except threading.BrokenBarrierError:
+                    pass
+            time.sleep(0.5)
+            decision = decide_promotion(True, scores[label], incumbent)
+            with mlflow.start_run(experiment_id=experiment_id) as run:
+                tags = {PIPELINE_RUN_TAG: label, "label": label, "test_items_correct": encode_correct(scores[label])}
+                register_merged_model(tiny_model_dir, "race-model", run.info.run_id, tags, decision)
+
+    register("old")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(register, ["good", "best"]))
+
+    client = MlflowClient()
+    best = client.get_model_version_by_alias("race-model", "champion")
+    assert best.tags["label"] == "best"
+    assert len(client.search_model_versions("name='race-model'")) == 3
