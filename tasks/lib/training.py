@@ -222,8 +222,9 @@ def training_arguments(config: RunConfig, output_dir: Path, optimizer: str, chec
         weight_decay=train.weight_decay,
         max_grad_norm=train.max_grad_norm,
         optim=optimizer,
-        gradient_checkpointing=checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        activation_checkpointing=checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinned memory only helps copies to a GPU
         bf16=compute_dtype == torch.bfloat16,
         fp16=compute_dtype == torch.float16,
         eval_strategy="steps",

@@ -21,6 +21,14 @@ pytestmark = pytest.mark.integration
 STEPS = {"train", "evaluate", "forgetting", "merge", "register"}
 FAKE_TOKEN = "hf_integrationTestSecret0123456789"
 FAKE_PASSWORD = "integration-Pa55word-xyz"
+CONSOLE_NOISE = [
+    "gemm_4bit_forward",  # bitsandbytes looking for the optional `kernels` package
+    "autograd kernel was not registered",  # bitsandbytes' gradient-less CPU kernel used in training
+    "is deprecated",  # transformers 5 deprecations (gradient_checkpointing) hit by our calls or peft's
+    "pin_memory",  # torch's DataLoader on a machine without an accelerator
+    "Warning:",  # any other Python warning
+    "| WARNING |",  # any other library's warning through Prefect's console handler
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -300,6 +308,9 @@ def test_concurrent_runs_with_different_data_settings_each_evaluate_on_their_own
     ]
     outputs = [process.communicate(timeout=600)[0] for process in processes]
     assert [process.returncode for process in processes] == [0, 0], outputs
+    for output in outputs:  # a user reads this console: no third-party noise (tasks/lib/quiet.py), no warnings
+        noise = [line for line in output.splitlines() if any(mark in line for mark in CONSOLE_NOISE)]
+        assert noise == [], noise
     run_dirs = [output.split("run directory:")[1].split()[0] for output in outputs]
     runs = [PipelineResult.model_validate_json(Path(d, "pipeline_result.json").read_text()) for d in run_dirs]
 

@@ -1,0 +1,53 @@
+"""Third-party messages that are not ours to fix but are ours to handle: each one named, with its cause.
+
+Only these exact messages are dropped; every other warning and log line of these libraries still shows.
+Call `quiet_known_noise()` before peft is imported (peft imports bitsandbytes, which logs at import).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+# (logger, message prefix): log records dropped.
+NOISY_LOG_RECORDS = [
+    # bitsandbytes 0.50 looks for an optional faster CPU kernel in the `kernels` package; we pin the kernel with
+    # gradients ourselves (tasks/lib/modeling.pin_cpu_4bit_kernel), so the missing package changes nothing.
+    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community"),
+    # We hand lm-eval an already-loaded model on purpose (one load per step, single process).
+    ("lm_eval.models.huggingface", "`pretrained` model kwarg is not of type `str`"),
+    ("lm_eval.models.huggingface", "Passed an already-initialized model through `pretrained`"),
+    # MLflow looks up a hub model card and license for a transformers model; ours is a local merged folder
+    # (the base model's card and license apply: see the run's params for which base).
+    ("mlflow.transformers", "The model card could not be retrieved from the hub"),
+    ("mlflow.transformers", "Unable to find license information for this model"),
+]
+# (category, message regex): warnings ignored.
+NOISY_WARNINGS = [
+    # peft 0.21 reads `model.is_gradient_checkpointing`, which transformers 5 deprecated; once per model wrap.
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
+    # MLflow resolves a local data file's source with two equivalent candidates and says so for each input.
+    (UserWarning, r"The specified dataset source can be interpreted in multiple ways"),
+]
+
+
+class _DropPrefixes(logging.Filter):
+    def __init__(self, prefixes: list[str]):
+        super().__init__()
+        self.prefixes = tuple(prefixes)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def quiet_known_noise() -> None:
+    """Install the filters above (idempotent)."""
+    by_logger: dict[str, list[str]] = {}
+    for name, prefix in NOISY_LOG_RECORDS:
+        by_logger.setdefault(name, []).append(prefix)
+    for name, prefixes in by_logger.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, _DropPrefixes) for existing in logger.filters):
+            logger.addFilter(_DropPrefixes(prefixes))
+    for category, message in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
