@@ -13,7 +13,7 @@ import mlflow
 from mlflow.entities import Metric
 
 from tasks.io.tracking import MlflowTracker, configure_mlflow, flatten, log_dataset_inputs
-from tasks.io.versioning import git_commit, package_versions
+from tasks.io.versioning import provenance
 from tasks.lib.config import ConfigError, RunConfig
 from tasks.lib.refs import DataRef, PipelineResult, RunContext
 
@@ -52,17 +52,7 @@ def start_pipeline_run(config: RunConfig, run_id: str | None, data: DataRef) -> 
         (run_dir / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))
     tracker = MlflowTracker(parent_run_id)
     tracker.log_params(flatten(config.model_dump(mode="json")))
-    tracker.set_tags(
-        {
-            "data_version": data.raw_version,
-            "processed_data_fingerprint": data.fingerprint,
-            "config_hash": config.fingerprint(),
-            "outcome_config_hash": config.outcome_fingerprint(),
-            "git_commit": git_commit(),
-            "seed": config.seed,
-            **{f"version.{name}": version for name, version in package_versions().items()},
-        }
-    )
+    tracker.set_tags({**provenance(config, data), "outcome_config_hash": config.outcome_fingerprint()})
     tracker.log_metrics({f"data.{k}": v for k, v in flatten(data.stats).items() if isinstance(v, int | float)})
     tracker.log_artifact(run_dir / "config.json")
     if not marker_existed:
@@ -148,6 +138,10 @@ def finish_pipeline_run(context: RunContext, result: PipelineResult, failed: boo
         tags["registered_version"] = result.registration.version
     for key, value in tags.items():
         client.set_tag(context.parent_run_id, key, value)
+    if result.train is not None and result.train.adapter_model_id:
+        verdicts = {f"pipeline.{key}": value for key, value in tags.items()}
+        gate = result.forgetting.tags if result.forgetting is not None else {}
+        client.set_logged_model_tags(result.train.adapter_model_id, {**verdicts, **gate})
     client.set_terminated(context.parent_run_id, status="FAILED" if failed else "FINISHED")
 
 

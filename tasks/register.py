@@ -19,7 +19,7 @@ from tasks.io.registry import (
     register_merged_model,
     verify_round_trip,
 )
-from tasks.io.versioning import git_commit
+from tasks.io.versioning import provenance
 from tasks.lib.config import RunConfig
 from tasks.lib.merge import fidelity_prompts
 from tasks.lib.promotion import decide_promotion, decode_correct, encode_correct
@@ -72,11 +72,9 @@ def run_registration(config: RunConfig, context: RunContext, data: DataRef, resu
         prompts = fidelity_prompts(rows, tokenizer, config.merge.num_fidelity_prompts)
 
         tags = {
-            "data_version": data.raw_version,
-            "processed_data_fingerprint": data.fingerprint,
-            "config_hash": config.fingerprint(),
-            "git_commit": git_commit(),
+            **provenance(config, data),
             PIPELINE_RUN_TAG: context.run_id,
+            "adapter_model_id": result.train.adapter_model_id,
             "mlflow_parent_run_id": context.parent_run_id,
             "merge_strategy": result.merge.strategy,
             "champion_comparison": source,

@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from tasks.common import once, retry_only_transient, step_run
 from tasks.io.models import load_base_model, load_tokenizer
 from tasks.io.tracking import flatten
-from tasks.io.versioning import git_commit, package_versions
+from tasks.io.versioning import provenance
 from tasks.lib.config import RunConfig
 from tasks.lib.refs import DataRef, RunContext, TrainRef
 from tasks.lib.training import loss_curve_png, train_adapter
@@ -18,15 +18,7 @@ from tasks.lib.training import loss_curve_png, train_adapter
 def run_training(config: RunConfig, context: RunContext, data: DataRef) -> TrainRef:
     with step_run(config, context, "train") as tracker:
         tracker.log_params(flatten(config.model_dump(mode="json")))
-        tracker.set_tags(
-            {
-                "data_version": data.raw_version,
-                "processed_data_fingerprint": data.fingerprint,
-                "git_commit": git_commit(),
-                "config_hash": config.fingerprint(),
-                **{f"version.{name}": version for name, version in package_versions().items()},
-            }
-        )
+        tracker.set_tags(provenance(config, data))
         tokenizer = load_tokenizer(config.model)
         result = train_adapter(
             config,
@@ -50,9 +42,17 @@ def run_training(config: RunConfig, context: RunContext, data: DataRef) -> Train
             summary["first_eval_loss"] = result.first_eval_loss
         if result.best_eval_loss is not None:
             summary["best_eval_loss"] = result.best_eval_loss
-        tracker.log_metrics(summary)
         tracker.set_tags({"resumed_from_step": str(result.resumed_from_step)})
-        tracker.log_artifact(result.adapter_dir, "adapter")
+        # The adapter as an MLflow logged model (lineage: data inputs -> this run -> adapter -> registered
+        # version), carrying the run's training metrics; the gate's results are added to it later.
+        adapter_model_id = tracker.log_model_folder(
+            "adapter",
+            Path(result.adapter_dir),
+            model_type="peft-lora-adapter",
+            params={f"lora.{key}": value for key, value in config.lora.model_dump(mode="json").items()},
+            tags={**provenance(config, data), "base_model": config.model.name_or_path},
+        )
+        tracker.log_metrics(summary, model_id=adapter_model_id)
         curve = loss_curve_png(result.log_history, Path(context.run_dir) / "loss_curve.png")
         tracker.log_artifact(curve, "plots")
         return TrainRef(
@@ -64,6 +64,7 @@ def run_training(config: RunConfig, context: RunContext, data: DataRef) -> Train
             best_eval_loss=result.best_eval_loss,
             trainable_params=result.trainable_params,
             tokens_per_second=result.tokens_per_second,
+            adapter_model_id=adapter_model_id,
         )
 
 

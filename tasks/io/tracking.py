@@ -102,19 +102,38 @@ class MlflowTracker:
         for start in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[start : start + 100])
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, model_id: str | None = None) -> None:
+        """Metrics of this run; with model_id they are also the metrics of that logged model."""
         import time
 
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         items = [
-            Metric(key, float(value), now, step or 0)
+            Metric(key, float(value), now, step or 0, model_id=model_id, run_id=self.run_id if model_id else None)
             for key, value in metrics.items()
             if isinstance(value, int | float) and math.isfinite(float(value))
         ]
         if items:
             self.client.log_batch(self.run_id, metrics=items)
+
+    def log_model_folder(
+        self, name: str, folder: Path, model_type: str, params: Mapping[str, Any], tags: Mapping[str, Any]
+    ) -> str:
+        """A folder (e.g. a PEFT adapter) as an MLflow 3 logged model of this run; returns its model id."""
+        from mlflow.entities import LoggedModelStatus
+
+        model = self.client.create_logged_model(
+            experiment_id=self.client.get_run(self.run_id).info.experiment_id,
+            name=name,
+            source_run_id=self.run_id,
+            params=scrub_mapping(params),
+            tags=scrub_mapping(tags),
+            model_type=model_type,
+        )
+        self.client.log_model_artifacts(model.model_id, str(folder))
+        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        return model.model_id
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in scrub_mapping(tags).items():

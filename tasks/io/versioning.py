@@ -80,3 +80,18 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "absent"
     return versions
+
+
+def provenance(config, data) -> dict[str, str]:
+    """What a run, a logged model and a registered version record to be traced back: data, config, code, libraries.
+
+    `config` is a RunConfig, `data` a DataRef (not imported here: this module stays free of the pipeline's types).
+    """
+    return {
+        "data_version": data.raw_version,
+        "processed_data_fingerprint": data.fingerprint,
+        "config_hash": config.fingerprint(),
+        "git_commit": git_commit(),
+        "seed": str(config.seed),
+        **{f"version.{name}": version for name, version in package_versions().items()},
+    }

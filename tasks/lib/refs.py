@@ -33,6 +33,7 @@ class TrainRef(BaseModel):
     best_eval_loss: float | None
     trainable_params: int
     tokens_per_second: float
+    adapter_model_id: str = ""  # the MLflow logged model of the adapter
 
 
 class TaskEvalRef(BaseModel):

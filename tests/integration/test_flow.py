@@ -115,8 +115,13 @@ def test_flow_trains_evaluates_registers_and_reuses_base_scores(
     assert {run.data.tags["step"] for run in children} == STEPS
     train_run = next(run for run in children if run.data.tags["step"] == "train")
     assert {"eval_loss", "train.loss", "trainable_params", "tokens_per_second"} <= set(train_run.data.metrics)
-    adapter_files = {item.path for item in client.list_artifacts(train_run.info.run_id, "adapter")}
-    assert "adapter/adapter_model.safetensors" in adapter_files
+    # MLflow's lineage: data inputs -> train run -> adapter (a logged model) -> registered version.
+    adapter = client.get_logged_model(first.train.adapter_model_id)
+    assert adapter.source_run_id == train_run.info.run_id and adapter.model_type == "peft-lora-adapter"
+    assert {metric.key for metric in adapter.metrics} >= {"trainable_params", "global_step", "tokens_per_second"}
+    assert adapter.tags["data_version"] == first.data.raw_version and adapter.params["lora.r"] == "4"
+    assert adapter.tags["gate.verdict"] == first.forgetting.gate["verdict"]
+    assert "adapter_model.safetensors" in {item.path for item in client.list_logged_model_artifacts(adapter.model_id)}
     assert str(client.get_model_version_by_alias("tiny-sst2", "champion").version) == "1"
 
     # The gate's paired statistics reach MLflow and the registered version.
@@ -129,6 +134,9 @@ def test_flow_trains_evaluates_registers_and_reuses_base_scores(
     assert version.tags["gate.hellaswag"].split(":")[0] in {"pass", "inconclusive"}
     assert version.tags["round_trip"] == "verified" and version.tags["pipeline_run_id"] == first.run_id
     assert version.tags["test_fingerprint"] == first.evaluation.test_fingerprint
+    assert version.tags["adapter_model_id"] == adapter.model_id
+    register_run = next(run for run in children if run.data.tags["step"] == "register")
+    assert version.run_id == register_run.info.run_id  # the version's source run
 
     # MLflow as its users expect: headline metrics on the parent run (Compare), data sets as inputs.
     headline = {"task.delta", "forgetting.hellaswag.delta", "forgetting.worst_accuracy_delta_pts", "gate.passed"}
