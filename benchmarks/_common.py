@@ -65,18 +65,12 @@ def isolated_overrides(root: Path) -> list[str]:
     ]
 
 
-def _cpu_name() -> str:
-    try:
-        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
-    except OSError:
-        match = None
-    return match.group(1).strip() if match else platform.processor() or "cpu"
-
-
 def machine() -> dict[str, Any]:
     import torch
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else _cpu_name()
+    from tasks.io.versioning import cpu_name
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_name()
     return {
         "device": device,
         "cpu_cores": os.cpu_count(),

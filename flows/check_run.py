@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tasks.io.versioning import git_commit
+from tasks.io.versioning import cpu_name, git_commit
 from tasks.lib.config import RunConfig, read_run_config
 from tasks.lib.promotion import CHAMPION
 from tasks.lib.refs import PipelineResult
@@ -84,15 +84,7 @@ def check_run(run_dir: Path) -> RunCheck:
 
 
 def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
 def run_report(run_dir: Path, check: RunCheck) -> str:

@@ -27,7 +27,7 @@ from tasks.lib.refs import (
 )
 
 STEPS = ("evaluate", "merge", "forgetting", "register")
-NEEDS = {"evaluate": ("train",), "merge": ("train",), "forgetting": ("evaluate",), "register": ("evaluate", "merge")}
+NEEDS = {"evaluate": ("train",), "merge": ("train",), "forgetting": ("evaluate",), "register": ("train", "evaluate", "merge")}
 REF_TYPES: dict[str, type[BaseModel]] = {
     "train": TrainRef,
     "evaluate": TaskEvalRef,
@@ -83,6 +83,7 @@ def rerun_step(step: str, run_dir: Path) -> BaseModel:
             run_dir=context.run_dir,
             mlflow_run_id=context.parent_run_id,
             data=data,
+            train=_ref(context, "train"),
             evaluation=_ref(context, "evaluate"),
             merge=_ref(context, "merge"),
             forgetting=_ref(context, "forgetting"),

@@ -18,6 +18,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from tasks.lib.config import ModelConfig, QuantizationConfig
+from tasks.lib.hashing import digest_files
 from tasks.lib.modeling import bnb_config, pin_cpu_4bit_kernel, resolve_compute_dtype
 from tasks.lib.publish import publish_dir
 
@@ -139,13 +140,8 @@ def model_version(model: ModelConfig) -> str:
     path = Path(resolve_model_path(model))
     if not path.exists():
         return f"{model.name_or_path}@{model.revision or 'main'}"
-    digest = hashlib.sha256()
-    for file in sorted(path.glob("*.safetensors")) + sorted(path.glob("config.json")):
-        digest.update(file.name.encode())
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
+    files = sorted(path.glob("*.safetensors")) + sorted(path.glob("config.json"))
+    return digest_files(files, "sha256", lambda file: file.name)[:16]
 
 
 def load_config_only(model: ModelConfig):

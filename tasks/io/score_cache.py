@@ -20,17 +20,10 @@ from typing import Any
 
 from tasks.lib.benchmark_data import OUTPUT_FILES
 from tasks.lib.benchmarks import task_yaml_texts
+from tasks.lib.hashing import file_md5
 
 logger = logging.getLogger(__name__)
 DEFAULT_CACHE_DIR = Path(".cache/base_scores")
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def benchmark_key_parts(
@@ -54,7 +47,7 @@ def benchmark_key_parts(
         "lm_eval": version("lm_eval"),
         "benchmarks": {
             name: {
-                "data_md5": _md5(data_dir / OUTPUT_FILES[name]),
+                "data_md5": file_md5(data_dir / OUTPUT_FILES[name]),
                 "task_yaml_md5": hashlib.md5(yamls[name].encode(), usedforsecurity=False).hexdigest(),
             }
             for name in sorted(names)

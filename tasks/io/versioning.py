@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
+import platform
+import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
 
 import yaml
+
+from tasks.lib.hashing import file_md5
 
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "lm-eval", "prefect", "mlflow", "dvc")
 
@@ -20,19 +23,6 @@ def _dvc_pointer_md5(path: Path) -> str | None:
             outs = (yaml.safe_load(pointer.read_text()) or {}).get("outs") or [{}]
             return outs[0].get("md5")
     return None
-
-
-def file_md5(path: Path) -> str:
-    """md5 of a file, or of a folder's files (names and contents) in sorted order."""
-    digest = hashlib.md5(usedforsecurity=False)
-    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def raw_data_version(data_path: str) -> str:
@@ -95,3 +85,12 @@ def provenance(config, data) -> dict[str, str]:
         "seed": str(config.seed),
         **{f"version.{name}": version for name, version in package_versions().items()},
     }
+
+
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (what benchmark and demo reports print)."""
+    try:
+        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+    except OSError:
+        match = None
+    return match.group(1).strip() if match else platform.processor() or platform.machine() or "cpu"

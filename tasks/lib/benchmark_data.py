@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
+from tasks.lib.data_formats import DataError, read_jsonl
 from tasks.lib.errors import UserError
 from tasks.lib.publish import publish_dir
 
@@ -37,20 +38,13 @@ class BenchmarkDataError(UserError, ValueError):
     """A raw benchmark file is missing or malformed; the message names the file and line."""
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise BenchmarkDataError(f"missing raw benchmark file: {path}")
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise BenchmarkDataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise BenchmarkDataError(f"{path}:{number}: expected a JSON object")
-            yield number, row
+    try:
+        return read_jsonl(path)
+    except DataError as error:
+        raise BenchmarkDataError(str(error)) from None
 
 
 def _require(row: dict, keys: tuple[str, ...], path: Path, number: int) -> None:

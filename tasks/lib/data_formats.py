@@ -18,6 +18,8 @@ from typing import Any
 from tasks.lib.errors import UserError
 
 EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+# Not hub ids either, though they look like `org/name`: other files a config can name.
+OTHER_FILE_EXTENSIONS = (".txt", ".gguf", ".safetensors")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MAX_REPORTED_ERRORS = 20
 _QUOTING = {"minimal": csv.QUOTE_MINIMAL, "none": csv.QUOTE_NONE}
@@ -47,8 +49,12 @@ def raise_collected(errors: list[str], header: str) -> None:
 
 
 def is_hub_id(path: str) -> bool:
-    """`org/name` that is not a local path and has no known file extension."""
-    return not Path(path).exists() and _HUB_ID.match(path) is not None and not path.lower().endswith(EXTENSIONS)
+    """`org/name` (a data set or a model on the hub) that is not a local path and has no known file extension."""
+    return (
+        not Path(path).exists()
+        and _HUB_ID.match(path) is not None
+        and not path.lower().endswith(EXTENSIONS + OTHER_FILE_EXTENSIONS)
+    )
 
 
 def load_located_rows(
@@ -63,7 +69,7 @@ def load_located_rows(
             raise DataError(f"data file not found: {path}")
         suffix = file.suffix.lower()
         readers = {
-            ".jsonl": _read_jsonl,
+            ".jsonl": read_jsonl,
             ".json": _read_json,
             ".csv": lambda file: _read_delimited(file, table or TableOptions()),
             ".tsv": lambda file: _read_delimited(file, table or TableOptions()),
@@ -98,7 +104,8 @@ def _decode(file: Path) -> str:
         raise DataError(f"{file} line {line}: not valid UTF-8 (byte {raw[error.start]:#04x})") from None
 
 
-def _read_jsonl(file: Path) -> list[tuple[int, dict[str, Any]]]:
+def read_jsonl(file: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) per non-blank line; every malformed line is named with its file and line."""
     text = _decode(file)
     rows, errors = [], []
     for number, line in enumerate(text.splitlines(), start=1):

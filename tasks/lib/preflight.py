@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from tasks.lib.config import ConfigError, RunConfig
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-FILE_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt", ".gguf", ".safetensors"}
-
-
-def looks_like_hub_id(value: str) -> bool:
-    return bool(HUB_ID.match(value)) and Path(value).suffix.lower() not in FILE_SUFFIXES
+from tasks.lib.data_formats import is_hub_id
 
 
 def check_inputs(config: RunConfig, benchmarks: bool = True) -> None:
@@ -21,13 +14,13 @@ def check_inputs(config: RunConfig, benchmarks: bool = True) -> None:
     problems = []
     for key in ("path", "validation_path", "test_path"):
         value = getattr(config.data, key)
-        if value and not Path(value).exists() and not looks_like_hub_id(value):
+        if value and not Path(value).exists() and not is_hub_id(value):
             problems.append(f"data.{key}: {value} does not exist (and is not a hub id)")
     model_path = Path(config.model.name_or_path)
     if config.model.gguf_file:
         if not (model_path / config.model.gguf_file).is_file():
             problems.append(f"model.gguf_file: {model_path / config.model.gguf_file} does not exist")
-    elif not model_path.exists() and not looks_like_hub_id(config.model.name_or_path):
+    elif not model_path.exists() and not is_hub_id(config.model.name_or_path):
         problems.append(f"model.name_or_path: {model_path} does not exist (and is not a hub id)")
     elif model_path.exists() and not (model_path / "config.json").is_file():
         problems.append(f"model.name_or_path: {model_path} has no config.json")

@@ -32,6 +32,7 @@ from tasks.lib.data_formats import (
     location_word,
     raise_collected,
 )
+from tasks.lib.hashing import file_md5
 from tasks.lib.publish import publish_dir
 
 PREP_VERSION = 2  # bump when the output of this module changes for the same inputs
@@ -248,14 +249,6 @@ def tokenize_conversation(
 # ---------------------------------------------------------------- fingerprint
 
 
-def _file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def tokenizer_fingerprint(tokenizer) -> str:
     """Hash of what decides the token ids: the vocabulary, special tokens and the chat template."""
     payload = json.dumps(
@@ -280,7 +273,7 @@ def input_fingerprint(config: RunConfig, tokenizer) -> str:
             return None
         if is_hub_id(path):
             return f"hub:{path}:{hub_split}"
-        return _file_md5(Path(path)) if Path(path).is_file() else f"missing:{path}"
+        return file_md5(Path(path)) if Path(path).is_file() else f"missing:{path}"
 
     payload = json.dumps(
         {

@@ -18,6 +18,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from tasks.lib.config import EvaluationConfig
+from tasks.lib.data_formats import read_jsonl
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 LABEL_METRICS = ("accuracy", "exact_match", "f1")
@@ -265,20 +266,12 @@ def load_split(processed_dir: Path, split: str) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run the data preparation first")
     rows, errors = [], []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                errors.append(f"{path}:{number}: not JSON ({exc.msg})")
-                continue
-            messages = row.get("messages") if isinstance(row, dict) else None
-            if not isinstance(messages, list) or len(messages) < 2 or messages[-1].get("role") != "assistant":
-                errors.append(f"{path}:{number}: 'messages' must end with the assistant answer")
-                continue
-            rows.append(row)
+    for number, row in read_jsonl(path):
+        messages = row.get("messages")
+        if not isinstance(messages, list) or len(messages) < 2 or messages[-1].get("role") != "assistant":
+            errors.append(f"{path} line {number}: 'messages' must end with the assistant answer")
+            continue
+        rows.append(row)
     if errors:
         raise ValueError("bad processed rows:\n  " + "\n  ".join(errors[:20]))
     return rows

@@ -29,6 +29,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from tasks.lib.config import RunConfig
+from tasks.lib.data_formats import read_jsonl
 from tasks.lib.errors import UserError
 from tasks.lib.modeling import peft_lora_config, pin_cpu_4bit_kernel, resolve_compute_dtype
 from tasks.lib.packed_attention import use_packed_attention
@@ -55,14 +56,8 @@ class TrainResult:
 
 
 def read_token_split(path: Path, max_rows: int | None = None) -> Dataset:
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            row = json.loads(line)
-            rows.append({"input_ids": row["input_ids"], "labels": row["labels"]})
-            if max_rows is not None and len(rows) >= max_rows:
-                break
-    return Dataset.from_list(rows)
+    rows = [{"input_ids": row["input_ids"], "labels": row["labels"]} for _, row in read_jsonl(Path(path))]
+    return Dataset.from_list(rows[:max_rows] if max_rows is not None else rows)
 
 
 class TokenCountingCollator:

@@ -82,7 +82,7 @@ def test_malformed_inputs_are_all_reported_with_file_and_line(tmp_path: Path) ->
         prepare_benchmarks(raw, out, names=["hellaswag", "lambada", "piqa"])
     message = str(error.value)
     assert "hellaswag_val_full.txt:2" in message
-    assert "lambada_openai.jsonl:2" in message
+    assert "lambada_openai.jsonl line 2" in message
     assert "valid-labels.lst" in message
     assert not out.exists()
 

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 
 from tasks.lib.config import ConfigError, apply_overrides, config_from_dict, load_config
-from tasks.lib.preflight import check_inputs, looks_like_hub_id
+from tasks.lib.data_formats import is_hub_id
+from tasks.lib.preflight import check_inputs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -111,9 +112,9 @@ def test_lora_on_a_tied_lm_head_is_refused(tmp_path, tied):
 
 
 def test_hub_ids_are_told_from_paths():
-    assert looks_like_hub_id("HuggingFaceTB/SmolLM2-135M-Instruct")
-    assert not looks_like_hub_id("data/train.jsonl")
-    assert not looks_like_hub_id("a/b/c")
+    assert is_hub_id("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert not is_hub_id("data/train.jsonl")
+    assert not is_hub_id("a/b/c")
 
 
 def test_fingerprint_changes_with_any_value():
