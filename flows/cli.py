@@ -7,6 +7,7 @@ qlora clean-data configs/demo.yaml [--all]                              drop oth
 qlora train configs/demo.yaml --run-id ID                               prepare + train only, no Prefect
 qlora fetch-demo-model models/smollm2-135m-instruct                     the embedded default model
 qlora prepare-benchmarks data/raw data/benchmarks                       forgetting benchmark data
+qlora data-updated configs/demo.yaml                                    new data: trigger the retraining deployment
 qlora score-base configs/demo.yaml                                      the base model's benchmark results, cached
 qlora evaluate|merge|forgetting|register runs/demo/<run_id>            re-run one step of a finished run
 qlora chat models:/smollm2-135m-sst2@champion [--prompt TEXT]            talk to the champion (or a run / folder)
@@ -238,6 +239,18 @@ def cmd_clean_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_updated(args: argparse.Namespace) -> int:
+    from tasks.data import data_version
+    from tasks.io.events import DATA_UPDATED, emit_data_updated
+
+    config = load_config(args.config, args.overrides)
+    _use_local_stack()
+    version = data_version(config)
+    event_id = emit_data_updated(config.name, version, config.data.path)
+    print(f"emitted {DATA_UPDATED} for {config.name} (data version {version}, event {event_id})")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from tasks.data import run_prepare
     from tasks.lib.preflight import check_inputs
@@ -308,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, handler, text in [
         ("validate", cmd_validate, "check a config and its input paths"),
         ("prepare", cmd_prepare, "prepare the data set (DVC stage prepare_data)"),
+        ("data-updated", cmd_data_updated, "announce new data: the scheduled-retraining deployment starts a run"),
         ("score-base", cmd_score_base, "score the base model on the forgetting benchmarks once (cached per item)"),
     ]:
         sub = verbs.add_parser(name, help=text)

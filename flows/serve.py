@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron
 
 from flows.automations import install_crash_detection
 from flows.finetune import finetune
+from tasks.io.events import DATA_UPDATED, data_resource_id
 from tasks.lib.config import load_config
 
 ON_DEMAND = "qlora-on-demand"
@@ -38,7 +40,17 @@ def build_deployments(config_path: str) -> list:
                 name=SCHEDULED,
                 parameters={"config_path": config_path, "overrides": [], "skip_if_unchanged": True},
                 schedule=Cron(config.schedule.cron, timezone=config.schedule.timezone),
-                description="Retrains when the DVC data version or the config changed since the last registered model.",
+                # ...and whenever `qlora data-updated` announces a new version of this config's data.
+                triggers=[
+                    DeploymentEventTrigger(
+                        name=f"retrain {config.name} on new data",
+                        expect={DATA_UPDATED},
+                        match={"prefect.resource.id": data_resource_id(config.name)},
+                        parameters={"config_path": config_path, "overrides": [], "skip_if_unchanged": True},
+                    )
+                ],
+                description="Retrains on its schedule and when new data is announced, unless data and config are "
+                "unchanged since the last attempt.",
                 tags=["qlora", config.name, "scheduled"],
                 concurrency_limit=ONE_AT_A_TIME,
             )

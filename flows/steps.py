@@ -27,7 +27,12 @@ from tasks.lib.refs import (
 )
 
 STEPS = ("evaluate", "merge", "forgetting", "register")
-NEEDS = {"evaluate": ("train",), "merge": ("train",), "forgetting": ("evaluate",), "register": ("train", "evaluate", "merge")}
+NEEDS = {
+    "evaluate": ("train",),
+    "merge": ("train",),
+    "forgetting": ("evaluate",),
+    "register": ("train", "evaluate", "merge"),
+}
 REF_TYPES: dict[str, type[BaseModel]] = {
     "train": TrainRef,
     "evaluate": TaskEvalRef,

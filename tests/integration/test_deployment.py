@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,20 +22,20 @@ TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 @pytest.fixture
-def served(tmp_path: Path, tiny_model_dir: Path, benchmark_data_dir: Path) -> Iterator[tuple[str, Path, list[Path]]]:
+def served(tmp_path: Path, tiny_model_dir: Path, benchmark_data_dir: Path) -> Iterator[tuple]:
     """`prefect server start` on a free port and `qlora serve` of a tiny config against it."""
     config_path = write_tiny_config(tmp_path, tiny_model_dir, benchmark_data_dir, {"schedule.cron": "0 3 * * 1"})
     with prefect_server(tmp_path / "prefect-home") as (api, env, server_log):
         logs = [server_log, tmp_path / "serve.log"]
         serve = start([str(BIN_DIR / "qlora"), "serve", str(config_path)], env, logs[1])
         try:
-            yield api, tmp_path, logs
+            yield api, tmp_path, logs, env
         finally:
             stop([serve])
 
 
 def test_ui_run_with_overrides_completes_and_registers(served) -> None:
-    api, root, logs = served
+    api, root, logs, env = served
     client = httpx.Client(base_url=api, timeout=30)
 
     def deployments() -> dict[str, dict] | None:
@@ -92,3 +93,27 @@ def test_ui_run_with_overrides_completes_and_registers(served) -> None:
     train_run = next(child for child in children if child.data.tags["step"] == "train")
     assert train_run.data.metrics["global_step"] == 8
     assert str(mlflow.get_model_version_by_alias("tiny-sst2", "champion").version) == "1"
+
+    # New data announced (`qlora data-updated`): the scheduled-retraining deployment's event trigger starts a run,
+    # which trains on the new data version.
+    automation_names = {a["name"] for a in client.post("/automations/filter", json={}).raise_for_status().json()}
+    assert any("retrain tiny on new data" in name for name in automation_names), automation_names
+    data_file = root / "sst2_slice.tsv"
+    data_file.write_text("".join(data_file.read_text().splitlines(keepends=True)[:-20]))
+    announce = [str(BIN_DIR / "qlora"), "data-updated", str(root / "tiny.yaml")]
+    announced = subprocess.run(announce, env=env, capture_output=True, text=True, timeout=120)
+    assert announced.returncode == 0 and "qlora.data.updated" in announced.stdout, announced.stderr[-2000:]
+
+    def retrain_finished() -> dict | None:
+        query = {"deployments": {"id": {"any_": [scheduled["id"]]}}}
+        runs = client.post("/flow_runs/filter", json=query).raise_for_status().json()
+        return next((run for run in runs if run["state"]["type"] in TERMINAL), None)
+
+    retrain = wait_for(retrain_finished, 420, "the event-triggered retraining run", logs)
+    assert retrain["state"]["type"] == "COMPLETED", retrain["state"]
+    parents = mlflow.search_runs(
+        [parents[0].info.experiment_id],
+        filter_string="tags.pipeline = 'qlora'",
+        order_by=["attributes.start_time DESC"],
+    )
+    assert len(parents) == 2 and parents[0].data.tags["data_version"] != parents[1].data.tags["data_version"]
