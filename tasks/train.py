@@ -10,9 +10,21 @@ from tasks.common import once, retry_only_transient, step_run
 from tasks.io.models import load_base_model, load_tokenizer
 from tasks.io.tracking import flatten
 from tasks.io.versioning import provenance
+from tasks.lib.benchmark_data import OUTPUT_FILES
 from tasks.lib.config import RunConfig
+from tasks.lib.data_formats import read_jsonl
 from tasks.lib.refs import DataRef, RunContext, TrainRef
 from tasks.lib.training import loss_curve_png, train_adapter
+
+UNPREFIXED = ("eval_loss", "forgetting_proxy.")
+
+
+def general_text_pages(config: RunConfig) -> list[str]:
+    """WikiText pages from the prepared benchmark data, for the in-training forgetting proxy ([] without them)."""
+    path = Path(config.forgetting.data_dir) / OUTPUT_FILES["wikitext"]
+    if not config.train.forgetting_proxy.enabled or not path.is_file():
+        return []
+    return [row["page"] for _, row in read_jsonl(path)]
 
 
 def run_training(config: RunConfig, context: RunContext, data: DataRef) -> TrainRef:
@@ -27,9 +39,10 @@ def run_training(config: RunConfig, context: RunContext, data: DataRef) -> Train
             Path(data.processed_dir),
             Path(context.run_dir),
             metrics_sink=lambda metrics, step: tracker.log_metrics(
-                {f"train.{key}" if key != "eval_loss" else "eval_loss": value for key, value in metrics.items()},
+                {key if key.startswith(UNPREFIXED) else f"train.{key}": value for key, value in metrics.items()},
                 step,
             ),
+            general_text=general_text_pages(config),
         )
         summary = {
             "trainable_params": result.trainable_params,
@@ -42,7 +55,12 @@ def run_training(config: RunConfig, context: RunContext, data: DataRef) -> Train
             summary["first_eval_loss"] = result.first_eval_loss
         if result.best_eval_loss is not None:
             summary["best_eval_loss"] = result.best_eval_loss
-        tracker.set_tags({"resumed_from_step": str(result.resumed_from_step)})
+        tracker.set_tags(
+            {
+                "resumed_from_step": str(result.resumed_from_step),
+                "stopped_by_forgetting_proxy": str(result.stopped_by_forgetting_proxy),
+            }
+        )
         # The adapter as an MLflow logged model (lineage: data inputs -> this run -> adapter -> registered
         # version), carrying the run's training metrics; the gate's results are added to it later.
         adapter_model_id = tracker.log_model_folder(

@@ -160,6 +160,20 @@ class DataConfig(_Section):
         return self
 
 
+class ForgettingProxyConfig(_Section):
+    """An in-training forgetting signal: loss on fixed general-text windows, tuned minus base, at each evaluation."""
+
+    enabled: bool = True
+    windows: int = Field(16, gt=0, description="WikiText windows (from forgetting.data_dir) scored each time.")
+    window_tokens: int = Field(256, ge=16, description="Tokens per window.")
+    max_increase: float | None = Field(
+        None,
+        gt=0.0,
+        description="Stop training when the loss increase (nats/token) passes this, keeping the adapter of the "
+        "last evaluation below it; null: only log.",
+    )
+
+
 class TrainConfig(_Section):
     max_steps: int = Field(200, gt=0)
     learning_rate: float = Field(2e-4, gt=0.0)
@@ -180,6 +194,7 @@ class TrainConfig(_Section):
     logging_steps: int = Field(5, gt=0)
     early_stopping_patience: int | None = Field(3, gt=0, description="Evals without improvement; null: off.")
     eval_max_rows: int | None = Field(200, gt=0, description="Validation rows used for the loss.")
+    forgetting_proxy: ForgettingProxyConfig = Field(default_factory=ForgettingProxyConfig)
 
     @model_validator(mode="after")
     def _checkpoints_align_with_evals(self) -> TrainConfig:

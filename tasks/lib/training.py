@@ -52,6 +52,7 @@ class TrainResult:
     total_params: int
     tokens_per_second: float
     stopped_early: bool
+    stopped_by_forgetting_proxy: int | None = None  # the step whose evaluation passed the proxy's bound
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -181,6 +182,58 @@ class MetricsCallback(TrainerCallback):
         self.sink(metrics, state.global_step)
 
 
+def general_text_windows(
+    pages: Sequence[str], tokenizer: PreTrainedTokenizerBase, count: int, length: int
+) -> torch.Tensor:
+    """`count` windows of `length` tokens cut from the start of general-text pages (fixed: same every run)."""
+    windows = []
+    for page in pages:
+        ids = tokenizer(page, add_special_tokens=False)["input_ids"]
+        windows.extend(ids[start : start + length] for start in range(0, len(ids) - length + 1, length))
+        if len(windows) >= count:
+            break
+    if not windows:
+        raise ValueError(f"no general-text page has {length} tokens for the forgetting proxy")
+    return torch.tensor(windows[:count])
+
+
+class ForgettingProxy(TrainerCallback):
+    """At every evaluation, the loss on fixed general-text windows minus the base model's (the adapter disabled):
+    the cheap forgetting signal PEFT's method comparison uses. With `max_increase` it stops training once the
+    increase passes the bound, remembering the last evaluation step below it."""
+
+    def __init__(self, windows: torch.Tensor, max_increase: float | None, sink: MetricsSink | None):
+        self.windows = windows
+        self.max_increase = max_increase
+        self.sink = sink
+        self.base_loss: float | None = None
+        self.last_step_below: int | None = None
+        self.stopped_at: int | None = None
+
+    def _loss(self, model) -> float:
+        was_training = model.training
+        model.eval()
+        windows = self.windows.to(model.device)
+        with torch.no_grad():
+            loss = float(model(input_ids=windows, labels=windows).loss)
+        model.train(was_training)
+        return loss
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        if self.base_loss is None:
+            with model.disable_adapter():
+                self.base_loss = self._loss(model)
+        increase = self._loss(model) - self.base_loss
+        if self.sink is not None:
+            metrics = {"forgetting_proxy.loss_increase": increase, "forgetting_proxy.base_loss": self.base_loss}
+            self.sink(metrics, state.global_step)
+        if self.max_increase is None or increase <= self.max_increase:
+            self.last_step_below = state.global_step
+        elif state.global_step > 0:
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+
+
 def _resolve_auto(config: RunConfig) -> tuple[str, bool]:
     cuda = torch.cuda.is_available()
     optimizer = config.train.optimizer
@@ -249,8 +302,11 @@ def train_adapter(
     run_dir: Path,
     metrics_sink: MetricsSink | None = None,
     extra_callbacks: Sequence[TrainerCallback] = (),
+    general_text: Sequence[str] = (),
 ) -> TrainResult:
     """Trains a LoRA adapter on `data_dir`'s train split; resumes if `run_dir` holds checkpoints.
+
+    `general_text` (pages of general text) feeds the in-training forgetting proxy when it is enabled.
 
     `extra_callbacks` are appended to the Trainer's (benchmarks/train_throughput.py times steps with one).
     """
@@ -279,6 +335,12 @@ def train_adapter(
         callbacks.append(MetricsCallback(metrics_sink, collator))
     if config.train.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.train.early_stopping_patience))
+    proxy_config = config.train.forgetting_proxy
+    proxy = None
+    if proxy_config.enabled and general_text:
+        windows = general_text_windows(general_text, tokenizer, proxy_config.windows, proxy_config.window_tokens)
+        proxy = ForgettingProxy(windows, proxy_config.max_increase, metrics_sink)
+        callbacks.append(proxy)
     callbacks.extend(extra_callbacks)
 
     trainer = Trainer(
@@ -301,6 +363,8 @@ def train_adapter(
     output = trainer.train(resume_from_checkpoint=last_checkpoint)
     elapsed = time.perf_counter() - started
 
+    if proxy is not None and proxy.stopped_at is not None:
+        _restore_checkpoint_adapter(model, checkpoint_dir, proxy.last_step_below)
     adapter_dir = run_dir / "adapter"
     model.save_pretrained(adapter_dir, safe_serialization=True)
     history = trainer.state.log_history
@@ -317,8 +381,20 @@ def train_adapter(
         total_params=int(total),
         tokens_per_second=collator.real_tokens / elapsed if elapsed > 0 else 0.0,
         stopped_early=output.global_step < config.train.max_steps,
+        stopped_by_forgetting_proxy=proxy.stopped_at if proxy is not None else None,
         log_history=history,
     )
+
+
+def _restore_checkpoint_adapter(model, checkpoint_dir: Path, step: int | None) -> None:
+    """Load the adapter weights of checkpoint-<step> (the last evaluation below the forgetting bound) if kept;
+    step 0 means the untrained adapter is the last one below it."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = checkpoint_dir / f"checkpoint-{step}" / "adapter_model.safetensors"
+    if step and weights.is_file():
+        set_peft_model_state_dict(model, load_file(str(weights)))
 
 
 def _remember_first_eval(run_dir: Path, value: float | None) -> None:

@@ -260,3 +260,43 @@ def test_finite_check_is_one_reduction_and_overflow_is_not_divergence() -> None:
     assert not _all_finite([torch.ones(3), torch.tensor([1.0, float("nan")])])
     huge = torch.full((4,), 3e38)  # finite values whose sum overflows: the guard then checks element by element
     assert not _all_finite([huge]) and bool(torch.isfinite(huge).all())
+
+
+def test_forgetting_proxy_is_logged_each_evaluation_and_its_bound_stops_training(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    overrides = {
+        "train.learning_rate": 3e-2,
+        "train.eval_steps": 2,
+        "train.save_steps": 2,
+        "train.forgetting_proxy.windows": 4,
+        "train.forgetting_proxy.window_tokens": 32,
+    }
+    # Text unlike the task's movie reviews: what a model that learns the task forgets first.
+    generator = torch.Generator().manual_seed(0)
+    pages = [" ".join(str(int(d)) for d in torch.randint(0, 10, (400,), generator=generator)) for _ in range(2)]
+
+    def train(root: Path, bound: float | None) -> tuple[TrainResult, list[tuple[int, float]]]:
+        run = _setup(root, tiny_model_dir, {**overrides, "train.forgetting_proxy.max_increase": bound})
+        logged: list[tuple[int, float]] = []
+
+        def sink(metrics, step) -> None:
+            if "forgetting_proxy.loss_increase" in metrics:
+                logged.append((step, metrics["forgetting_proxy.loss_increase"]))
+
+        base = lambda: load_base_model(run.config.model, run.config.quantization)  # noqa: E731
+        result = train_adapter(
+            run.config, base, run.tokenizer, run.data_dir, run.run_dir, metrics_sink=sink, general_text=pages
+        )
+        return result, logged
+
+    unbounded, logged = train(tmp_path / "unbounded", None)
+    assert [step for step, _ in logged] == [0, 2, 4, 6, 8, 10, 12]  # every evaluation, the initial one too
+    assert logged[0][1] == pytest.approx(0.0, abs=1e-6)  # an untrained adapter is the base
+    assert unbounded.stopped_by_forgetting_proxy is None and unbounded.global_step == 12
+    assert max(increase for _, increase in logged) > 0.05  # the task moved the general-text loss up
+
+    bound = max(increase for _, increase in logged) / 2
+    bounded, logged = train(tmp_path / "bounded", bound)
+    assert bounded.stopped_by_forgetting_proxy is not None and bounded.global_step < 12
+    assert logged[-1][1] > bound and all(increase <= bound for _, increase in logged[:-1])
