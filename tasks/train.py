@@ -59,6 +59,7 @@ def run_training(config: RunConfig, context: RunContext, data: DataRef) -> Train
             {
                 "resumed_from_step": str(result.resumed_from_step),
                 "stopped_by_forgetting_proxy": str(result.stopped_by_forgetting_proxy),
+                "attention": result.attention,
             }
         )
         # The adapter as an MLflow logged model (lineage: data inputs -> this run -> adapter -> registered

@@ -188,6 +188,11 @@ class TrainConfig(_Section):
         "auto", description="auto: on for CUDA (QLoRA paper default), off on CPU where memory is ample."
     )
     packing: bool = Field(True, description="Concatenate rows without padding; attention stays per row.")
+    attention: Literal["auto", "sdpa", "flash_attention_2", "packed_loop"] = Field(
+        "auto",
+        description="Attention kernel for training. auto: packed_loop on the CPU with packing (SDPA per packed "
+        "row), flash_attention_2 on CUDA where flash-attn is installed, else sdpa (variable-length via position ids).",
+    )
     eval_steps: int = Field(25, gt=0)
     save_steps: int = Field(25, gt=0)
     save_total_limit: int = Field(2, gt=0)

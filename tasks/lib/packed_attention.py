@@ -63,3 +63,23 @@ def use_packed_attention(model: PreTrainedModel) -> bool:
     register_packed_attention()
     model.set_attn_implementation(NAME)
     return model.config._attn_implementation == NAME
+
+
+def resolve_attention(choice: str, packing: bool, cuda: bool, flash_attn_installed: bool) -> str:
+    """The attention kernel `train.attention` stands for on this machine."""
+    if choice == "auto":
+        if cuda:
+            return "flash_attention_2" if flash_attn_installed else "sdpa"
+        return "packed_loop" if packing else "sdpa"
+    if choice == "flash_attention_2" and not (cuda and flash_attn_installed):
+        raise ValueError("train.attention=flash_attention_2 needs a CUDA GPU and the flash-attn package")
+    return choice
+
+
+def set_attention(model: PreTrainedModel, attention: str) -> str:
+    """Apply a resolved attention choice to a loaded model; returns what the model now uses."""
+    if attention == "packed_loop":
+        use_packed_attention(model)
+    elif attention != model.config._attn_implementation:
+        model.set_attn_implementation(attention)
+    return model.config._attn_implementation

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from tasks.lib.data_formats import is_hub_id
 def check_inputs(config: RunConfig, benchmarks: bool = True) -> None:
     """Names every missing input; `benchmarks=False` for steps that stop before the forgetting check."""
     problems = []
+    if config.train.attention == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        problems.append("train.attention: flash_attention_2 needs the flash-attn package (and a CUDA GPU)")
     for key in ("path", "validation_path", "test_path"):
         value = getattr(config.data, key)
         if value and not Path(value).exists() and not is_hub_id(value):

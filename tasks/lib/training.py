@@ -3,6 +3,7 @@ stopping, checkpoints, resume from the latest checkpoint, and a guard against di
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import math
@@ -32,7 +33,7 @@ from tasks.lib.config import RunConfig
 from tasks.lib.data_formats import read_jsonl
 from tasks.lib.errors import UserError
 from tasks.lib.modeling import peft_lora_config, pin_cpu_4bit_kernel, resolve_compute_dtype
-from tasks.lib.packed_attention import use_packed_attention
+from tasks.lib.packed_attention import resolve_attention, set_attention
 
 MetricsSink = Callable[[Mapping[str, float], int], None]
 
@@ -53,6 +54,7 @@ class TrainResult:
     tokens_per_second: float
     stopped_early: bool
     stopped_by_forgetting_proxy: int | None = None  # the step whose evaluation passed the proxy's bound
+    attention: str = ""  # the attention implementation training used
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -319,8 +321,13 @@ def train_adapter(
     torch.manual_seed(config.seed)
     base = load_base()
     pin_cpu_4bit_kernel(base)
-    if config.train.packing:
-        use_packed_attention(base)
+    attention = resolve_attention(
+        config.train.attention,
+        config.train.packing,
+        torch.cuda.is_available(),
+        importlib.util.find_spec("flash_attn") is not None,
+    )
+    attention = set_attention(base, attention)
     model = attach_lora(base, config, checkpointing)
     trainable, total = model.get_nb_trainable_parameters()
 
@@ -382,6 +389,7 @@ def train_adapter(
         tokens_per_second=collator.real_tokens / elapsed if elapsed > 0 else 0.0,
         stopped_early=output.global_step < config.train.max_steps,
         stopped_by_forgetting_proxy=proxy.stopped_at if proxy is not None else None,
+        attention=attention,
         log_history=history,
     )
 

@@ -64,3 +64,15 @@ def test_anything_else_is_plain_sdpa(models) -> None:
 def test_only_sdpa_models_are_switched(tiny_model_dir) -> None:
     eager = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager")
     assert not use_packed_attention(eager) and eager.config._attn_implementation == "eager"
+
+
+def test_the_attention_choice_resolves_per_machine_and_refuses_what_cannot_run() -> None:
+    from tasks.lib.packed_attention import resolve_attention
+
+    assert resolve_attention("auto", packing=True, cuda=False, flash_attn_installed=False) == "packed_loop"
+    assert resolve_attention("auto", packing=False, cuda=False, flash_attn_installed=False) == "sdpa"
+    assert resolve_attention("auto", packing=True, cuda=True, flash_attn_installed=True) == "flash_attention_2"
+    assert resolve_attention("auto", packing=True, cuda=True, flash_attn_installed=False) == "sdpa"
+    assert resolve_attention("sdpa", packing=True, cuda=False, flash_attn_installed=False) == "sdpa"
+    with pytest.raises(ValueError, match="flash-attn"):
+        resolve_attention("flash_attention_2", packing=True, cuda=False, flash_attn_installed=True)
