@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -220,12 +221,37 @@ class EvaluationConfig(_Section):
     answer_match: Literal["label", "exact"] = Field(
         "label",
         description="label: when the references form a small label set, an answer counts as the one label it "
-        "names ('The review is positive.' -> positive); exact: the whole normalised answer must match.",
+        "names ('The review is positive.' -> positive; a negated mention such as 'not positive' does not count; "
+        "of overlapping labels the longest wins); exact: the whole normalised answer must match.",
     )
+    labels: list[str] | None = Field(
+        None, description="The label set, stated; null: the distinct test references when they look like labels."
+    )
+    normalization: Literal["text", "none", "sql"] = Field(
+        "text",
+        description="How answers and references are normalised before matching: text (case, spaces, surrounding "
+        "punctuation), none (surrounding whitespace only), sql (case, spaces, a trailing ';').",
+    )
+    extract_pattern: str | None = Field(
+        None,
+        description="A regex whose first group (or whole match) is the answer that is scored, in the generated "
+        "text and in the reference, e.g. GSM8K's '####\\s*(-?[\\d,.]+)'; a generation without a match scores as wrong.",
+    )
+
+    @field_validator("extract_pattern")
+    @classmethod
+    def _pattern_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"not a valid regular expression: {error}") from None
+        return value
 
     @model_validator(mode="after")
     def _primary_is_computed(self) -> EvaluationConfig:
-        computed = set(self.metrics) | ({"rougeL"} if "rouge" in self.metrics else set())
+        rouge = {"rouge1", "rouge2", "rougeL"} if "rouge" in self.metrics else set()
+        computed = set(self.metrics) | rouge
         if self.primary_metric not in computed:
             raise ValueError(f"primary_metric {self.primary_metric!r} is not among metrics {self.metrics}")
         return self

@@ -41,19 +41,33 @@ class TaskEvalResult(BaseModel):
     predictions: list[PredictionRecord]
 
 
-def normalize_answer(text: str, first_line: bool = True) -> str:
-    """Lower-cased, whitespace-collapsed answer without surrounding punctuation/quotes.
+def normalize_answer(text: str, first_line: bool = True, mode: str = "text") -> str:
+    """The answer as it is compared. text: lower-cased, whitespace-collapsed, without surrounding punctuation or
+    quotes; sql: lower-cased, whitespace-collapsed, without a trailing ';'; none: only surrounding whitespace removed.
 
     With `first_line` (classification-style answers) only the first non-empty line counts.
     """
     text = text.strip()
     if first_line:
         text = text.split("\n", 1)[0]
+    if mode == "none":
+        return text.strip()
     text = re.sub(r"\s+", " ", text.lower())
+    if mode == "sql":
+        return text.strip().rstrip(";").strip()
     return text.strip(_SURROUNDING)
 
 
+def extract_answer(text: str, pattern: str) -> str | None:
+    """The first group (or the whole match) of the first match of `pattern`, or None."""
+    match = re.search(pattern, text)
+    if match is None:
+        return None
+    return match.group(1) if match.groups() else match.group(0)
+
+
 MAX_LABELS = 20
+NEGATION = re.compile(r"(?:\bnot|\bnever|\bno|n't)\s+(?:\w+\s+){0,1}$")
 
 
 def label_set(references: list[str]) -> list[str] | None:
@@ -67,13 +81,25 @@ def label_set(references: list[str]) -> list[str] | None:
 def parse_answer(prediction: str, labels: list[str] | None) -> str:
     """The one label a free-form answer names ("The sentiment is positive." -> "positive").
 
-    An answer naming no label, or several, stays as its normalised text and so scores as wrong.
+    Whole words only; a negated mention ("not positive") does not count; of overlapping mentions ("very
+    positive" also contains "positive") the longest wins. An answer naming no label, or several, stays as its
+    normalised text and so scores as wrong.
     """
     answer = normalize_answer(prediction)
     if not labels or answer in labels:
         return answer
-    named = [label for label in labels if re.search(rf"(?<!\w){re.escape(label)}(?!\w)", answer)]
-    return named[0] if len(named) == 1 else answer
+    mentions = [
+        (match.start(), match.end(), label)
+        for label in labels
+        for match in re.finditer(rf"(?<!\w){re.escape(label)}(?!\w)", answer)
+        if not NEGATION.search(answer[: match.start()])
+    ]
+    outermost = {
+        label
+        for start, end, label in mentions
+        if not any(s <= start and end <= e and (s, e) != (start, end) for s, e, _ in mentions)
+    }
+    return outermost.pop() if len(outermost) == 1 else answer
 
 
 def _check_rows(rows: list[dict]) -> None:
@@ -160,15 +186,21 @@ def _metric_module(name: str):
     return evaluate.load(str(folder), keep_in_memory=True)
 
 
-def compute_metrics(predictions: list[str], references: list[str], metric_names: list[str]) -> dict[str, float]:
+def compute_metrics(
+    predictions: list[str],
+    references: list[str],
+    metric_names: list[str],
+    normalization: str = "text",
+    first_line: bool = True,
+) -> dict[str, float]:
     """Scores in [0, 1]; label metrics on normalised answers, rouge on the stripped texts."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     results: dict[str, float] = {}
     for name in metric_names:
         if name in LABEL_METRICS:
-            preds = [normalize_answer(p) for p in predictions]
-            refs = [normalize_answer(r) for r in references]
+            preds = [normalize_answer(p, first_line, normalization) for p in predictions]
+            refs = [normalize_answer(r, first_line, normalization) for r in references]
         else:
             preds = [p.strip() for p in predictions]
             refs = [r.strip() for r in references]
@@ -181,6 +213,25 @@ def _prompt_text(row: dict) -> str:
     return str(row["messages"][-2]["content"])
 
 
+def score_answers(
+    predictions: list[str], references: list[str], eval_cfg: EvaluationConfig
+) -> tuple[list[str], list[str], list[str] | None]:
+    """(the answers scored, the references scored, the label set or None): the extraction rule applied to both
+    sides, then a label parsed from each answer (classification) or the whole answer normalised (free text)."""
+    if eval_cfg.extract_pattern:
+        pattern = eval_cfg.extract_pattern
+        predictions = [extract_answer(prediction, pattern) or "" for prediction in predictions]
+        references = [extract_answer(reference, pattern) or reference for reference in references]
+    if eval_cfg.labels:
+        labels = sorted({normalize_answer(label) for label in eval_cfg.labels})
+    else:
+        labels = label_set(references) if eval_cfg.answer_match == "label" else None
+    if labels is not None:
+        return [parse_answer(prediction, labels) for prediction in predictions], references, labels
+    mode = eval_cfg.normalization
+    return [normalize_answer(prediction, False, mode) for prediction in predictions], references, None
+
+
 def evaluate_task(model, tokenizer, rows: list[dict], eval_cfg: EvaluationConfig) -> TaskEvalResult:
     """Answers and scores the first `eval_cfg.max_items` rows."""
     selected = rows[: eval_cfg.max_items] if eval_cfg.max_items else list(rows)
@@ -189,8 +240,8 @@ def evaluate_task(model, tokenizer, rows: list[dict], eval_cfg: EvaluationConfig
     _check_rows(selected)
     predictions = generate_answers(model, tokenizer, selected, eval_cfg.max_new_tokens, eval_cfg.batch_size)
     references = [str(row["messages"][-1]["content"]) for row in selected]
-    labels = label_set(references) if eval_cfg.answer_match == "label" else None
-    answers = [parse_answer(prediction, labels) for prediction in predictions]
+    answers, scored_references, labels = score_answers(predictions, references, eval_cfg)
+    mode = eval_cfg.normalization
     records = [
         PredictionRecord(
             id=str(row.get("id", index)),
@@ -198,13 +249,13 @@ def evaluate_task(model, tokenizer, rows: list[dict], eval_cfg: EvaluationConfig
             reference=reference,
             prediction=prediction,
             answer=answer,
-            correct=answer == normalize_answer(reference),
+            correct=answer == normalize_answer(scored, first_line=labels is not None, mode=mode),
         )
-        for index, (row, reference, prediction, answer) in enumerate(
-            zip(selected, references, predictions, answers, strict=True)
+        for index, (row, reference, prediction, answer, scored) in enumerate(
+            zip(selected, references, predictions, answers, scored_references, strict=True)
         )
     ]
-    metrics = compute_metrics(answers, references, list(eval_cfg.metrics))
+    metrics = compute_metrics(answers, scored_references, list(eval_cfg.metrics), mode, labels is not None)
     return TaskEvalResult(metrics=metrics, n_items=len(selected), predictions=records)
 
 

@@ -230,7 +230,9 @@ def test_generate_answers_on_4bit_peft_model(tiny_model_dir, tiny_tokenizer):
     [
         ("Positive.", "positive"),
         ("The sentiment of this movie review is negative. The reviewer", "negative"),
-        ("It is positive, not negative.", "it is positive, not negative"),  # names both labels: not parsed
+        ("It is positive, not negative.", "positive"),  # a negated mention does not count
+        ("It could be positive or negative.", "it could be positive or negative"),  # names both: not parsed
+        ("This review isn't negative.", "this review isn't negative"),  # only a negated mention: no label
         ("The sentiment of this", "the sentiment of this"),
         ("nonnegative", "nonnegative"),  # whole words only
     ],
@@ -249,3 +251,46 @@ def test_free_text_references_are_not_a_label_set() -> None:
     references = ["The capital of France is Paris.", "Water boils at 100 degrees Celsius at sea level."]
     assert label_set(references) is None
     assert parse_answer("Paris is the capital.", None) == "paris is the capital"
+
+
+def _score(predictions: list[str], references: list[str], **settings) -> tuple[list[str], list[bool]]:
+    from tasks.lib.config import EvaluationConfig
+    from tasks.lib.task_eval import normalize_answer, score_answers
+
+    config = EvaluationConfig(**settings)
+    answers, scored, labels = score_answers(predictions, references, config)
+    correct = [
+        answer == normalize_answer(reference, labels is not None, config.normalization)
+        for answer, reference in zip(answers, scored, strict=True)
+    ]
+    return answers, correct
+
+
+def test_free_text_is_scored_on_the_whole_answer() -> None:
+    reference = "Step one: mix.\nStep two: bake."
+    _, correct = _score([reference, "Step one: mix."], [reference, reference], answer_match="exact")
+    assert correct == [True, False]  # a multi-line answer counts whole, not its first line
+
+
+def test_an_extraction_rule_scores_what_it_extracts() -> None:
+    pattern = r"####\s*(-?[\d,.]+)"
+    references = ["She has 3 + 4 = 7 apples.\n#### 7", "#### 1,200"]
+    predictions = ["3 + 4 = 7, so\n#### 7", "The answer is 1,200."]
+    answers, correct = _score(predictions, references, answer_match="exact", extract_pattern=pattern)
+    assert answers == ["7", ""] and correct == [True, False]  # no `####`: nothing extracted, wrong
+
+
+def test_sql_normalisation_ignores_case_spacing_and_a_trailing_semicolon() -> None:
+    reference = "SELECT name FROM users WHERE age > 30;"
+    predictions = ["select name\n  from users where age > 30", "SELECT name FROM users WHERE age > 31"]
+    _, correct = _score(predictions, [reference] * 2, answer_match="exact", normalization="sql")
+    assert correct == [True, False]
+
+
+def test_of_overlapping_labels_the_longest_wins_and_labels_can_be_stated() -> None:
+    labels = ["positive", "very positive", "negative"]
+    predictions = ["It is very positive.", "positive overall", "not very positive, rather negative"]
+    answers, correct = _score(predictions, ["very positive", "positive", "negative"], labels=labels)
+    assert answers == ["very positive", "positive", "negative"] and correct == [True, True, True]
+    with pytest.raises(ValueError, match="regular expression"):
+        _score(["x"], ["x"], extract_pattern="(unclosed")
