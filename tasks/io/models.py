@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from tasks.lib.config import ModelConfig, QuantizationConfig
+from tasks.lib.config import ConfigError, ModelConfig, QuantizationConfig
 from tasks.lib.hashing import digest_files
 from tasks.lib.modeling import bnb_config, pin_cpu_4bit_kernel, resolve_compute_dtype
 from tasks.lib.publish import publish_dir
@@ -87,6 +87,16 @@ def resolve_model_path(model: ModelConfig) -> str:
     return str(cached)
 
 
+# For base models that ship no chat template: ChatML, the format most instruct fine-tunes use.
+NAMED_CHAT_TEMPLATES = {
+    "chatml": (
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+        "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+        "{% endif %}"
+    )
+}
+
+
 def load_tokenizer(model: ModelConfig) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(
         resolve_model_path(model),
@@ -95,7 +105,13 @@ def load_tokenizer(model: ModelConfig) -> PreTrainedTokenizerBase:
         token=_hub_token(),
     )
     if model.chat_template:
-        tokenizer.chat_template = model.chat_template
+        tokenizer.chat_template = NAMED_CHAT_TEMPLATES.get(model.chat_template, model.chat_template)
+    if not tokenizer.chat_template:
+        raise ConfigError(
+            f"model.chat_template: {model.name_or_path} has no chat template (a base model?). Set "
+            "model.chat_template: chatml (the documented default: <|im_start|>role ... <|im_end|> turns) or a Jinja "
+            "template of your own; prompts and answers are rendered with it and prompt tokens masked"
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

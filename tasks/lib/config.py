@@ -37,7 +37,11 @@ class ModelConfig(_Section):
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     trust_remote_code: bool = Field(False, description="Run model code from the hub. Off unless you trust it.")
-    chat_template: str | None = Field(None, description="Jinja chat template overriding the tokenizer's.")
+    chat_template: str | None = Field(
+        None,
+        description="null: the tokenizer's own; 'chatml': the documented default for base models without one; "
+        "or a Jinja chat template overriding the tokenizer's.",
+    )
 
 
 class QuantizationConfig(_Section):

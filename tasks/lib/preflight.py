@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import json
 from pathlib import Path
@@ -17,14 +18,14 @@ def check_inputs(config: RunConfig, benchmarks: bool = True) -> None:
         problems.append("train.attention: flash_attention_2 needs the flash-attn package (and a CUDA GPU)")
     for key in ("path", "validation_path", "test_path"):
         value = getattr(config.data, key)
-        if value and not Path(value).exists() and not is_hub_id(value):
-            problems.append(f"data.{key}: {value} does not exist (and is not a hub id)")
+        if value and not Path(value).exists() and not _plausible_hub_id(value):
+            problems.append(f"data.{key}: {_missing(value)}")
     model_path = Path(config.model.name_or_path)
     if config.model.gguf_file:
         if not (model_path / config.model.gguf_file).is_file():
             problems.append(f"model.gguf_file: {model_path / config.model.gguf_file} does not exist")
-    elif not model_path.exists() and not is_hub_id(config.model.name_or_path):
-        problems.append(f"model.name_or_path: {model_path} does not exist (and is not a hub id)")
+    elif not model_path.exists() and not _plausible_hub_id(config.model.name_or_path):
+        problems.append(f"model.name_or_path: {_missing(config.model.name_or_path)}")
     elif model_path.exists() and not (model_path / "config.json").is_file():
         problems.append(f"model.name_or_path: {model_path} has no config.json")
     elif model_path.is_dir() and "lm_head" in config.lora.target_modules and _ties_embeddings(model_path):
@@ -47,3 +48,18 @@ def _ties_embeddings(model_dir: Path) -> bool:
         return bool(json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("tie_word_embeddings"))
     except (OSError, ValueError):
         return False
+
+
+def _plausible_hub_id(value: str) -> bool:
+    """A hub id, unless its `org/` part is a local folder: `models/smollm2-135m-instruc` is a typo'd local path
+    (it would otherwise fail much later, offline, with a hub traceback)."""
+    return is_hub_id(value) and not Path(value).parent.is_dir()
+
+
+def _missing(value: str) -> str:
+    """`value does not exist`, with the closest existing names beside it when there are any."""
+    path = Path(value)
+    siblings = [child.name for child in path.parent.iterdir()] if path.parent.is_dir() else []
+    close = difflib.get_close_matches(path.name, siblings, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(str(path.parent / name) for name in close)}?" if close else ""
+    return f"{value} does not exist (and is not a hub id){hint}"

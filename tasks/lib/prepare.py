@@ -575,11 +575,14 @@ def prepare_dataset(
         stats["rows"][split] = len(lines)
         for key in ("tokens", "answer_tokens", "max_tokens"):
             stats[key].setdefault(split, 0)
-    if stats["rows"]["train"] == 0:
-        raise DataError(
-            f"{data.path}: no training rows left after splitting and dropping overlong rows "
-            f"(dropped {stats['dropped_overlong']} over data.max_length={data.max_length})"
-        )
+    for split in SPLITS:  # every split must carry the run: refused now, not after training
+        if stats["rows"][split] == 0:
+            source = getattr(data, f"{split}_path", None) or data.path
+            raise DataError(
+                f"{source}: no {split} rows left after deduplication ({duplicates} duplicates removed), splitting "
+                f"and dropping overlong rows ({stats['dropped_overlong']} over data.max_length={data.max_length}); "
+                f"{'add rows or raise data.split.' + split if split != 'train' else 'add rows'}"
+            )
     distinct = set().union(*answers.values())
     stats["label_balance"] = (
         {split: dict(sorted(counts.items())) for split, counts in answers.items()}

@@ -144,3 +144,11 @@ def test_validate_reads_the_data_and_names_a_missing_column(capsys):
 def test_header_less_table_needs_column_names():
     with pytest.raises(ConfigError, match="data.table: Value error, header is false"):
         load_config("configs/demo.yaml", ["data.table.header=false"])
+
+
+def test_a_typo_in_a_local_model_path_is_not_taken_for_a_hub_id(tmp_path: Path) -> None:
+    (tmp_path / "models" / "smollm2-135m-instruct").mkdir(parents=True)
+    typo = str(tmp_path / "models" / "smollm2-135m-instruc")
+    config = config_from_dict(minimal(model={"name_or_path": typo}, forgetting={"enabled": False}))
+    with pytest.raises(ConfigError, match="did you mean .*smollm2-135m-instruct\\?"):
+        check_inputs(config, benchmarks=False)

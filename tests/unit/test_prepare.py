@@ -513,3 +513,29 @@ def test_replay_rows_go_into_training_only(tmp_path, tiny_tokenizer):
     for split in ("validation", "test"):  # held-out splits are exactly those without replay
         assert _ids(out, split) == _ids(plain_out, split)
     assert not any(row_id.startswith("replay-") for row_id in _ids(out, "validation") + _ids(out, "test"))
+
+
+def test_a_base_model_without_a_chat_template_gets_a_clear_choice(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from tasks.io.models import load_tokenizer
+    from tasks.lib.config import ConfigError, ModelConfig
+
+    base = tmp_path / "base-model"
+    shutil.copytree(tiny_model_dir, base)
+    (base / "chat_template.jinja").unlink()
+    with pytest.raises(ConfigError, match="model.chat_template: .* has no chat template"):
+        load_tokenizer(ModelConfig(name_or_path=str(base)))
+    tokenizer = load_tokenizer(ModelConfig(name_or_path=str(base), chat_template="chatml"))
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert rendered == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n"
+
+
+def test_a_split_left_empty_is_refused_before_training(tmp_path: Path, tiny_tokenizer) -> None:
+    rows = [{"prompt": "Same question?", "completion": "Same answer."}] * 30  # all duplicates: one row survives
+    path = tmp_path / "dupes.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    with pytest.raises(DataError, match=r"no (validation|test) rows left .*29 duplicates removed"):
+        _prepare(_config(path, format="prompt_completion"), tiny_tokenizer, tmp_path)
+    assert not (tmp_path / "out").exists()
