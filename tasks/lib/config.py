@@ -220,7 +220,12 @@ class EvaluationConfig(_Section):
     )
     primary_metric: str = Field("accuracy", description="The score that decides promotion.")
     max_items: int | None = Field(200, gt=0, description="Test items evaluated (same for base and tuned).")
-    max_new_tokens: int = Field(8, gt=0)
+    max_new_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="Generation budget per answer; null: derived from the test references (95th percentile of "
+        "their token lengths, plus a margin), so a long free-text answer is never cut.",
+    )
     batch_size: int = Field(16, gt=0)
     answer_match: Literal["label", "exact"] = Field(
         "label",

@@ -213,6 +213,13 @@ def _prompt_text(row: dict) -> str:
     return str(row["messages"][-2]["content"])
 
 
+def derived_max_new_tokens(tokenizer, references: list[str], margin: int = 8) -> int:
+    """The 95th percentile of the references' token lengths plus a margin (room for a chatty preamble and the
+    end-of-turn token)."""
+    lengths = sorted(len(tokenizer(reference, add_special_tokens=False)["input_ids"]) for reference in references)
+    return lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))] + margin
+
+
 def score_answers(
     predictions: list[str], references: list[str], eval_cfg: EvaluationConfig
 ) -> tuple[list[str], list[str], list[str] | None]:
@@ -238,8 +245,9 @@ def evaluate_task(model, tokenizer, rows: list[dict], eval_cfg: EvaluationConfig
     if not selected:
         raise ValueError("no rows to evaluate")
     _check_rows(selected)
-    predictions = generate_answers(model, tokenizer, selected, eval_cfg.max_new_tokens, eval_cfg.batch_size)
     references = [str(row["messages"][-1]["content"]) for row in selected]
+    budget = eval_cfg.max_new_tokens or derived_max_new_tokens(tokenizer, references)
+    predictions = generate_answers(model, tokenizer, selected, budget, eval_cfg.batch_size)
     answers, scored_references, labels = score_answers(predictions, references, eval_cfg)
     mode = eval_cfg.normalization
     records = [

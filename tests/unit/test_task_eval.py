@@ -294,3 +294,12 @@ def test_of_overlapping_labels_the_longest_wins_and_labels_can_be_stated() -> No
     assert answers == ["very positive", "positive", "negative"] and correct == [True, True, True]
     with pytest.raises(ValueError, match="regular expression"):
         _score(["x"], ["x"], extract_pattern="(unclosed")
+
+
+def test_the_generation_budget_is_derived_from_the_references(tiny_tokenizer) -> None:
+    from tasks.lib.task_eval import derived_max_new_tokens
+
+    short = ["positive", "negative"] * 10
+    long = [" ".join(["word"] * 60)] * 20
+    assert derived_max_new_tokens(tiny_tokenizer, short) < 12
+    assert derived_max_new_tokens(tiny_tokenizer, long) >= 60 + 8  # a long answer is never cut
