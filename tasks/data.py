@@ -72,7 +72,10 @@ def clean_prepared(config: RunConfig, keep_current: bool = True) -> list[Path]:
 @task(name="prepare-data", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_only_transient)
 def prepare_data(config: RunConfig) -> DataRef:
     ref = run_prepare(config)
-    get_run_logger().info(
+    logger = get_run_logger()
+    logger.info(
         "data %s: %s (raw version %s)", "reused" if ref.reused else "prepared", ref.processed_dir, ref.raw_version
     )
+    for warning in ref.stats.get("warnings", []):
+        logger.warning("data: %s", warning)
     return ref

@@ -498,6 +498,39 @@ def _decontaminate(parts: dict[str, list[SourceRow]]) -> dict[str, int]:
     }
 
 
+TEMPLATE_MARKERS = ("<|im_start|>", "<|im_end|>", "[INST]", "[/INST]", "<|eot_id|>", "<|start_header_id|>", "</s>")
+INSTRUCTION_WRAPPERS = ("### Instruction:", "### Response:", "Below is an instruction that describes a task")
+SHARED_EDGE_FRACTION = 0.8
+
+
+def artefact_warnings(rows: list[SourceRow], tokenizer, free_text: bool) -> list[str]:
+    """Artefacts that silently poison training: a marker most free-text answers end (or start) with, chat-template
+    tokens inside the text, prompts already wrapped in an instruction template."""
+    warnings = []
+    answers = [row.messages[-1]["content"] for row in rows]
+    texts = [message["content"] for row in rows for message in row.messages]
+    if free_text and answers:
+        for edge, pick in (("end", -1), ("start", 0)):
+            words = Counter(answer.split()[pick] for answer in answers if answer.split())
+            word, count = words.most_common(1)[0] if words else ("", 0)
+            if len(word) >= 3 and count >= SHARED_EDGE_FRACTION * len(answers):
+                warnings.append(
+                    f"{count} of {len(answers)} training answers {edge} with {word!r}: a leftover marker? The model "
+                    "will learn to write it"
+                )
+    markers = set(TEMPLATE_MARKERS) | {token for token in tokenizer.all_special_tokens if len(token) > 3}
+    inside = Counter(marker for text in texts for marker in markers if marker in text)
+    for marker, count in sorted(inside.items()):
+        warnings.append(f"{count} training texts contain the template token {marker!r}: already rendered once?")
+    wrapped = sum(any(wrapper in row.messages[-2]["content"] for wrapper in INSTRUCTION_WRAPPERS) for row in rows)
+    if wrapped:
+        warnings.append(
+            f"{wrapped} training prompts already contain an instruction template (e.g. '### Instruction:'); the chat "
+            "template wraps them again"
+        )
+    return warnings
+
+
 def prepare_dataset(
     config: RunConfig, tokenizer, out_dir: Path, stats_path: Path | None = None, replace: bool = True
 ) -> dict[str, Any]:
@@ -584,6 +617,7 @@ def prepare_dataset(
                 f"{'add rows or raise data.split.' + split if split != 'train' else 'add rows'}"
             )
     distinct = set().union(*answers.values())
+    stats["warnings"] = artefact_warnings(parts["train"], tokenizer, free_text=len(distinct) > MAX_LABEL_CLASSES)
     stats["label_balance"] = (
         {split: dict(sorted(counts.items())) for split, counts in answers.items()}
         if len(distinct) <= MAX_LABEL_CLASSES

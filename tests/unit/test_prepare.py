@@ -539,3 +539,34 @@ def test_a_split_left_empty_is_refused_before_training(tmp_path: Path, tiny_toke
     with pytest.raises(DataError, match=r"no (validation|test) rows left .*29 duplicates removed"):
         _prepare(_config(path, format="prompt_completion"), tiny_tokenizer, tmp_path)
     assert not (tmp_path / "out").exists()
+
+
+def test_data_artefacts_are_reported(tmp_path: Path, tiny_tokenizer) -> None:
+    rows = [
+        {
+            "prompt": f"### Instruction:\nWrite sentence number {i}.\n\n### Response:",
+            "completion": f"This is sentence {i} of a long story. ###eos_token###",
+        }
+        for i in range(40)
+    ]
+    rows[0]["completion"] = "A reply with a stray <|im_end|> inside."
+    path = tmp_path / "artefacts.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    stats, _ = _prepare(_config(path, format="prompt_completion", max_length=128), tiny_tokenizer, tmp_path)
+    warnings = "\n".join(stats["warnings"])
+    assert "end with '###eos_token###'" in warnings
+    assert "'<|im_end|>'" in warnings
+    assert "already contain an instruction template" in warnings
+
+    clean, _ = _prepare(
+        _config(
+            _sst2_file(tmp_path / "sst2.tsv"),
+            format="template",
+            prompt_template="{sentence}",
+            completion_template="{label}",
+        ),
+        tiny_tokenizer,
+        tmp_path,
+        "clean",
+    )
+    assert clean["warnings"] == []
