@@ -13,7 +13,6 @@ from tasks.io.models import load_tokenizer
 from tasks.io.versioning import raw_data_version
 from tasks.lib.config import RunConfig
 from tasks.lib.prepare import input_fingerprint, is_up_to_date, prepare_dataset
-from tasks.lib.publish import stale_temporaries
 from tasks.lib.refs import DataRef
 
 
@@ -62,8 +61,9 @@ def clean_prepared(config: RunConfig, keep_current: bool = True) -> list[Path]:
     and any half-written folder a killed preparation left. Returns what was removed."""
     root = processed_root(config)
     keep = input_fingerprint(config, load_tokenizer(config.model)) if keep_current else None
-    removed = [folder for folder in sorted(root.glob("*")) if folder.is_dir() and folder.name != keep]
-    removed += stale_temporaries(root)  # hidden: not matched by glob("*")
+    # Hidden `.<fingerprint>.tmp-*` folders (a killed preparation's) are children too, so they go as well.
+    children = sorted(root.iterdir()) if root.is_dir() else []
+    removed = [folder for folder in children if folder.is_dir() and folder.name != keep]
     for folder in removed:
         shutil.rmtree(folder, ignore_errors=True)
     return removed

@@ -54,11 +54,3 @@ def publish_dir(out_dir: Path, fill: Callable[[Path], object], replace: bool = T
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
-
-
-def stale_temporaries(root: Path) -> list[Path]:
-    """Hidden folders a killed publisher left under root (what `qlora clean` removes)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.rglob(".*.tmp-*") if p.is_dir())

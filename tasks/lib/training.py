@@ -395,8 +395,8 @@ def train_adapter(
 
 
 def _restore_checkpoint_adapter(model, checkpoint_dir: Path, step: int | None) -> None:
-    """Load the adapter weights of checkpoint-<step> (the last evaluation below the forgetting bound) if kept;
-    step 0 means the untrained adapter is the last one below it."""
+    """Load the adapter weights of checkpoint-<step> (the last evaluation below the forgetting bound). Nothing is
+    restored when that checkpoint was not kept (save_total_limit) or the step is 0 (no checkpoint exists)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 

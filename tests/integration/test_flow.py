@@ -331,6 +331,8 @@ def test_concurrent_runs_with_different_data_settings_each_evaluate_on_their_own
         assert run.evaluation.n_items == len(rows)
     assert runs[0].evaluation.n_items > runs[1].evaluation.n_items
 
+    killed_preparation = tmp_path / "processed" / "tiny" / ".0123abcd.tmp-x1y2"  # what a kill mid-publish leaves
+    killed_preparation.mkdir()
     assert qlora(["clean-data", str(config_path), "--set", "data.max_rows=200"]) == 0
     assert list((tmp_path / "processed" / "tiny").iterdir()) == [folders[0]]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.lib.publish import publish_dir, stale_temporaries
+from tasks.lib.publish import publish_dir
 
 
 def _write(name: str, text: str):
@@ -46,9 +46,3 @@ def test_a_kill_between_the_two_renames_is_recovered(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         publish_dir(tmp_path / "out", lambda folder: (_ for _ in ()).throw(RuntimeError("fail")))
     assert (tmp_path / "out" / "a.txt").read_text() == "previous"
-
-
-def test_stale_temporaries_are_found_for_cleaning(tmp_path: Path) -> None:
-    (tmp_path / "demo" / ".abc.tmp-123").mkdir(parents=True)
-    (tmp_path / "demo" / "abc").mkdir()
-    assert stale_temporaries(tmp_path) == [tmp_path / "demo" / ".abc.tmp-123"]
