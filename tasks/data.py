@@ -28,11 +28,14 @@ def stats_path(config: RunConfig) -> Path:
 
 def data_version(config: RunConfig) -> str:
     """The raw data version of every source; a held-out file inside the same DVC folder adds nothing."""
-    versions = [raw_data_version(config.data.path)]
-    replay = config.data.replay.path if config.data.replay else None
-    for path in (config.data.validation_path, config.data.test_path, replay):
-        if path and raw_data_version(path) not in versions:
-            versions.append(raw_data_version(path))
+    data, replay = config.data, config.data.replay
+    sources = [(data.validation_path, data.hub_revision), (data.test_path, data.hub_revision)]
+    if replay:
+        sources.append((replay.path, replay.hub_revision))
+    versions = [raw_data_version(data.path, data.hub_revision)]
+    for path, revision in sources:
+        if path and raw_data_version(path, revision) not in versions:
+            versions.append(raw_data_version(path, revision))
     return "+".join(versions)
 
 

@@ -4,24 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from peft import PeftModel
 from prefect import get_run_logger, task
 
 from tasks.common import once, retry_only_transient, step_run
-from tasks.io.models import load_base_model, load_tokenizer
+from tasks.io.models import load_adapter_model, load_tokenizer
 from tasks.lib.config import RunConfig
 from tasks.lib.promotion import items_fingerprint
 from tasks.lib.refs import DataRef, RunContext, TaskEvalRef, TrainRef
 from tasks.lib.task_eval import compare, evaluate_task, load_split, task_markdown, write_predictions
-
-
-def load_adapter_model(config: RunConfig, adapter_dir: str) -> PeftModel:
-    """The 4-bit base with the trained adapter; `with model.disable_adapter():` gives the base back."""
-    model = PeftModel.from_pretrained(
-        load_base_model(config.model, config.quantization, for_training=False), adapter_dir
-    )
-    model.eval()
-    return model
 
 
 def evaluated_items_fingerprint(rows: list[dict], config: RunConfig) -> str:

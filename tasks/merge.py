@@ -8,8 +8,7 @@ from prefect import get_run_logger, task
 from transformers import AutoModelForCausalLM
 
 from tasks.common import once, retry_only_transient, step_run
-from tasks.evaluate import load_adapter_model
-from tasks.io.models import load_base_model, load_tokenizer
+from tasks.io.models import load_adapter_model, load_base_model, load_tokenizer
 from tasks.lib.config import RunConfig
 from tasks.lib.merge import check_merge, merge_adapter, merge_check
 from tasks.lib.refs import DataRef, MergeRef, RunContext, TrainRef

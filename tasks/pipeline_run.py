@@ -15,7 +15,9 @@ from mlflow.entities import Metric
 from tasks.io.tracking import MlflowTracker, configure_mlflow, flatten, log_dataset_inputs
 from tasks.io.versioning import provenance
 from tasks.lib.config import ConfigError, RunConfig
+from tasks.lib.prepare import split_lengths
 from tasks.lib.refs import DataRef, PipelineResult, RunContext
+from tasks.lib.report import data_length_histogram
 
 
 def new_run_id() -> str:
@@ -65,6 +67,11 @@ def start_pipeline_run(config: RunConfig, run_id: str | None, data: DataRef) -> 
     rejects = Path(data.processed_dir) / "rejects.jsonl"
     if rejects.is_file():
         tracker.log_artifact(rejects, "data")
+    tracker.log_artifact(Path(data.processed_dir) / "stats.json", "data")
+    histogram = data_length_histogram(
+        split_lengths(Path(data.processed_dir)), config.data.max_length, run_dir / "data_lengths.png"
+    )
+    tracker.log_artifact(histogram, "data")
     return RunContext(run_id=run_id, run_dir=str(run_dir), experiment_id=experiment_id, parent_run_id=parent_run_id)
 
 

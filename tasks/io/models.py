@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from tasks.lib.config import ConfigError, ModelConfig, QuantizationConfig
+from tasks.lib.config import ConfigError, ModelConfig, QuantizationConfig, RunConfig
 from tasks.lib.hashing import digest_files
 from tasks.lib.modeling import bnb_config, pin_cpu_4bit_kernel, resolve_compute_dtype
 from tasks.lib.publish import publish_dir
@@ -151,6 +151,17 @@ def load_base_model(
     return loaded
 
 
+def load_adapter_model(config: RunConfig, adapter_dir: str):
+    """The 4-bit base with the trained adapter, in eval mode; `with model.disable_adapter():` gives the base back."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(
+        load_base_model(config.model, config.quantization, for_training=False), adapter_dir
+    )
+    model.eval()
+    return model
+
+
 def model_version(model: ModelConfig) -> str:
     """Identifies the base weights: the hub revision, or a streamed hash of the local weight files' content."""
     path = Path(resolve_model_path(model))
@@ -184,8 +195,6 @@ def load_chat_model(target: str):
         if (path / "merged" / "config.json").is_file():
             return load_chat_model(str(path / "merged"))
         config = read_run_config(path)
-        from tasks.evaluate import load_adapter_model
-
         return load_adapter_model(config, str(path / "adapter")), load_tokenizer(config.model)
     if (path / "config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(path)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from tasks.lib.data_formats import is_hub_id, resolved_hub_revision
 from tasks.lib.hashing import file_md5
 
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "lm-eval", "prefect", "mlflow", "dvc")
@@ -25,11 +26,12 @@ def _dvc_pointer_md5(path: Path) -> str | None:
     return None
 
 
-def raw_data_version(data_path: str) -> str:
-    """DVC md5 when the data is DVC-tracked; else the file's own md5; a hub id stands for itself."""
+def raw_data_version(data_path: str, hub_revision: str | None = None) -> str:
+    """DVC md5 when the data is DVC-tracked; else the file's (or folder's) own md5; for a hub data set, the
+    commit its revision resolves to."""
     path = Path(data_path)
-    if not path.exists():
-        return f"hub:{data_path}"
+    if not path.exists() and is_hub_id(data_path):
+        return f"hub:{data_path}@{resolved_hub_revision(data_path, hub_revision)}"
     return _dvc_pointer_md5(path.resolve()) or _dvc_pointer_md5(path) or file_md5(path)
 
 

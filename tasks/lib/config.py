@@ -104,12 +104,24 @@ class ReplayConfig(_Section):
     path: str = Field(description="General instruction data mixed into training only (file or hub id).")
     format: Literal["auto", "alpaca", "chat", "prompt_completion"] = "auto"
     hub_split: str = "train"
+    hub_config: str | None = Field(None, description="Hub configuration name, when `path` is a hub id.")
+    hub_revision: str | None = Field(None, description="Hub branch, tag or commit; null: the default branch.")
     fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Share of the training rows that are replay rows.")
 
 
 class DataConfig(_Section):
     path: str = Field(description="Local JSONL/JSON/CSV/TSV/Parquet file, or a hub data set id.")
-    hub_split: str = Field("train", description="Split to read when `path` is a hub id.")
+    hub_split: str = Field("train", description="Split to read when `path` is a hub id or data set folder.")
+    hub_config: str | None = Field(
+        None,
+        description="Configuration name of a hub data set (e.g. sst2 for nyu-mll/glue); applies to every hub "
+        "source of this section.",
+    )
+    hub_revision: str | None = Field(
+        None,
+        description="Hub branch, tag or commit; null: the default branch. The data version is the commit it "
+        "resolves to (a 40-character commit also works offline).",
+    )
     table: TableConfig = Field(default_factory=TableConfig, description="How CSV/TSV files are read.")
     validation_path: str | None = Field(
         None, description="Separate validation source (file or hub id, same format); replaces split.validation."
@@ -235,6 +247,12 @@ class EvaluationConfig(_Section):
     )
     labels: list[str] | None = Field(
         None, description="The label set, stated; null: the distinct test references when they look like labels."
+    )
+    mode: Literal["generate", "choices", "both"] = Field(
+        "generate",
+        description="generate: greedy answers, scored by the label they name; choices: each label scored as the "
+        "answer by its log-likelihood, the most likely wins (lm-eval's multiple-choice rule, fair to a chatty "
+        "base; classification only); both: generate decides, choices_* metrics reported beside it.",
     )
     normalization: Literal["text", "none", "sql"] = Field(
         "text",

@@ -1,4 +1,5 @@
-"""Reading raw data sets into rows: JSONL, JSON, CSV, TSV, Parquet files, or a hub data set id.
+"""Reading raw data sets into rows: JSONL, JSON, CSV, TSV, Parquet files, a hub data set id, or a local data set
+folder in the hub's layout (read by the same `datasets.load_dataset` call as a hub id).
 
 Every problem a user can cause is a `DataError` naming the file and the 1-based line (or item / row),
 and a file's row errors are collected and raised together.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ OTHER_FILE_EXTENSIONS = (".txt", ".gguf", ".safetensors")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MAX_REPORTED_ERRORS = 20
 _QUOTING = {"minimal": csv.QUOTE_MINIMAL, "none": csv.QUOTE_NONE}
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,14 @@ class TableOptions:
     columns: tuple[str, ...] | None = None  # column names: needed without a header, else they replace it
     delimiter: str | None = None  # default: "," for .csv, tab for .tsv
     quoting: str = "auto"  # minimal (pandas, spreadsheets) | none (GLUE-style TSV) | auto: csv minimal, tsv none
+
+
+@dataclass(frozen=True)
+class HubOptions:
+    """Which version of a hub data set to read (`data.hub_config`, `data.hub_revision`)."""
+
+    name: str | None = None  # the configuration, e.g. "sst2" of nyu-mll/glue
+    revision: str | None = None  # branch, tag or commit; None: the default branch
 
 
 class DataError(UserError, ValueError):
@@ -57,12 +68,17 @@ def is_hub_id(path: str) -> bool:
     )
 
 
+def is_dataset_source(path: str) -> bool:
+    """Read through `datasets.load_dataset`: a hub id, or a local folder laid out like a hub data set."""
+    return is_hub_id(path) or Path(path).is_dir()
+
+
 def load_located_rows(
-    path: str, hub_split: str = "train", table: TableOptions | None = None
+    path: str, hub_split: str = "train", table: TableOptions | None = None, hub: HubOptions | None = None
 ) -> list[tuple[int, dict[str, Any]]]:
     """Rows with their 1-based position: the line for JSONL/CSV/TSV, the item / row index otherwise."""
-    if is_hub_id(path):
-        rows = list(enumerate(_load_hub(path, hub_split), start=1))
+    if is_dataset_source(path):
+        rows = list(enumerate(_load_hub(path, hub_split, hub or HubOptions()), start=1))
     else:
         file = Path(path)
         if not file.is_file():
@@ -83,14 +99,16 @@ def load_located_rows(
     return rows
 
 
-def load_rows(path: str, hub_split: str = "train", table: TableOptions | None = None) -> list[dict[str, Any]]:
+def load_rows(
+    path: str, hub_split: str = "train", table: TableOptions | None = None, hub: HubOptions | None = None
+) -> list[dict[str, Any]]:
     """The rows of a local file or hub data set, as dicts."""
-    return [row for _, row in load_located_rows(path, hub_split, table)]
+    return [row for _, row in load_located_rows(path, hub_split, table, hub)]
 
 
 def location_word(path: str) -> str:
     """How positions of this source are called in messages: line, item or row."""
-    if is_hub_id(path):
+    if is_dataset_source(path):
         return "row"
     return {".jsonl": "line", ".csv": "line", ".tsv": "line", ".json": "item"}.get(Path(path).suffix.lower(), "row")
 
@@ -188,15 +206,33 @@ def _read_parquet(file: Path) -> list[tuple[int, dict[str, Any]]]:
     return list(enumerate(table.to_pylist(), start=1))
 
 
-def _load_hub(dataset_id: str, split: str) -> list[dict[str, Any]]:
+def _load_hub(dataset_id: str, split: str, hub: HubOptions) -> list[dict[str, Any]]:
     import datasets
 
     try:
-        dataset = datasets.load_dataset(dataset_id, split=split)
-    except Exception as error:  # offline, not found, gated, bad split: all surface the same way
+        dataset = datasets.load_dataset(dataset_id, hub.name, split=split, revision=hub.revision)
+    except Exception as error:  # offline, not found, gated, bad config or split: all surface the same way
         raise DataError(
-            f"could not load hub data set {dataset_id!r} (split {split!r}): {type(error).__name__}: {error}. "
-            "Check the id and split, network access (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and HF_TOKEN, "
-            "or point data.path at a local file."
+            f"could not load data set {dataset_id!r} (config {hub.name!r}, split {split!r}, revision "
+            f"{hub.revision or 'default'}): {type(error).__name__}: {error}. Check data.hub_config, the split and "
+            "data.hub_revision, network access (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and HF_TOKEN, or point "
+            "data.path at a local file."
         ) from None
     return dataset.to_list()
+
+
+def resolved_hub_revision(dataset_id: str, revision: str | None) -> str:
+    """The commit a hub data set's revision points at now: its data version. A pinned commit is its own
+    answer (offline too); a branch or tag is resolved on the hub, so a changed upstream set is a new version."""
+    if revision and _COMMIT.match(revision):
+        return revision
+    try:
+        from huggingface_hub import HfApi
+
+        # The token is read here and passed on only: never logged or stored.
+        return HfApi(token=os.environ.get("HF_TOKEN")).dataset_info(dataset_id, revision=revision).sha
+    except Exception as error:  # offline, not found, gated
+        raise DataError(
+            f"could not resolve which commit of hub data set {dataset_id!r} revision {revision or 'main'} is "
+            f"({type(error).__name__}); set data.hub_revision to a 40-character commit to run offline"
+        ) from None

@@ -26,16 +26,20 @@ from typing import Any, NamedTuple
 from tasks.lib.config import DataConfig, RunConfig
 from tasks.lib.data_formats import (
     DataError,
+    HubOptions,
     TableOptions,
+    is_dataset_source,
     is_hub_id,
     load_located_rows,
     location_word,
     raise_collected,
+    read_jsonl,
+    resolved_hub_revision,
 )
 from tasks.lib.hashing import file_md5
 from tasks.lib.publish import publish_dir
 
-PREP_VERSION = 2  # bump when the output of this module changes for the same inputs
+PREP_VERSION = 3  # bump when the output of this module changes for the same inputs
 SPLITS = ("train", "validation", "test")
 IGNORE_INDEX = -100
 MAX_LABEL_CLASSES = 20
@@ -268,11 +272,14 @@ def input_fingerprint(config: RunConfig, tokenizer) -> str:
     """Everything the prepared files depend on; equal fingerprints mean identical outputs."""
     data = config.data
 
-    def source(path: str | None, hub_split: str) -> str | None:
+    def source(path: str | None, hub_split: str, section: DataConfig = data) -> str | None:
         if path is None:
             return None
+        settings = f"{section.hub_config}:{hub_split}"
         if is_hub_id(path):
-            return f"hub:{path}:{hub_split}"
+            return f"hub:{path}:{settings}@{resolved_hub_revision(path, section.hub_revision)}"
+        if Path(path).is_dir():
+            return f"folder:{file_md5(Path(path))}:{settings}"
         return file_md5(Path(path)) if Path(path).is_file() else f"missing:{path}"
 
     payload = json.dumps(
@@ -281,7 +288,9 @@ def input_fingerprint(config: RunConfig, tokenizer) -> str:
             "source": source(data.path, data.hub_split),
             "validation_source": source(data.validation_path, data.validation_hub_split),
             "test_source": source(data.test_path, data.test_hub_split),
-            "replay_source": source(data.replay.path, data.replay.hub_split) if data.replay else None,
+            "replay_source": (
+                source(data.replay.path, data.replay.hub_split, replay_config(data)) if data.replay else None
+            ),
             "data": config.data.model_dump(mode="json"),
             "seed": config.seed,
             "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -369,6 +378,23 @@ def prompt_text(row: dict[str, Any], messages: list[dict[str, str]], fmt: str, d
     return normalise_text("\n".join(m["content"] for m in messages if m["role"] == "user"))
 
 
+def hub_options(data: DataConfig) -> HubOptions:
+    return HubOptions(name=data.hub_config, revision=data.hub_revision)
+
+
+def replay_config(data: DataConfig) -> DataConfig:
+    """The replay source as a data section of its own (its format and hub settings; the task's table options)."""
+    replay = data.replay
+    return DataConfig(
+        path=replay.path,
+        format=replay.format,
+        hub_split=replay.hub_split,
+        hub_config=replay.hub_config,
+        hub_revision=replay.hub_revision,
+        table=data.table,
+    )
+
+
 def table_options(data: DataConfig) -> TableOptions:
     table = data.table
     columns = tuple(table.columns) if table.columns else None
@@ -384,7 +410,7 @@ def _load_source(
 ) -> tuple[list[tuple[int, dict[str, Any]]], DataConfig]:
     """A source's located rows with columns renamed, and `data` with its format resolved (`fmt`, else
     detected from the first row); template sources are checked for the columns they name."""
-    located = load_located_rows(path, hub_split, table_options(data))
+    located = load_located_rows(path, hub_split, table_options(data), hub_options(data))
     if data.rename_columns:
         located = [(number, _renamed(row, data.rename_columns)) for number, row in located]
     if fmt is None:
@@ -406,7 +432,7 @@ def _normalise_source(
     """
     located, resolved = _load_source(path, hub_split, data, fmt)
     fmt, word = resolved.format, location_word(path)
-    stem = Path(path).stem if not is_hub_id(path) else f"{path.replace('/', '--')}-{hub_split}"
+    stem = Path(path).stem if not is_dataset_source(path) else f"{path.strip('/').replace('/', '--')}-{hub_split}"
     rows, errors, dropped = [], [], []
     for number, row in located:
         where = f"{path} {word} {number}"
@@ -457,8 +483,7 @@ def _add_replay(parts: dict[str, list[SourceRow]], data: DataConfig, seed: int) 
     """Append replay rows to the training split so they make up `data.replay.fraction` of it; held-out inputs
     are never replayed. Returns how many were added (fewer when the replay source is small)."""
     replay = data.replay
-    replay_data = DataConfig(path=replay.path, format=replay.format, hub_split=replay.hub_split, table=data.table)
-    rows, _ = _normalise_source(replay.path, replay.hub_split, replay_data)
+    rows, _ = _normalise_source(replay.path, replay.hub_split, replay_config(data))
     held_out = {row.prompt for name in ("validation", "test") for row in parts[name]}
     rows = [row for row in _deduplicate(rows) if row.prompt not in held_out]
     wanted = round(len(parts["train"]) * replay.fraction / (1.0 - replay.fraction))
@@ -531,6 +556,23 @@ def artefact_warnings(rows: list[SourceRow], tokenizer, free_text: bool) -> list
     return warnings
 
 
+def length_summary(lengths: list[int]) -> dict[str, int]:
+    """Token lengths of a split's rows (prompt + answer): min, median, 95th percentile, max."""
+    if not lengths:
+        return {"min": 0, "p50": 0, "p95": 0, "max": 0}
+    ordered = sorted(lengths)
+    at = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"min": ordered[0], "p50": at(0.5), "p95": at(0.95), "max": ordered[-1]}
+
+
+def split_lengths(processed_dir: Path) -> dict[str, list[int]]:
+    """Token length of every prepared row, per split (what the data report's histogram shows)."""
+    return {
+        split: [len(row["input_ids"]) for _, row in read_jsonl(Path(processed_dir) / f"{split}.jsonl")]
+        for split in SPLITS
+    }
+
+
 def prepare_dataset(
     config: RunConfig, tokenizer, out_dir: Path, stats_path: Path | None = None, replace: bool = True
 ) -> dict[str, Any]:
@@ -577,6 +619,7 @@ def prepare_dataset(
             "dropped_overlong": 0,
             "truncated": 0,
             "rows": {},
+            "length_tokens": {},
             "tokens": {},
             "answer_tokens": {},
             "max_tokens": {},
@@ -584,7 +627,7 @@ def prepare_dataset(
     )
     answers: dict[str, Counter] = {}
     for split in SPLITS:
-        lines, answers[split] = [], Counter()
+        lines, answers[split], lengths = [], Counter(), []
         for row_id, _, messages, _ in parts[split]:
             encoded = tokenize_conversation(messages, tokenizer, data.max_length, data.overlong)
             if encoded is None:
@@ -599,6 +642,7 @@ def prepare_dataset(
             }
             lines.append(json.dumps(row, ensure_ascii=False))
             answers[split][messages[-1]["content"]] += 1
+            lengths.append(len(encoded["input_ids"]))
             stats["tokens"][split] = stats["tokens"].get(split, 0) + len(encoded["input_ids"])
             stats["answer_tokens"][split] = stats["answer_tokens"].get(split, 0) + sum(
                 label != IGNORE_INDEX for label in encoded["labels"]
@@ -606,6 +650,7 @@ def prepare_dataset(
             stats["max_tokens"][split] = max(stats["max_tokens"].get(split, 0), len(encoded["input_ids"]))
         files[f"{split}.jsonl"] = "".join(line + "\n" for line in lines)
         stats["rows"][split] = len(lines)
+        stats["length_tokens"][split] = length_summary(lengths)
         for key in ("tokens", "answer_tokens", "max_tokens"):
             stats[key].setdefault(split, 0)
     for split in SPLITS:  # every split must carry the run: refused now, not after training
@@ -625,7 +670,7 @@ def prepare_dataset(
     )
     manifest = {
         "source": data.path,
-        "hub_split": data.hub_split if is_hub_id(data.path) else None,
+        "hub_split": data.hub_split if is_dataset_source(data.path) else None,
         "fingerprint": fingerprint,
         "prep_version": PREP_VERSION,
         "format": fmt,

@@ -139,3 +139,26 @@ def forgetting_delta_chart(result: GateResult, path: Path) -> Path:
     figure.savefig(path, format="png", dpi=110)
     plt.close(figure)
     return path
+
+
+def data_length_histogram(lengths: dict[str, list[int]], max_length: int, path: Path) -> Path:
+    """PNG: the token-length distribution of each prepared split, with the data.max_length limit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    figure, axis = plt.subplots(figsize=(7, 3.2))
+    bins = range(0, max_length + 9, max(1, (max_length + 8) // 40))
+    for split, values in lengths.items():
+        axis.hist(values, bins=bins, histtype="step", density=True, linewidth=1.5, label=f"{split} ({len(values)})")
+    axis.axvline(max_length, color="grey", linestyle="--", linewidth=0.8, label="data.max_length")
+    axis.set_xlabel("tokens per row (prompt + answer)")
+    axis.set_ylabel("share of rows")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", dpi=100)
+    plt.close(figure)
+    return path

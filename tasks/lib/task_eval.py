@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, Field
 
-from tasks.lib.config import EvaluationConfig
+from tasks.lib.config import ConfigError, EvaluationConfig
 from tasks.lib.data_formats import read_jsonl
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
@@ -176,6 +176,49 @@ def generate_answers(model, tokenizer, rows: list[dict], max_new_tokens: int, ba
     return answers
 
 
+def choose_labels(model, tokenizer, rows: list[dict], labels: list[str], batch_size: int) -> list[str]:
+    """lm-eval's multiple-choice rule for a chat model: each label is put in the assistant's turn after the rendered
+    prompt and scored by the summed log-probability of its tokens; the most likely label is the answer."""
+    _check_rows(rows)
+    prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in render_prompts(tokenizer, rows)]
+    label_ids = [tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
+    pairs = [(row, choice) for row in range(len(rows)) for choice in range(len(labels))]
+    scores = torch.full((len(rows), len(labels)), float("-inf"))
+    device = _model_device(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(pairs), batch_size):
+                batch = pairs[start : start + batch_size]
+                sequences = [prompts[row] + label_ids[choice] for row, choice in batch]
+                width = max(map(len, sequences))
+                input_ids = torch.tensor([seq + [pad] * (width - len(seq)) for seq in sequences], device=device)
+                mask = torch.tensor([[1] * len(seq) + [0] * (width - len(seq)) for seq in sequences], device=device)
+                log_probs = torch.log_softmax(model(input_ids=input_ids, attention_mask=mask).logits.float(), -1)
+                for k, (row, choice) in enumerate(batch):
+                    first, targets = len(prompts[row]), label_ids[choice]
+                    positions = torch.arange(first - 1, first - 1 + len(targets), device=device)
+                    picked = log_probs[k, positions, torch.tensor(targets, device=device)]
+                    scores[row, choice] = picked.sum().item()
+    finally:
+        model.train(was_training)
+    return [labels[int(index)] for index in scores.argmax(dim=1)]
+
+
+def _choice_labels(references: list[str], eval_cfg: EvaluationConfig) -> list[str]:
+    """The label texts as the model should write them: stated in the config, else the distinct references."""
+    if eval_cfg.labels:
+        return list(eval_cfg.labels)
+    if label_set(references) is None:
+        raise ConfigError(
+            f"evaluation.mode {eval_cfg.mode!r} scores labels, but the test answers are free text (more than "
+            f"{MAX_LABELS} distinct or longer than 3 words): use evaluation.mode=generate or state evaluation.labels"
+        )
+    return sorted(set(references))
+
+
 @cache
 def _metric_module(name: str):
     import evaluate  # heavy import, only when metrics are computed
@@ -240,14 +283,21 @@ def score_answers(
 
 
 def evaluate_task(model, tokenizer, rows: list[dict], eval_cfg: EvaluationConfig) -> TaskEvalResult:
-    """Answers and scores the first `eval_cfg.max_items` rows."""
+    """Answers and scores the first `eval_cfg.max_items` rows, the way `eval_cfg.mode` says."""
     selected = rows[: eval_cfg.max_items] if eval_cfg.max_items else list(rows)
     if not selected:
         raise ValueError("no rows to evaluate")
     _check_rows(selected)
     references = [str(row["messages"][-1]["content"]) for row in selected]
-    budget = eval_cfg.max_new_tokens or derived_max_new_tokens(tokenizer, references)
-    predictions = generate_answers(model, tokenizer, selected, budget, eval_cfg.batch_size)
+    choices = None
+    if eval_cfg.mode != "generate":
+        labels = _choice_labels(references, eval_cfg)
+        choices = choose_labels(model, tokenizer, selected, labels, eval_cfg.batch_size)
+    if eval_cfg.mode == "choices":
+        predictions = choices
+    else:
+        budget = eval_cfg.max_new_tokens or derived_max_new_tokens(tokenizer, references)
+        predictions = generate_answers(model, tokenizer, selected, budget, eval_cfg.batch_size)
     answers, scored_references, labels = score_answers(predictions, references, eval_cfg)
     mode = eval_cfg.normalization
     records = [
@@ -264,6 +314,13 @@ def evaluate_task(model, tokenizer, rows: list[dict], eval_cfg: EvaluationConfig
         )
     ]
     metrics = compute_metrics(answers, scored_references, list(eval_cfg.metrics), mode, labels is not None)
+    if labels is not None and eval_cfg.mode != "choices":
+        # A chatty answer that names no label, or several, scores as wrong: say how often that happened.
+        metrics["unlabelled_answers"] = sum(answer not in labels for answer in answers) / len(answers)
+    if eval_cfg.mode == "both":
+        chosen, _, _ = score_answers(choices, references, eval_cfg)
+        label_scores = compute_metrics(chosen, scored_references, list(eval_cfg.metrics), mode, True)
+        metrics.update({f"choices_{name}": value for name, value in label_scores.items()})
     return TaskEvalResult(metrics=metrics, n_items=len(selected), predictions=records)
 
 

@@ -20,8 +20,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tasks.evaluate import load_adapter_model
-from tasks.io.models import load_base_model, load_tokenizer
+from tasks.io.models import load_adapter_model, load_base_model, load_tokenizer
 from tasks.lib.benchmarks import HEADLINE, run_benchmarks
 from tasks.lib.config import GateConfig, RunConfig, load_config
 from tasks.lib.gate import decide

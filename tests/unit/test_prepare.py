@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tasks.lib.config import DataConfig, RunConfig, config_from_dict
-from tasks.lib.data_formats import DataError
+from tasks.lib.data_formats import DataError, resolved_hub_revision
 from tasks.lib.prepare import (
     IGNORE_INDEX,
     input_fingerprint,
@@ -570,3 +570,47 @@ def test_data_artefacts_are_reported(tmp_path: Path, tiny_tokenizer) -> None:
         "clean",
     )
     assert clean["warnings"] == []
+
+
+def _hub_style_folder(root: Path) -> Path:
+    """A data set folder as the hub lays one out: two configurations, each with train and validation files."""
+    readme = ["---", "configs:"]
+    for name, shift in (("sst2", 0), ("other", 1)):
+        readme += [f"- config_name: {name}", "  data_files:"]
+        for split, count in (("train", 40), ("validation", 10)):
+            readme += [f"  - split: {split}", f"    path: {name}/{split}.jsonl"]
+            (root / name).mkdir(parents=True, exist_ok=True)
+            sentences = [f"{name} {split} review {i} {WORDS[i % len(WORDS)]}" for i in range(count)]
+            lines = [json.dumps({"sentence": text, "label": (i + shift) % 2}) for i, text in enumerate(sentences)]
+            (root / name / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "README.md").write_text("\n".join([*readme, "---", ""]))
+    return root
+
+
+def test_a_hub_style_data_set_folder_with_a_config_name(tmp_path, tiny_tokenizer):
+    folder = _hub_style_folder(tmp_path / "glue")
+    settings = dict(SST2_DATA, value_maps={"label": {"0": "negative", "1": "positive"}})
+    config = _config(
+        folder,
+        **settings,
+        hub_config="sst2",
+        test_path=str(folder),
+        test_hub_split="validation",
+        split={"validation": 0.1, "test": 0.0},
+    )
+    stats, out_dir = _prepare(config, tiny_tokenizer, tmp_path)
+    assert stats["rows"] == {"train": 36, "validation": 4, "test": 10}
+    test_prompts = [row["messages"][-2]["content"] for row in _read_split(out_dir, "test")]
+    assert all("sst2 validation review" in prompt for prompt in test_prompts)
+    other = config.model_copy(update={"data": config.data.model_copy(update={"hub_config": "other"})})
+    assert input_fingerprint(other, tiny_tokenizer) != input_fingerprint(config, tiny_tokenizer)
+    assert stats["length_tokens"]["train"]["min"] <= stats["length_tokens"]["train"]["p50"]
+    assert stats["length_tokens"]["train"]["max"] <= config.data.max_length
+
+
+def test_a_hub_revision_is_resolved_to_a_commit_or_refused_offline(monkeypatch):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    assert resolved_hub_revision("nyu-mll/glue", commit) == commit
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="data.hub_revision"):
+        resolved_hub_revision("nyu-mll/glue", "main")

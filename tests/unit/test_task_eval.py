@@ -8,16 +8,18 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tasks.lib.config import EvaluationConfig
+from tasks.lib.config import ConfigError, EvaluationConfig
 from tasks.lib.task_eval import (
     PredictionRecord,
     TaskEvalResult,
+    choose_labels,
     compare,
     compute_metrics,
     evaluate_task,
     generate_answers,
     load_split,
     normalize_answer,
+    render_prompts,
     task_markdown,
     write_predictions,
 )
@@ -145,7 +147,7 @@ def test_evaluate_task_uses_first_max_items(tiny_model, tiny_tokenizer):
     assert [p.id for p in result.predictions] == ["r0", "r1", "r2"]
     assert [p.reference for p in result.predictions] == ["positive", "negative", "positive"]
     assert result.predictions[0].prompt.endswith("a great film")
-    assert set(result.metrics) == {"accuracy", "f1"}
+    assert set(result.metrics) == {"accuracy", "f1", "unlabelled_answers"}
     expected_accuracy = sum(p.correct for p in result.predictions) / 3
     assert result.metrics["accuracy"] == pytest.approx(expected_accuracy)
 
@@ -303,3 +305,45 @@ def test_the_generation_budget_is_derived_from_the_references(tiny_tokenizer) ->
     long = [" ".join(["word"] * 60)] * 20
     assert derived_max_new_tokens(tiny_tokenizer, short) < 12
     assert derived_max_new_tokens(tiny_tokenizer, long) >= 60 + 8  # a long answer is never cut
+
+
+def _label_log_likelihood(model, tokenizer, row: dict, label: str) -> float:
+    """One sequence at a time, no padding: the reference for the batched choice scoring."""
+    prompt = render_prompts(tokenizer, [row])[0]
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    label_ids = tokenizer(label, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt_ids + label_ids])).logits[0]
+    log_probs = torch.log_softmax(logits.float(), -1)
+    return sum(log_probs[len(prompt_ids) - 1 + k, token].item() for k, token in enumerate(label_ids))
+
+
+def test_choice_scoring_picks_the_most_likely_label_whatever_the_batching(tiny_model, tiny_tokenizer):
+    rows, labels = _rows(), ["negative", "positive", "neutral"]
+    expected = [
+        max(labels, key=lambda label, row=row: _label_log_likelihood(tiny_model, tiny_tokenizer, row, label))
+        for row in rows
+    ]
+    for batch_size in (1, 4, 15):
+        assert choose_labels(tiny_model, tiny_tokenizer, rows, labels, batch_size) == expected
+
+
+def test_evaluation_modes_choices_and_both(tiny_model, tiny_tokenizer):
+    rows = _rows()
+    choices = evaluate_task(tiny_model, tiny_tokenizer, rows, EvaluationConfig(mode="choices", max_new_tokens=4))
+    assert {record.prediction for record in choices.predictions} <= {"positive", "negative"}
+    assert "unlabelled_answers" not in choices.metrics
+    both = evaluate_task(tiny_model, tiny_tokenizer, rows, EvaluationConfig(mode="both", max_new_tokens=4))
+    generated = evaluate_task(tiny_model, tiny_tokenizer, rows, EvaluationConfig(max_new_tokens=4))
+    assert both.metrics["choices_accuracy"] == choices.metrics["accuracy"]
+    assert both.metrics["accuracy"] == generated.metrics["accuracy"]
+    unlabelled = sum(record.answer not in ("positive", "negative") for record in generated.predictions)
+    assert generated.metrics["unlabelled_answers"] == unlabelled / len(rows)
+
+
+def test_choices_mode_refuses_free_text_answers(tiny_model, tiny_tokenizer):
+    rows = _rows()
+    for i, row in enumerate(rows):
+        row["messages"][-1]["content"] = f"a long free text answer number {i} with many words"
+    with pytest.raises(ConfigError, match="evaluation.mode"):
+        evaluate_task(tiny_model, tiny_tokenizer, rows, EvaluationConfig(mode="choices"))
