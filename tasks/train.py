@@ -7,6 +7,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from tasks.common import once, retry_only_transient, step_run
+from tasks.io.launch import launch_training
 from tasks.io.models import load_base_model, load_tokenizer
 from tasks.io.tracking import flatten
 from tasks.io.versioning import provenance
@@ -31,19 +32,28 @@ def run_training(config: RunConfig, context: RunContext, data: DataRef) -> Train
     with step_run(config, context, "train") as tracker:
         tracker.log_params(flatten(config.model_dump(mode="json")))
         tracker.set_tags(provenance(config, data))
-        tokenizer = load_tokenizer(config.model)
-        result = train_adapter(
-            config,
-            lambda: load_base_model(config.model, config.quantization),
-            tokenizer,
-            Path(data.processed_dir),
-            Path(context.run_dir),
-            metrics_sink=lambda metrics, step: tracker.log_metrics(
-                {key if key.startswith(UNPREFIXED) else f"train.{key}": value for key, value in metrics.items()},
-                step,
-            ),
-            general_text=general_text_pages(config),
-        )
+        def sink(metrics: dict[str, float], step: int) -> None:
+            tracker.log_metrics(
+                {key if key.startswith(UNPREFIXED) else f"train.{key}": value for key, value in metrics.items()}, step
+            )
+
+        if config.train.num_processes > 1:
+            result = launch_training(
+                config, Path(data.processed_dir), Path(context.run_dir), general_text_pages(config)
+            )
+            # The processes log nothing themselves: their history goes to MLflow once, after training.
+            for entry in [*result.log_history, *result.proxy_history]:
+                sink({k: v for k, v in entry.items() if isinstance(v, int | float) and k != "step"}, entry["step"])
+        else:
+            result = train_adapter(
+                config,
+                lambda: load_base_model(config.model, config.quantization),
+                load_tokenizer(config.model),
+                Path(data.processed_dir),
+                Path(context.run_dir),
+                metrics_sink=sink,
+                general_text=general_text_pages(config),
+            )
         summary = {
             "trainable_params": result.trainable_params,
             "total_params": result.total_params,
@@ -60,6 +70,7 @@ def run_training(config: RunConfig, context: RunContext, data: DataRef) -> Train
                 "resumed_from_step": str(result.resumed_from_step),
                 "stopped_by_forgetting_proxy": str(result.stopped_by_forgetting_proxy),
                 "attention": result.attention,
+                "num_processes": str(config.train.num_processes),
             }
         )
         # The adapter as an MLflow logged model (lineage: data inputs -> this run -> adapter -> registered

@@ -194,7 +194,16 @@ class ForgettingProxyConfig(_Section):
 class TrainConfig(_Section):
     max_steps: int = Field(200, gt=0)
     learning_rate: float = Field(2e-4, gt=0.0)
-    batch_size: int = Field(8, gt=0, description="Sequences per device batch (or packs, with packing).")
+    batch_size: int = Field(
+        8, gt=0, description="Rows per process and step (packed into one sequence with packing); the global batch "
+        "is batch_size x num_processes x gradient_accumulation_steps."
+    )
+    num_processes: int = Field(
+        1,
+        gt=0,
+        description="Data-parallel training processes (torchrun): one per GPU on CUDA, gloo processes on the CPU. "
+        "Evaluation, merge and the benchmarks run once, in the pipeline's own process.",
+    )
     gradient_accumulation_steps: int = Field(1, gt=0)
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)

@@ -4,6 +4,7 @@ stopping, checkpoints, resume from the latest checkpoint, and a guard against di
 from __future__ import annotations
 
 import importlib.util
+import os
 import inspect
 import json
 import math
@@ -56,6 +57,7 @@ class TrainResult:
     stopped_by_forgetting_proxy: int | None = None  # the step whose evaluation passed the proxy's bound
     attention: str = ""  # the attention implementation training used
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    proxy_history: list[dict[str, Any]] = field(default_factory=list)  # {"step", forgetting_proxy.* metrics}
 
 
 def read_token_split(path: Path, max_rows: int | None = None) -> Dataset:
@@ -211,6 +213,7 @@ class ForgettingProxy(TrainerCallback):
         self.base_loss: float | None = None
         self.last_step_below: int | None = None
         self.stopped_at: int | None = None
+        self.history: list[dict[str, Any]] = []
 
     def _loss(self, model) -> float:
         was_training = model.training
@@ -226,8 +229,9 @@ class ForgettingProxy(TrainerCallback):
             with model.disable_adapter():
                 self.base_loss = self._loss(model)
         increase = self._loss(model) - self.base_loss
+        metrics = {"forgetting_proxy.loss_increase": increase, "forgetting_proxy.base_loss": self.base_loss}
+        self.history.append({"step": state.global_step, **metrics})
         if self.sink is not None:
-            metrics = {"forgetting_proxy.loss_increase": increase, "forgetting_proxy.base_loss": self.base_loss}
             self.sink(metrics, state.global_step)
         if self.max_increase is None or increase <= self.max_increase:
             self.last_step_below = state.global_step
@@ -293,6 +297,10 @@ def training_arguments(config: RunConfig, output_dir: Path, optimizer: str, chec
         dataloader_num_workers=0,
         remove_unused_columns=False,
         disable_tqdm=True,
+        # Under torchrun / accelerate launch (WORLD_SIZE > 1): only the LoRA weights train, every one of them is
+        # used each step, and the CPU has no NCCL.
+        ddp_find_unused_parameters=False,
+        ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() else None,
     )
 
 
@@ -363,7 +371,8 @@ def train_adapter(
     first_eval = None
     if last_checkpoint is None:
         first_eval = trainer.evaluate()["eval_loss"]
-        _remember_first_eval(run_dir, first_eval)
+        if trainer.is_world_process_zero():
+            _remember_first_eval(run_dir, first_eval)
         if metrics_sink is not None:
             metrics_sink({"eval_loss": first_eval}, 0)
     started = time.perf_counter()
@@ -373,7 +382,8 @@ def train_adapter(
     if proxy is not None and proxy.stopped_at is not None:
         _restore_checkpoint_adapter(model, checkpoint_dir, proxy.last_step_below)
     adapter_dir = run_dir / "adapter"
-    model.save_pretrained(adapter_dir, safe_serialization=True)
+    if trainer.is_world_process_zero():  # one writer when several processes train together
+        model.save_pretrained(adapter_dir, safe_serialization=True)
     history = trainer.state.log_history
     eval_losses = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
     if first_eval is None:
@@ -391,6 +401,7 @@ def train_adapter(
         stopped_by_forgetting_proxy=proxy.stopped_at if proxy is not None else None,
         attention=attention,
         log_history=history,
+        proxy_history=proxy.history if proxy is not None else [],
     )
 
 
