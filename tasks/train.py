@@ -32,6 +32,7 @@ def run_training(config: RunConfig, context: RunContext, data: DataRef) -> Train
     with step_run(config, context, "train") as tracker:
         tracker.log_params(flatten(config.model_dump(mode="json")))
         tracker.set_tags(provenance(config, data))
+
         def sink(metrics: dict[str, float], step: int) -> None:
             tracker.log_metrics(
                 {key if key.startswith(UNPREFIXED) else f"train.{key}": value for key, value in metrics.items()}, step

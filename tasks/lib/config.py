@@ -195,8 +195,10 @@ class TrainConfig(_Section):
     max_steps: int = Field(200, gt=0)
     learning_rate: float = Field(2e-4, gt=0.0)
     batch_size: int = Field(
-        8, gt=0, description="Rows per process and step (packed into one sequence with packing); the global batch "
-        "is batch_size x num_processes x gradient_accumulation_steps."
+        8,
+        gt=0,
+        description="Rows per process and step (packed into one sequence with packing); the global batch "
+        "is batch_size x num_processes x gradient_accumulation_steps.",
     )
     num_processes: int = Field(
         1,

@@ -4,10 +4,10 @@ stopping, checkpoints, resume from the latest checkpoint, and a guard against di
 from __future__ import annotations
 
 import importlib.util
-import os
 import inspect
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
