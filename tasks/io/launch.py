@@ -1,8 +1,6 @@
-"""Data-parallel training: `train.num_processes` processes started by torchrun, each training on its share of every
-global batch (DDP over NCCL on GPUs, gloo on the CPU); rank 0 writes the adapter and the result.
-
-Run as `python -m tasks.io.launch CONFIG_JSON DATA_DIR RUN_DIR RESULT_JSON` under torchrun (what `launch_training`
-does); `accelerate launch -m tasks.io.launch ...` works the same way with an accelerate config file.
+"""Data-parallel training: `train.num_processes` processes, each training on its share of every global batch (DDP
+over NCCL on GPUs, gloo on the CPU; FSDP with an accelerate config), started by torchrun or, when
+`train.accelerate_config` names a file, by `accelerate launch`; rank 0 writes the adapter and the result.
 """
 
 from __future__ import annotations
@@ -34,16 +32,14 @@ def launch_training(
     config_file.write_text(config.model_dump_json())
     text_file.write_text(json.dumps(general_text))
     result_file.unlink(missing_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={config.train.num_processes}",
-        "-m",
-        "tasks.io.launch",
-        *(str(path) for path in (config_file, Path(data_dir), run_dir, text_file, result_file)),
-    ]
+    arguments = [str(path) for path in (config_file, Path(data_dir), run_dir, text_file, result_file)]
+    processes = str(config.train.num_processes)
+    if config.train.accelerate_config:
+        launcher = ["accelerate.commands.launch", "--config_file", config.train.accelerate_config]
+        launcher += ["--num_processes", processes]
+    else:
+        launcher = ["torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    command = [sys.executable, "-m", *launcher, "-m", "tasks.io.launch", *arguments]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     completed = subprocess.run(command, env=env, timeout=timeout, check=False)
     if completed.returncode != 0 or not result_file.is_file():

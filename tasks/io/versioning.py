@@ -30,8 +30,10 @@ def raw_data_version(data_path: str, hub_revision: str | None = None) -> str:
     """DVC md5 when the data is DVC-tracked; else the file's (or folder's) own md5; for a hub data set, the
     commit its revision resolves to."""
     path = Path(data_path)
-    if not path.exists() and is_hub_id(data_path):
-        return f"hub:{data_path}@{resolved_hub_revision(data_path, hub_revision)}"
+    if not path.exists():
+        if is_hub_id(data_path):
+            return f"hub:{data_path}@{resolved_hub_revision(data_path, hub_revision)}"
+        return f"missing:{data_path}"
     return _dvc_pointer_md5(path.resolve()) or _dvc_pointer_md5(path) or file_md5(path)
 
 

@@ -51,6 +51,11 @@ class QuantizationConfig(_Section):
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto: bfloat16 where the GPU supports it, else float32."
     )
+    quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = Field(
+        "uint8",
+        description="The dtype the packed 4-bit weights are stored in; FSDP-QLoRA needs it equal to the compute "
+        "dtype (bfloat16) so FSDP can shard them with the other weights.",
+    )
 
 
 class LoraConfig(_Section):
@@ -205,6 +210,11 @@ class TrainConfig(_Section):
         gt=0,
         description="Data-parallel training processes (torchrun): one per GPU on CUDA, gloo processes on the CPU. "
         "Evaluation, merge and the benchmarks run once, in the pipeline's own process.",
+    )
+    accelerate_config: str | None = Field(
+        None,
+        description="An accelerate config file (e.g. configs/accelerate/fsdp_qlora.yaml): the training processes "
+        "start through `accelerate launch` with it instead of torchrun; null: torchrun (DDP).",
     )
     gradient_accumulation_steps: int = Field(1, gt=0)
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"

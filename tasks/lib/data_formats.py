@@ -123,10 +123,14 @@ def _decode(file: Path) -> str:
 
 
 def read_jsonl(file: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) per non-blank line; every malformed line is named with its file and line."""
+    """(line number, object) per non-blank line; every malformed line is named with its file and line.
+
+    Lines end at "\n" (or "\r\n") only: str.splitlines would also break at U+2028 and the other Unicode line
+    separators that JSON strings may hold raw (GSM8K's train.jsonl has one)."""
     text = _decode(file)
     rows, errors = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:

@@ -50,7 +50,7 @@ def bnb_config(quantization: QuantizationConfig) -> BitsAndBytesConfig:
         bnb_4bit_quant_type=quantization.quant_type,
         bnb_4bit_use_double_quant=quantization.double_quant,
         bnb_4bit_compute_dtype=resolve_compute_dtype(quantization.compute_dtype),
-        bnb_4bit_quant_storage=torch.uint8,
+        bnb_4bit_quant_storage=getattr(torch, quantization.quant_storage),
     )
 
 

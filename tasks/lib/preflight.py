@@ -34,6 +34,7 @@ def check_inputs(config: RunConfig, benchmarks: bool = True) -> None:
             "(tie_word_embeddings); a LoRA on it cannot be scored by lm-eval (which re-ties the weights) "
             "nor merged into the one shared matrix. Leave lm_head out."
         )
+    problems += _launch_problems(config)
     if benchmarks and config.forgetting.enabled and not Path(config.forgetting.data_dir).is_dir():
         problems.append(
             f"forgetting.data_dir: {config.forgetting.data_dir} does not exist "
@@ -41,6 +42,30 @@ def check_inputs(config: RunConfig, benchmarks: bool = True) -> None:
         )
     if problems:
         raise ConfigError("config refused before any work:\n  " + "\n  ".join(problems))
+
+
+def _launch_problems(config: RunConfig) -> list[str]:
+    """Multi-process settings that cannot work, named before any process starts."""
+    import yaml
+
+    train, quantization = config.train, config.quantization
+    if not train.accelerate_config:
+        return []
+    path = Path(train.accelerate_config)
+    if not path.is_file():
+        return [f"train.accelerate_config: {path} does not exist"]
+    try:
+        launch = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        return [f"train.accelerate_config: {path} is not valid YAML ({error})"]
+    fsdp = launch.get("distributed_type") == "FSDP"
+    if fsdp and quantization.enabled and quantization.quant_storage != quantization.compute_dtype:
+        return [
+            f"quantization.quant_storage: FSDP ({path}) shards the 4-bit weights only when they are stored in the "
+            f"compute dtype: set quant_storage and compute_dtype both to bfloat16 (now {quantization.quant_storage} "
+            f"and {quantization.compute_dtype})"
+        ]
+    return []
 
 
 def _ties_embeddings(model_dir: Path) -> bool:

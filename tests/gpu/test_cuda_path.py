@@ -1,6 +1,7 @@
 """The CUDA path (`-m gpu`): QLoRA training in bf16 with paged 8-bit AdamW, and the merge check on bf16 weights.
 
-Skipped, with the reason, where CUDA is absent (every CI machine of this project). Not yet run on a GPU: no
+Skipped, with the reason, where CUDA is absent (every CI machine of this project); the two-process NCCL launch
+needs two GPUs. Not yet run on a GPU: no
 session so far had one.
 """
 
@@ -66,3 +67,19 @@ def test_merge_check_on_bf16_weights_on_the_gpu(tmp_path: Path, tiny_model_dir: 
     base_only = load_base_model(model_cfg, quant).dequantize(dtype=torch.bfloat16)
     with pytest.raises(MergeFidelityError, match="not merged faithfully"):
         check_merge(merge_check(adapter, base_only, encoded), MergeConfig())
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="the two-process NCCL launch needs two GPUs")
+def test_two_gpu_processes_train_qlora_with_nccl(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from tasks.io.launch import launch_training
+    from tasks.io.models import load_tokenizer
+    from tasks.lib.config import load_config
+    from tasks.lib.prepare import prepare_dataset
+    from tests.conftest import write_tiny_config
+
+    overrides = {"train.num_processes": 2, "train.batch_size": 4}
+    config = load_config(write_tiny_config(tmp_path, tiny_model_dir, tmp_path / "unused", overrides))
+    prepare_dataset(config, load_tokenizer(config.model), tmp_path / "prepared")
+    result = launch_training(config, tmp_path / "prepared", tmp_path / "run", [], 600)
+    assert result.best_eval_loss < result.first_eval_loss
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()

@@ -152,3 +152,22 @@ def test_a_typo_in_a_local_model_path_is_not_taken_for_a_hub_id(tmp_path: Path) 
     config = config_from_dict(minimal(model={"name_or_path": typo}, forgetting={"enabled": False}))
     with pytest.raises(ConfigError, match="did you mean .*smollm2-135m-instruct\\?"):
         check_inputs(config, benchmarks=False)
+
+
+@pytest.mark.parametrize("config_file", ["ddp.yaml", "fsdp_qlora.yaml"])
+def test_shipped_accelerate_configs_and_the_fsdp_storage_rule(tmp_path, config_file):
+    (tmp_path / "data.jsonl").write_text("")
+    launch = str(REPO / "configs" / "accelerate" / config_file)
+    raw = minimal(
+        data={"path": str(tmp_path / "data.jsonl")},
+        train={"num_processes": 2, "accelerate_config": launch},
+        forgetting={"enabled": False},
+    )
+    if config_file == "fsdp_qlora.yaml":
+        with pytest.raises(ConfigError, match="quantization.quant_storage"):
+            check_inputs(config_from_dict(raw))
+        raw["quantization"] = {"quant_storage": "bfloat16", "compute_dtype": "bfloat16"}
+    check_inputs(config_from_dict(raw))
+    raw["train"]["accelerate_config"] = str(tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError, match="train.accelerate_config"):
+        check_inputs(config_from_dict(raw))

@@ -115,7 +115,7 @@ def test_hub_failure_is_a_clear_data_error(monkeypatch):
         raise ConnectionError("offline mode is enabled")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(DataError, match=r"could not load hub data set 'org/missing' \(split 'train'\).*offline"):
+    with pytest.raises(DataError, match=r"could not load data set 'org/missing' \(config None, split 'train'.*offline"):
         load_rows("org/missing")
 
 
@@ -124,13 +124,14 @@ def test_hub_rows_are_loaded_through_datasets(monkeypatch):
 
     calls = []
 
-    def fake(dataset_id, split):
-        calls.append((dataset_id, split))
+    def fake(dataset_id, name=None, split=None, revision=None):
+        calls.append((dataset_id, name, split, revision))
         return datasets.Dataset.from_list(ROWS)
 
     monkeypatch.setattr(datasets, "load_dataset", fake)
     assert load_rows("org/name", hub_split="validation") == ROWS
-    assert calls == [("org/name", "validation")]
+    assert load_rows("org/name", "train", hub=data_formats.HubOptions("sst2", "v1.0")) == ROWS
+    assert calls == [("org/name", None, "validation", None), ("org/name", "sst2", "train", "v1.0")]
     assert data_formats.location_word("org/name") == "row"
 
 
@@ -170,3 +171,11 @@ def test_semicolon_csv_and_a_field_over_128_kib(tmp_path):
     path = _write(tmp_path / "eu.csv", f'prompt;completion\n"{long}";"ok"\nsay hi;hi\n')
     rows = load_rows(path, table=data_formats.TableOptions(delimiter=";"))
     assert len(rows[0]["prompt"]) == 200 * 1024 and rows[1] == {"prompt": "say hi", "completion": "hi"}
+
+
+def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path):
+    rows = [{"prompt": "one\u2028two", "completion": "a\x85b\u2029c"}, ROWS[0]]
+    text = "\r\n".join(json.dumps(row, ensure_ascii=False) for row in rows) + "\r\n"
+    path = _write(tmp_path / "d.jsonl", text)
+    assert load_rows(path) == rows
+    assert [number for number, _ in load_located_rows(path)] == [1, 2]

@@ -75,10 +75,11 @@ def test_folder_hash_changes_when_a_file_changes(tmp_path: Path) -> None:
     assert raw_data_version(str(folder)) != changed  # names count too
 
 
-def test_missing_path_is_a_hub_id(tmp_path: Path) -> None:
-    assert raw_data_version("stanfordnlp/sst2") == "hub:stanfordnlp/sst2"
+def test_a_hub_data_set_is_versioned_by_its_commit(tmp_path: Path) -> None:
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    assert raw_data_version("stanfordnlp/sst2", commit) == f"hub:stanfordnlp/sst2@{commit}"
     missing = str(tmp_path / "nope.csv")
-    assert raw_data_version(missing) == f"hub:{missing}"
+    assert raw_data_version(missing) == f"missing:{missing}"
 
 
 def test_dvc_lock_md5(tmp_path: Path) -> None:
