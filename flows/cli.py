@@ -12,6 +12,7 @@ qlora score-base configs/demo.yaml                                      the base
 qlora evaluate|merge|forgetting|register runs/demo/<run_id>            re-run one step of a finished run
 qlora chat models:/smollm2-135m-sst2@champion [--prompt TEXT]            talk to the champion (or a run / folder)
 qlora check-run runs/demo [--report reports/demo_run.md]               did the newest run end as a verified champion?
+qlora sweep configs/sweep.yaml [--set ...]                              trials on a Prefect work pool, best registered
 qlora serve configs/demo.yaml                                           serve the deployments
 qlora stack up|down|status                                              local Prefect + MLflow + serve
 
@@ -143,6 +144,32 @@ def cmd_score_base(args: argparse.Namespace) -> int:
         f"base model benchmark results {state}: " + ", ".join(f"{name} n={int(s['n'])}" for name, s in scores.items())
     )
     return EXIT_OK
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from tasks.lib.preflight import check_inputs
+
+    config = load_config(args.config, args.overrides)
+    if config.sweep is None:
+        raise ConfigError(f"{args.config} has no sweep section: say what to search (see README, Sweeps)")
+    check_inputs(config)
+    _use_local_stack()
+    if not os.environ.get("PREFECT_API_URL"):
+        raise ConfigError(
+            "a sweep dispatches its trials to a work pool, which needs a Prefect server: start one (`make up`, or "
+            "set PREFECT_API_URL) and workers (`prefect worker start --pool "
+            f"{config.sweep.work_pool}`, one per machine or GPU)"
+        )
+    from flows.sweep import sweep
+
+    result = sweep(config_path=args.config, overrides=args.overrides)
+    print("\n=== qlora sweep finished ===")
+    for trial in result["trials"]:
+        gain = "-" if trial["task_gain"] is None else f"{trial['task_gain']:+.1f} pts"
+        gate = "gate passed" if trial["gate_passed"] else f"gate not passed ({trial['state']})"
+        print(f"  #{trial['number']:<3} {trial['values']}  task {gain}, {gate}  [{trial['run_id']}]")
+    print(result["registration"])
+    return EXIT_OK if result["best_run_id"] else EXIT_GATE
 
 
 def cmd_step(args: argparse.Namespace) -> int:
@@ -370,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("run_dir", help="a run directory, or a folder of them (the newest finished one is checked)")
     check.add_argument("--report", help="also write the run's report (markdown) here")
     check.set_defaults(handler=cmd_check_run)
+
+    sweep = verbs.add_parser("sweep", help="a gate-aware search: each trial a pipeline run on a Prefect work pool")
+    _config_args(sweep)
+    sweep.set_defaults(handler=cmd_sweep)
 
     serve = verbs.add_parser("serve", help="serve the on-demand and scheduled deployments (blocks)")
     serve.add_argument("config", nargs="?", default="configs/demo.yaml")

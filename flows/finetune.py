@@ -39,6 +39,7 @@ def finetune(
     overrides: list[str] | None = None,
     run_id: str | None = None,
     skip_if_unchanged: bool = False,
+    mlflow_parent_run_id: str | None = None,
 ) -> PipelineResult:
     """Fine-tune, evaluate against the base, check forgetting, and merge + register if the gates pass.
 
@@ -48,9 +49,10 @@ def finetune(
         run_id: re-use a run id to resume an interrupted run from its last checkpoint.
         skip_if_unchanged: skip when the data content and the outcome-relevant config equal those of the last
             attempted run, whatever its outcome (what scheduled retraining uses).
+        mlflow_parent_run_id: nest this run's MLflow run under another (a sweep's trials sit under the sweep).
     """
     try:
-        return run_pipeline(config_path, overrides or [], run_id, skip_if_unchanged)
+        return run_pipeline(config_path, overrides or [], run_id, skip_if_unchanged, mlflow_parent_run_id)
     except UserError as error:
         # A bad config, override or data file: the flow run's state says what to change, in one line, instead
         # of a traceback. The exception stays the state's result, so callers still get it raised.
@@ -59,7 +61,13 @@ def finetune(
         return Failed(message=message, data=error)
 
 
-def run_pipeline(config_path: str, overrides: list[str], run_id: str | None, skip_if_unchanged: bool):
+def run_pipeline(
+    config_path: str,
+    overrides: list[str],
+    run_id: str | None,
+    skip_if_unchanged: bool,
+    mlflow_parent_run_id: str | None = None,
+):
     logger = get_run_logger()
     config = load_config(config_path, overrides)
     check_inputs(config)
@@ -72,7 +80,7 @@ def run_pipeline(config_path: str, overrides: list[str], run_id: str | None, ski
             create_markdown_artifact(f"# Retraining skipped\n\n{reason}.", key=artifact_key(config.name))
             return PipelineResult(run_id="", run_dir="", mlflow_run_id="", skipped=True, reason=reason, data=data)
 
-    context = start_pipeline_run(config, run_id, data)
+    context = start_pipeline_run(config, run_id, data, mlflow_parent_run_id)
     logger.info(
         "run %s in %s; if it dies, resume it with: qlora run %s --run-id %s",
         context.run_id,

@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from tasks.common import completed_step, mark_completed
-from tasks.lib.config import ConfigError, RunConfig, read_run_config
+from tasks.lib.config import ConfigError, RunConfig, apply_overrides, config_from_dict, read_run_config
 from tasks.lib.refs import (
     DataRef,
     ForgettingRef,
@@ -42,13 +42,16 @@ REF_TYPES: dict[str, type[BaseModel]] = {
 }
 
 
-def open_run(run_dir: Path) -> tuple[RunConfig, RunContext]:
+def open_run(run_dir: Path, overrides: list[str] = ()) -> tuple[RunConfig, RunContext]:
+    """The run's own config (with `overrides` on top) and its context."""
     from tasks.io.tracking import configure_mlflow
 
     run_dir = Path(run_dir)
     if not (run_dir / "mlflow_run.json").is_file():
         raise ConfigError(f"{run_dir} is not a pipeline run directory (no mlflow_run.json)")
     config = read_run_config(run_dir)
+    if overrides:
+        config = config_from_dict(apply_overrides(config.model_dump(mode="json"), list(overrides)), str(run_dir))
     experiment_id = configure_mlflow(config.tracking.uri, config.tracking.experiment, config.tracking.artifact_location)
     parent = json.loads((run_dir / "mlflow_run.json").read_text())["parent_run_id"]
     return config, RunContext(
@@ -63,15 +66,16 @@ def _ref(context: RunContext, step: str):
     return ref
 
 
-def rerun_step(step: str, run_dir: Path) -> BaseModel:
-    """Run `step` again on an existing run directory and record its new result."""
+def rerun_step(step: str, run_dir: Path, overrides: list[str] = ()) -> BaseModel:
+    """Run `step` again on an existing run directory and record its new result; `overrides` change the run's config
+    for this step only (a sweep registers its best trial with `registry.enabled=true`)."""
     from tasks.data import run_prepare
     from tasks.evaluate import run_target_eval
     from tasks.forgetting import run_forgetting_check
     from tasks.merge import run_merge
     from tasks.register import run_registration
 
-    config, context = open_run(run_dir)
+    config, context = open_run(run_dir, overrides)
     for needed in NEEDS[step]:
         _ref(context, needed)
     data: DataRef = run_prepare(config)

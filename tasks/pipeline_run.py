@@ -29,8 +29,11 @@ def artifact_key(name: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") + "-report"
 
 
-def start_pipeline_run(config: RunConfig, run_id: str | None, data: DataRef) -> RunContext:
-    """Creates (or, for a known run id, resumes) the run directory and the parent MLflow run."""
+def start_pipeline_run(
+    config: RunConfig, run_id: str | None, data: DataRef, mlflow_parent_run_id: str | None = None
+) -> RunContext:
+    """Creates (or, for a known run id, resumes) the run directory and the parent MLflow run (nested under
+    `mlflow_parent_run_id` when given: a sweep's trials sit under the sweep's run)."""
     run_id = run_id or new_run_id()
     run_dir = config.run_dir() / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -48,7 +51,12 @@ def start_pipeline_run(config: RunConfig, run_id: str | None, data: DataRef) -> 
         parent_run_id = client.create_run(
             experiment_id,
             run_name=f"{config.name}-{run_id}",
-            tags={"pipeline": "qlora", "run_id": run_id, "config_name": config.name},
+            tags={
+                "pipeline": "qlora",
+                "run_id": run_id,
+                "config_name": config.name,
+                **({"mlflow.parentRunId": mlflow_parent_run_id} if mlflow_parent_run_id else {}),
+            },
         ).info.run_id
         marker.write_text(json.dumps({"parent_run_id": parent_run_id, "data_fingerprint": data.fingerprint}))
         (run_dir / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))

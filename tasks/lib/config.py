@@ -392,6 +392,58 @@ class ScheduleConfig(_Section):
     timezone: str = "UTC"
 
 
+class SweepParameter(_Section):
+    """One searched config key: a range (low, high; integers when both are integers) or a list of choices."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = Field(False, description="Sample the range on a log scale (learning rates).")
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SweepParameter:
+        ranged = self.low is not None and self.high is not None
+        if ranged == (self.choices is not None):
+            raise ValueError("give either low and high, or choices")
+        if ranged and not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if ranged and self.log and self.low <= 0:
+            raise ValueError("a log-scale range needs low > 0")
+        if self.choices is not None and not self.choices:
+            raise ValueError("choices is empty")
+        return self
+
+
+class SweepConfig(_Section):
+    """`qlora sweep`: trials of the whole pipeline, each a flow run on a Prefect work pool, searched by Optuna to
+    maximise the paired task gain subject to the forgetting gate passing."""
+
+    parameters: dict[str, SweepParameter] = Field(
+        description="Dotted config keys to search, e.g. {train.learning_rate: {low: 1e-5, high: 1e-3, log: true}}."
+    )
+    trials: int = Field(8, gt=0, description="Trials in this sweep (a resumed study adds this many more).")
+    sampler: Literal["tpe", "grid"] = Field("tpe", description="tpe: Optuna's TPE; grid: every combination of choices.")
+    parallel: int = Field(2, gt=0, description="Trials in flight at once (the pool's workers run them).")
+    storage: str | None = Field(
+        None,
+        description="Optuna storage URL (the study survives restarts); null: sqlite:///<output_dir>/<name>/optuna.db. "
+        "In production the same Postgres as MLflow, e.g. postgresql://user@db/optuna.",
+    )
+    work_pool: str = Field("qlora-sweep", description="The Prefect process work pool whose workers run the trials.")
+    source: str | None = Field(
+        None, description="Where workers get the code: a git URL, or null for this checkout (workers on this host)."
+    )
+    trial_timeout_s: int = Field(7200, gt=0, description="A trial still running after this is counted as failed.")
+
+    @model_validator(mode="after")
+    def _grid_needs_choices(self) -> SweepConfig:
+        if self.sampler == "grid" and any(p.choices is None for p in self.parameters.values()):
+            raise ValueError("sampler 'grid' needs choices for every parameter")
+        if not self.parameters:
+            raise ValueError("parameters is empty: name at least one key to search")
+        return self
+
+
 class RunConfig(_Section):
     name: str = Field(description="Run family name: run directory, processed data and defaults derive from it.")
     seed: int = 42
@@ -408,6 +460,7 @@ class RunConfig(_Section):
     registry: RegistryConfig
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    sweep: SweepConfig | None = Field(None, description="The search `qlora sweep` runs; ignored by `qlora run`.")
 
     @field_validator("name")
     @classmethod
@@ -415,6 +468,21 @@ class RunConfig(_Section):
         if not value or not all(c.isalnum() or c in "-_." for c in value):
             raise ValueError("use letters, digits, '-', '_' or '.' only")
         return value
+
+    @model_validator(mode="after")
+    def _swept_keys_exist(self) -> RunConfig:
+        if self.sweep is None:
+            return self
+        values = self.model_dump()
+        for key in self.sweep.parameters:
+            node = values
+            for part in key.split("."):
+                if not isinstance(node, dict) or part not in node:
+                    raise ValueError(f"sweep.parameters: {key!r} is not a config key")
+                node = node[part]
+            if key.split(".")[0] in ("sweep", "name", "output_dir", "registry", "tracking"):
+                raise ValueError(f"sweep.parameters: {key!r} does not change what a trial learns")
+        return self
 
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name

@@ -1,0 +1,225 @@
+"""`qlora sweep CONFIG`: a gate-aware hyperparameter search in which every trial is a whole pipeline run.
+
+Optuna (TPE or grid; its study in a real database) proposes the values; each trial is a flow run of the
+`qlora-sweep-trial` deployment on a Prefect **process work pool**, so every worker (`prefect worker start --pool
+qlora-sweep`, one per machine or GPU) runs trials in parallel. The objective is the paired task gain, feasible only
+when the forgetting gate passed. Trials register nothing; the best gate-passing trial then goes through the normal
+registry rules (champion comparison on the same items, lock, round trip). MLflow holds a sweep run with every
+trial's pipeline run nested under it, the trials table and the Pareto plot; the same table is a Prefect artifact.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+
+from flows.finetune import finetune
+from tasks.lib.config import ConfigError, RunConfig, load_config
+from tasks.lib.preflight import check_inputs
+from tasks.lib.sweep import (
+    TrialOutcome,
+    best_feasible,
+    grid_space,
+    outcome_from_metrics,
+    overrides_for,
+    pareto_plot,
+    suggest,
+    trials_markdown,
+)
+from tasks.pipeline_run import artifact_key
+
+TRIAL_DEPLOYMENT = "qlora-sweep-trial"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+POLL_SECONDS = 5
+
+
+def deploy_trials(config: RunConfig) -> str:
+    """The process work pool (created if missing) and the trial deployment on it; returns the deployment's name."""
+    spec = config.sweep
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(spec.work_pool)
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=spec.work_pool, type="process"))
+    source = finetune.from_source(source=spec.source or str(REPO_ROOT), entrypoint="flows/finetune.py:finetune")
+    # to_deployment + apply rather than deploy(): Prefect 3.8.8's deploy() lists the pool's workers with null
+    # paging, which its own server refuses (422).
+    source.to_deployment(
+        name=TRIAL_DEPLOYMENT,
+        work_pool_name=spec.work_pool,
+        description="One trial of a qlora sweep: a whole pipeline run with the trial's overrides.",
+        tags=["qlora", "sweep", config.name],
+    ).apply()
+    return f"{finetune.name}/{TRIAL_DEPLOYMENT}"
+
+
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, minus its habit of calling study.stop() once the grid is used up: Optuna allows
+    that only inside study.optimize(), and the sweep asks and tells itself (it stops after sweep.trials)."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
+
+
+def open_study(config: RunConfig) -> optuna.Study:
+    spec = config.sweep
+    storage = spec.storage or f"sqlite:///{(config.run_dir() / 'optuna.db').resolve()}"
+    config.run_dir().mkdir(parents=True, exist_ok=True)
+    if spec.sampler == "grid":
+        sampler = AskTellGridSampler(grid_space(spec.parameters), seed=config.seed)
+    else:
+        # Infeasible trials (gate not passed) inform TPE without being chosen: constraint <= 0 is feasible.
+        sampler = optuna.samplers.TPESampler(
+            seed=config.seed, constraints_func=lambda trial: trial.user_attrs.get("constraints", (1.0,))
+        )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(
+        study_name=f"{config.name}-sweep", storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
+    )
+
+
+def _read_outcome(client, experiment_id: str, outcome: TrialOutcome) -> TrialOutcome:
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.pipeline = 'qlora' and tags.run_id = '{outcome.run_id}'", max_results=1
+    )
+    if not runs:
+        outcome.state = "failed"
+        outcome.notes.append("no MLflow run (the flow run failed before training)")
+        return outcome
+    outcome.mlflow_run_id = runs[0].info.run_id
+    return outcome_from_metrics(outcome, runs[0].data.metrics, runs[0].data.tags)
+
+
+def _finish(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> None:
+    if outcome.state != "completed" or outcome.task_gain is None:
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return
+    trial.set_user_attr("constraints", (0.0,) if outcome.gate_passed else (1.0,))
+    for key, value in (("run_id", outcome.run_id), ("gate", outcome.verdict)):
+        trial.set_user_attr(key, value)
+    study.tell(trial, outcome.task_gain)
+
+
+@flow(name="qlora-sweep")
+def sweep(config_path: str = "configs/demo.yaml", overrides: list[str] | None = None) -> dict:
+    """Run `sweep.trials` pipeline trials on the work pool and register the best gate-passing one."""
+    import mlflow
+
+    from flows.steps import rerun_step
+    from tasks.io.tracking import configure_mlflow
+
+    logger = get_run_logger()
+    overrides = list(overrides or [])
+    config = load_config(config_path, overrides)
+    if config.sweep is None:
+        raise ConfigError(f"{config_path} has no sweep section: say what to search (see README, Sweeps)")
+    check_inputs(config)
+    spec = config.sweep
+    deployment = deploy_trials(config)
+    study = open_study(config)
+    experiment_id = configure_mlflow(config.tracking.uri, config.tracking.experiment, config.tracking.artifact_location)
+    client = mlflow.MlflowClient()
+    sweep_run = client.create_run(
+        experiment_id,
+        run_name=f"{config.name}-sweep-{secrets.token_hex(2)}",
+        tags={"pipeline": "qlora-sweep", "config_name": config.name, "study": study.study_name},
+    ).info.run_id
+    client.log_param(sweep_run, "sweep", spec.model_dump_json())
+
+    outcomes: list[TrialOutcome] = []
+    in_flight: dict = {}  # flow run id -> (trial, outcome, started)
+    asked, wanted = 0, spec.trials
+    if spec.sampler == "grid":
+        wanted = min(wanted, math.prod(len(choices) for choices in grid_space(spec.parameters).values()))
+    while asked < wanted or in_flight:
+        while asked < wanted and len(in_flight) < spec.parallel:
+            trial = study.ask()
+            values = suggest(trial, spec.parameters)
+            outcome = TrialOutcome(trial.number, values, f"sweep-t{trial.number:03d}-{secrets.token_hex(2)}")
+            outcome.run_dir = str(config.run_dir() / outcome.run_id)
+            flow_run = run_deployment(
+                name=deployment,
+                parameters={
+                    "config_path": config_path,
+                    "overrides": [*overrides, *overrides_for(values), "registry.enabled=false"],
+                    "run_id": outcome.run_id,
+                    "mlflow_parent_run_id": sweep_run,
+                },
+                timeout=0,
+                tags=["sweep", f"trial-{trial.number}"],
+            )
+            logger.info("trial #%d %s -> flow run %s", trial.number, values, flow_run.name)
+            in_flight[flow_run.id] = (trial, outcome, time.monotonic())
+            outcomes.append(outcome)
+            asked += 1
+        time.sleep(POLL_SECONDS)
+        with get_client(sync_client=True) as prefect:
+            for flow_run_id, (trial, outcome, started) in list(in_flight.items()):
+                state = prefect.read_flow_run(flow_run_id).state
+                timed_out = time.monotonic() - started > spec.trial_timeout_s
+                if not (state is not None and state.is_final()) and not timed_out:
+                    continue
+                del in_flight[flow_run_id]
+                _read_outcome(client, experiment_id, outcome)
+                if timed_out:
+                    outcome.state = "failed"
+                    outcome.notes.append(f"still running after {spec.trial_timeout_s} s")
+                _finish(study, trial, outcome)
+                logger.info(
+                    "trial #%d %s: task gain %s, gate %s",
+                    trial.number,
+                    outcome.state,
+                    outcome.task_gain,
+                    outcome.verdict,
+                )
+
+    best = best_feasible(outcomes)
+    if best is None:
+        registration = "No trial passed the gate: nothing registered."
+    else:
+        ref = rerun_step("register", Path(best.run_dir), ["registry.enabled=true"])
+        registration = (
+            f"Registered as {ref.model_name} v{ref.version} (aliases {ref.aliases})."
+            if ref.registered
+            else f"Not registered: {ref.reason}."
+        )
+        client.set_tag(sweep_run, "best_run_id", best.run_id)
+        client.log_metric(sweep_run, "best.task_gain", best.task_gain)
+    markdown = trials_markdown(outcomes, best, registration)
+    with tempfile.TemporaryDirectory() as folder:
+        table = Path(folder) / "sweep_trials.md"
+        table.write_text(markdown)
+        client.log_artifact(sweep_run, str(table))
+        client.log_artifact(sweep_run, str(pareto_plot(outcomes, Path(folder) / "sweep_pareto.png")))
+    client.log_metric(sweep_run, "trials.feasible", sum(outcome.feasible for outcome in outcomes))
+    client.set_terminated(sweep_run, status="FINISHED")
+    create_markdown_artifact(markdown, key=artifact_key(f"{config.name}-sweep"), description="qlora sweep")
+    logger.info("%s", registration)
+    return {
+        "sweep_run_id": sweep_run,
+        "best_run_id": best.run_id if best else None,
+        "registration": registration,
+        "trials": [
+            {
+                "number": o.number,
+                "values": o.values,
+                "run_id": o.run_id,
+                "state": o.state,
+                "task_gain": o.task_gain,
+                "worst_forgetting": o.worst_forgetting,
+                "gate_passed": o.gate_passed,
+            }
+            for o in outcomes
+        ],
+    }

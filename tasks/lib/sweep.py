@@ -1,0 +1,160 @@
+"""The sweep's logic, free of Prefect and MLflow: what a trial tries, how it scored, which trials are on the Pareto
+front, and the table and plot that show them.
+
+A trial's objective is the paired task gain (tuned - base on the same test items, in points); it is feasible only
+when the forgetting gate passed. Infeasible trials are kept and shown, never chosen.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tasks.lib.config import SweepParameter
+
+
+@dataclass
+class TrialOutcome:
+    number: int
+    values: dict[str, Any]
+    run_id: str
+    state: str = "pending"  # completed | failed | pending
+    task_gain: float | None = None  # points, tuned - base on the same items
+    task_ci: tuple[float, float] | None = None
+    worst_forgetting: float | None = None  # the most negative accuracy-benchmark delta, points
+    gate_passed: bool = False
+    verdict: str = ""
+    mlflow_run_id: str = ""
+    run_dir: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def feasible(self) -> bool:
+        return self.state == "completed" and self.gate_passed and self.task_gain is not None
+
+
+def suggest(trial, parameters: dict[str, SweepParameter]) -> dict[str, Any]:
+    """The values an Optuna trial picks for each searched key."""
+    values: dict[str, Any] = {}
+    for key, parameter in parameters.items():
+        if parameter.choices is not None:
+            values[key] = trial.suggest_categorical(key, parameter.choices)
+        elif float(parameter.low).is_integer() and float(parameter.high).is_integer() and not parameter.log:
+            values[key] = trial.suggest_int(key, int(parameter.low), int(parameter.high))
+        else:
+            values[key] = trial.suggest_float(key, parameter.low, parameter.high, log=parameter.log)
+    return values
+
+
+def grid_space(parameters: dict[str, SweepParameter]) -> dict[str, list[Any]]:
+    return {key: list(parameter.choices) for key, parameter in parameters.items()}
+
+
+def overrides_for(values: dict[str, Any]) -> list[str]:
+    """`key=value` overrides (values written as JSON, which the config reads as YAML)."""
+    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
+
+
+def outcome_from_metrics(outcome: TrialOutcome, metrics: dict[str, float], tags: dict[str, str]) -> TrialOutcome:
+    """Fill a trial's scores from its pipeline run's headline metrics and tags (what MLflow holds for it)."""
+    outcome.task_gain = metrics.get("task.delta")
+    if "task.ci_low" in metrics and "task.ci_high" in metrics:
+        outcome.task_ci = (metrics["task.ci_low"], metrics["task.ci_high"])
+    outcome.worst_forgetting = metrics.get("forgetting.worst_accuracy_delta_pts")
+    outcome.gate_passed = metrics.get("gate.passed") == 1.0
+    outcome.verdict = tags.get("gate", "not reached")
+    outcome.state = "completed" if tags.get("outcome") == "completed" else "failed"
+    return outcome
+
+
+def best_feasible(outcomes: list[TrialOutcome]) -> TrialOutcome | None:
+    """The gate-passing trial with the largest task gain (the earlier trial on a tie)."""
+    feasible = [outcome for outcome in outcomes if outcome.feasible]
+    return max(feasible, key=lambda outcome: (outcome.task_gain, -outcome.number)) if feasible else None
+
+
+def pareto_front(outcomes: list[TrialOutcome]) -> set[int]:
+    """Trial numbers no other scored trial beats on both task gain and worst forgetting delta (higher is better
+    on both)."""
+    scored = [o for o in outcomes if o.task_gain is not None and o.worst_forgetting is not None]
+
+    def dominates(a: TrialOutcome, b: TrialOutcome) -> bool:
+        return (
+            a.task_gain >= b.task_gain
+            and a.worst_forgetting >= b.worst_forgetting
+            and (a.task_gain > b.task_gain or a.worst_forgetting > b.worst_forgetting)
+        )
+
+    return {b.number for b in scored if not any(dominates(a, b) for a in scored)}
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:+.{digits}f}"
+
+
+def trials_markdown(outcomes: list[TrialOutcome], best: TrialOutcome | None, registration: str) -> str:
+    front = pareto_front(outcomes)
+    keys = sorted({key for outcome in outcomes for key in outcome.values})
+    lines = [
+        "# Sweep",
+        "",
+        f"{len(outcomes)} trials; objective: the paired task gain, subject to the forgetting gate passing. "
+        f"Best gate-passing trial: {f'#{best.number} ({best.run_id})' if best else 'none'}. {registration}",
+        "",
+        "| trial | " + " | ".join(keys) + " | task gain (pts) [CI] | worst forgetting (pts) | gate | Pareto | run |",
+        "|---|" + "---|" * len(keys) + "---|---|---|---|---|",
+    ]
+    for outcome in sorted(outcomes, key=lambda o: o.number):
+        ci = f" [{outcome.task_ci[0]:+.1f}, {outcome.task_ci[1]:+.1f}]" if outcome.task_ci else ""
+        gate = outcome.verdict if outcome.state == "completed" else outcome.state
+        marker = " (best)" if best is not None and outcome.number == best.number else ""
+        lines.append(
+            f"| #{outcome.number}{marker} | "
+            + " | ".join(f"{outcome.values.get(key, '')}" for key in keys)
+            + f" | {_num(outcome.task_gain)}{ci} | {_num(outcome.worst_forgetting)} | {gate} | "
+            + ("yes" if outcome.number in front else "")
+            + f" | {outcome.run_id} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def pareto_plot(outcomes: list[TrialOutcome], path: Path) -> Path:
+    """PNG: task gain against the worst forgetting delta, gate-passing trials filled, the front joined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    scored = [o for o in outcomes if o.task_gain is not None and o.worst_forgetting is not None]
+    front = sorted((o for o in scored if o.number in pareto_front(outcomes)), key=lambda o: o.worst_forgetting)
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for passed, style in (
+        (True, dict(color="#1e8449", label="gate passed")),
+        (False, dict(facecolors="none", edgecolors="#c0392b", label="gate not passed")),
+    ):
+        chosen = [o for o in scored if o.gate_passed == passed]
+        if chosen:
+            axis.scatter([o.worst_forgetting for o in chosen], [o.task_gain for o in chosen], s=40, **style)
+    for outcome in scored:
+        axis.annotate(
+            f"#{outcome.number}",
+            (outcome.worst_forgetting, outcome.task_gain),
+            fontsize=7,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
+    if len(front) > 1:
+        axis.plot([o.worst_forgetting for o in front], [o.task_gain for o in front], color="grey", linewidth=0.8)
+    axis.axvline(0.0, color="grey", linewidth=0.5)
+    axis.set_xlabel("worst forgetting delta, accuracy points (right is better)")
+    axis.set_ylabel("task gain over base, points")
+    axis.set_title("Sweep: learning vs forgetting")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", dpi=100)
+    plt.close(figure)
+    return path
