@@ -14,6 +14,7 @@ qlora chat models:/smollm2-135m-sst2@champion [--prompt TEXT]            talk to
 qlora check-run runs/demo [--report reports/demo_run.md]               did the newest run end as a verified champion?
 qlora sweep configs/sweep.yaml [--set ...]                              trials on a Prefect work pool, best registered
 qlora serve configs/demo.yaml                                           serve the deployments
+qlora deploy configs/demo.yaml --pool gpu [--source GIT_URL]            the pipeline on a work pool's workers
 qlora stack up|down|status                                              local Prefect + MLflow + serve
 
 Exit codes: 0 done (registered, or skipped as unchanged, or registry disabled); 1 a user error (bad input);
@@ -170,6 +171,25 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"  #{trial['number']:<3} {trial['values']}  task {gain}, {gate}  [{trial['run_id']}]")
     print(result["registration"])
     return EXIT_OK if result["best_run_id"] else EXIT_GATE
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from tasks.lib.preflight import check_inputs
+
+    check_inputs(load_config(args.config, args.overrides))
+    _use_local_stack()
+    from flows.serve import deploy_to_pool
+
+    name = deploy_to_pool(
+        args.name,
+        args.pool,
+        args.source,
+        parameters={"config_path": args.config, "overrides": args.overrides},
+        description="Fine-tune, evaluate, check forgetting, merge and register, on a work pool's workers.",
+        tags=["qlora"],
+    )
+    print(f"deployed {name} to work pool {args.pool!r}; start workers with: prefect worker start --pool {args.pool}")
+    return EXIT_OK
 
 
 def cmd_step(args: argparse.Namespace) -> int:
@@ -401,6 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = verbs.add_parser("sweep", help="a gate-aware search: each trial a pipeline run on a Prefect work pool")
     _config_args(sweep)
     sweep.set_defaults(handler=cmd_sweep)
+
+    deploy = verbs.add_parser("deploy", help="deploy the pipeline to a Prefect process work pool (e.g. GPU hosts)")
+    _config_args(deploy)
+    deploy.add_argument("--pool", required=True, help="work pool name (created as a process pool if missing)")
+    deploy.add_argument("--name", default="qlora-pool", help="deployment name")
+    deploy.add_argument("--source", help="git URL the workers pull the code from (default: this checkout)")
+    deploy.set_defaults(handler=cmd_deploy)
 
     serve = verbs.add_parser("serve", help="serve the on-demand and scheduled deployments (blocks)")
     serve.add_argument("config", nargs="?", default="configs/demo.yaml")

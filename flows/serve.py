@@ -7,9 +7,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import serve
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.events import DeploymentEventTrigger
+from prefect.exceptions import ObjectNotFound
 from prefect.schedules import Cron
 
 from flows.automations import install_crash_detection
@@ -17,6 +22,7 @@ from flows.finetune import finetune
 from tasks.io.events import DATA_UPDATED, data_resource_id
 from tasks.lib.config import load_config
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 ON_DEMAND = "qlora-on-demand"
 SCHEDULED = "qlora-scheduled-retrain"
 # One run of a deployment at a time, the rest queued (shown as waiting for a slot in the UI): the rule belongs
@@ -62,3 +68,24 @@ def serve_deployments(config_path: str) -> None:
     """Blocks, running flow runs one at a time: two trainings never share this machine's cores."""
     install_crash_detection()
     serve(*build_deployments(config_path), limit=1)
+
+
+def deploy_to_pool(
+    name: str, work_pool: str, source: str | None = None, parameters: dict | None = None, tags: list[str] = (), **kwargs
+) -> str:
+    """The pipeline flow as a deployment on a Prefect process work pool (created if missing), so that every
+    `prefect worker start --pool <work_pool>` (one per machine or GPU) runs its flow runs. `source` is where the
+    workers get the code: a git URL, or None for this checkout (workers on this host or a shared file system).
+    Returns the deployment's full name."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(work_pool)
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=work_pool, type="process"))
+    flow_from_source = finetune.from_source(source=source or str(REPO_ROOT), entrypoint="flows/finetune.py:finetune")
+    # to_deployment + apply rather than deploy(): Prefect 3.8.8's deploy() lists the pool's workers with null
+    # paging, which its own server refuses (422).
+    flow_from_source.to_deployment(
+        name=name, work_pool_name=work_pool, parameters=parameters or {}, tags=list(tags), **kwargs
+    ).apply()
+    return f"{finetune.name}/{name}"

@@ -20,11 +20,9 @@ import optuna
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.deployments import run_deployment
-from prefect.exceptions import ObjectNotFound
 
-from flows.finetune import finetune
+from flows.serve import deploy_to_pool
 from tasks.lib.config import ConfigError, RunConfig, load_config
 from tasks.lib.preflight import check_inputs
 from tasks.lib.sweep import (
@@ -40,28 +38,18 @@ from tasks.lib.sweep import (
 from tasks.pipeline_run import artifact_key
 
 TRIAL_DEPLOYMENT = "qlora-sweep-trial"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 POLL_SECONDS = 5
 
 
 def deploy_trials(config: RunConfig) -> str:
-    """The process work pool (created if missing) and the trial deployment on it; returns the deployment's name."""
-    spec = config.sweep
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_work_pool(spec.work_pool)
-        except ObjectNotFound:
-            client.create_work_pool(WorkPoolCreate(name=spec.work_pool, type="process"))
-    source = finetune.from_source(source=spec.source or str(REPO_ROOT), entrypoint="flows/finetune.py:finetune")
-    # to_deployment + apply rather than deploy(): Prefect 3.8.8's deploy() lists the pool's workers with null
-    # paging, which its own server refuses (422).
-    source.to_deployment(
-        name=TRIAL_DEPLOYMENT,
-        work_pool_name=spec.work_pool,
-        description="One trial of a qlora sweep: a whole pipeline run with the trial's overrides.",
+    """The trial deployment on the sweep's work pool; returns its full name."""
+    return deploy_to_pool(
+        TRIAL_DEPLOYMENT,
+        config.sweep.work_pool,
+        config.sweep.source,
         tags=["qlora", "sweep", config.name],
-    ).apply()
-    return f"{finetune.name}/{TRIAL_DEPLOYMENT}"
+        description="One trial of a qlora sweep: a whole pipeline run with the trial's overrides.",
+    )
 
 
 class AskTellGridSampler(optuna.samplers.GridSampler):
