@@ -382,3 +382,16 @@ def test_racing_registrations_leave_the_better_model_champion(tmp_path: Path, ti
     best = client.get_model_version_by_alias("race-model", "champion")
     assert best.tags["label"] == "best"
     assert len(client.search_model_versions("name='race-model'")) == 3
+
+
+def test_the_flow_trains_with_two_processes_and_logs_their_history(tmp_path: Path, tiny_model_dir: Path) -> None:
+    overrides = {"train.num_processes": 2, "train.batch_size": 4, "forgetting.enabled": False}
+    config_path = write_tiny_config(tmp_path, tiny_model_dir, tmp_path / "no-benchmarks", overrides)
+    result = finetune(config_path=str(config_path), overrides=["registry.enabled=false"])
+    assert result.train.global_step == 12 and result.train.best_eval_loss < result.train.first_eval_loss
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    train_run = client.get_run(result.train.mlflow_run_id)
+    assert train_run.data.tags["num_processes"] == "2"
+    history = client.get_metric_history(result.train.mlflow_run_id, "train.loss")
+    assert sorted(metric.step for metric in history) == [1, 2, 4, 6, 8, 10, 12]
+    assert (Path(result.run_dir) / "adapter" / "adapter_model.safetensors").is_file()
