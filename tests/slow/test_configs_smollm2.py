@@ -46,7 +46,7 @@ def test_shipped_config_runs_end_to_end(name: str, tmp_path: Path, demo_model_di
     if name == "gsm8k":
         # The tuned model writes its solution the way the training answers do: ending in '#### <number>'.
         marked = sum("####" in row["tuned_prediction"] for row in predictions)
-        assert marked >= sum("####" in row["base_prediction"] for row in predictions) and marked >= 8
+        assert marked > sum("####" in row["base_prediction"] for row in predictions)
     else:
         # Free text is scored whole: a multi-sentence answer reaches the scorer uncut.
         assert max(len(row["tuned_prediction"].split()) for row in predictions) > 20
