@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tasks.lib.gate import GateResult, GateRow
+from tasks.lib.plots import pyplot, save_png
 
 
 def _num(value: float | None, digits: int = 2) -> str:
@@ -108,12 +109,7 @@ def forgetting_markdown(result: GateResult, task_metrics: dict | None = None) ->
 
 def forgetting_delta_chart(result: GateResult, path: Path) -> Path:
     """PNG: each row's delta with its interval and the margin (accuracy in points, perplexity in percent)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
+    plt = pyplot()
     rows = [row for row in [*result.rows, result.task] if row.delta is not None]
     colours = {"pass": "#1e8449", "fail": "#c0392b", "inconclusive": "#d68910"}
     figure, axis = plt.subplots(figsize=(7, 1.2 + 0.55 * max(len(rows), 1)))
@@ -134,21 +130,12 @@ def forgetting_delta_chart(result: GateResult, path: Path) -> Path:
     axis.invert_yaxis()
     axis.set_xlabel("tuned - base (left is worse); | marks the margin; colour = verdict")
     axis.set_title(f"Gate: {result.verdict}", color=colours[result.verdict])
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=110)
-    plt.close(figure)
-    return path
+    return save_png(figure, path, dpi=110)
 
 
 def data_length_histogram(lengths: dict[str, list[int]], max_length: int, path: Path) -> Path:
     """PNG: the token-length distribution of each prepared split, with the data.max_length limit."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(7, 3.2))
     bins = range(0, max_length + 9, max(1, (max_length + 8) // 40))
     for split, values in lengths.items():
@@ -157,8 +144,4 @@ def data_length_histogram(lengths: dict[str, list[int]], max_length: int, path: 
     axis.set_xlabel("tokens per row (prompt + answer)")
     axis.set_ylabel("share of rows")
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=100)
-    plt.close(figure)
-    return path
+    return save_png(figure, path)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.lib.config import SweepParameter
+from tasks.lib.plots import pyplot, save_png
 
 
 @dataclass
@@ -122,12 +123,7 @@ def trials_markdown(outcomes: list[TrialOutcome], best: TrialOutcome | None, reg
 
 def pareto_plot(outcomes: list[TrialOutcome], path: Path) -> Path:
     """PNG: task gain against the worst forgetting delta, gate-passing trials filled, the front joined."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
+    plt = pyplot()
     scored = [o for o in outcomes if o.task_gain is not None and o.worst_forgetting is not None]
     front = sorted((o for o in scored if o.number in pareto_front(outcomes)), key=lambda o: o.worst_forgetting)
     figure, axis = plt.subplots(figsize=(6, 4))
@@ -153,8 +149,4 @@ def pareto_plot(outcomes: list[TrialOutcome], path: Path) -> Path:
     axis.set_ylabel("task gain over base, points")
     axis.set_title("Sweep: learning vs forgetting")
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=100)
-    plt.close(figure)
-    return path
+    return save_png(figure, path)

@@ -35,6 +35,7 @@ from tasks.lib.data_formats import read_jsonl
 from tasks.lib.errors import UserError
 from tasks.lib.modeling import peft_lora_config, pin_cpu_4bit_kernel, resolve_compute_dtype
 from tasks.lib.packed_attention import resolve_attention, set_attention
+from tasks.lib.plots import pyplot, save_png
 
 MetricsSink = Callable[[Mapping[str, float], int], None]
 
@@ -427,11 +428,7 @@ def _first_eval_loss(run_dir: Path) -> float | None:
 
 
 def loss_curve_png(log_history: list[dict[str, Any]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     train = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
     evals = [(entry["step"], entry["eval_loss"]) for entry in log_history if "eval_loss" in entry]
     figure, axis = plt.subplots(figsize=(7, 4))
@@ -443,7 +440,4 @@ def loss_curve_png(log_history: list[dict[str, Any]], path: Path) -> Path:
     axis.set_ylabel("loss")
     axis.set_title("QLoRA training")
     axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_png(figure, path)
