@@ -55,10 +55,13 @@ def load_run_config(path: str, overrides: list[str]):
     return load_config(path, overrides)
 
 
-def isolated_overrides(root: Path) -> list[str]:
-    """Config overrides that keep a benchmark's score cache, MLflow store and run folders under `root`."""
+def isolated_overrides(root: Path, shared_score_cache: bool = False) -> list[str]:
+    """Config overrides that keep a benchmark's prepared data, MLflow store, run folders and (unless
+    `shared_score_cache`) base-score cache under `root`: the DVC-tracked data and metrics are never touched."""
+    cache = [] if shared_score_cache else [f"forgetting.cache_dir={root / 'score_cache'}"]
     return [
-        f"forgetting.cache_dir={root / 'score_cache'}",
+        *cache,
+        f"data.processed_dir={root / 'processed'}",
         f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
         f"tracking.artifact_location={(root / 'mlartifacts').as_uri()}",
         f"output_dir={root / 'runs'}",

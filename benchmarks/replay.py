@@ -4,7 +4,8 @@ seed, data, steps, test items and benchmark items).
 
 Prints, for each variant, the paired task gain and every forgetting row (tuned - base on the same items, with its
 interval and verdict), and the change replay made to each; writes benchmarks/results/replay.json|md. Nothing is
-registered; MLflow and run folders go to a temporary folder (base benchmark scores come from the usual cache).
+registered; prepared data, MLflow and run folders go to a temporary folder (base benchmark scores come from the
+usual cache).
 
     python benchmarks/replay.py [--quick] [--learning-rate 2e-3] [--fraction 0.3] [--set k=v]
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO_ROOT, parser, quiet_libraries, stopwatch, write_results  # noqa: E402
+from _common import REPO_ROOT, isolated_overrides, parser, quiet_libraries, stopwatch, write_results  # noqa: E402
 
 REPLAY_SOURCE = "data/raw/alpaca_gpt4_en_demo/alpaca_en_demo.json"
 
@@ -74,11 +75,7 @@ def main() -> None:
     replay = [f"data.replay={{path: {REPLAY_SOURCE}, format: alpaca, fraction: {args.fraction}}}"]
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        isolated = [
-            f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
-            f"output_dir={root / 'runs'}",
-            f"tracking.artifact_location={(root / 'mlartifacts').as_uri()}",
-        ]
+        isolated = isolated_overrides(root, shared_score_cache=True)  # the base's scores: the usual cache
         variants = {
             "without replay": run_variant(args.config, [*common, *isolated]),
             f"with replay ({args.fraction:g})": run_variant(args.config, [*common, *isolated, *replay]),
