@@ -34,8 +34,9 @@ def data_version(config: RunConfig) -> str:
         sources.append((replay.path, replay.hub_revision))
     versions = [raw_data_version(data.path, data.hub_revision)]
     for path, revision in sources:
-        if path and raw_data_version(path, revision) not in versions:
-            versions.append(raw_data_version(path, revision))
+        version = raw_data_version(path, revision) if path else None  # once: a hub revision is a network call
+        if version and version not in versions:
+            versions.append(version)
     return "+".join(versions)
 
 
