@@ -9,6 +9,7 @@ from prefect import get_run_logger, task
 from tasks.common import once, retry_only_transient, step_run
 from tasks.io.models import load_adapter_model, load_tokenizer
 from tasks.lib.config import RunConfig
+from tasks.lib.merge import adapter_reference, save_reference
 from tasks.lib.promotion import items_fingerprint
 from tasks.lib.refs import DataRef, RunContext, TaskEvalRef, TrainRef
 from tasks.lib.task_eval import compare, evaluate_task, load_split, task_markdown, write_predictions
@@ -20,6 +21,11 @@ def evaluated_items_fingerprint(rows: list[dict], config: RunConfig) -> str:
     return items_fingerprint([(str(row.get("id")), row["messages"]) for row in selected])
 
 
+def merge_reference_path(context: RunContext) -> Path:
+    """Where the evaluation leaves the adapter model's answer log-probs for the merge check."""
+    return Path(context.run_dir) / "merge_reference.safetensors"
+
+
 def run_target_eval(config: RunConfig, context: RunContext, data: DataRef, trained: TrainRef) -> TaskEvalRef:
     with step_run(config, context, "evaluate") as tracker:
         tokenizer = load_tokenizer(config.model)
@@ -28,6 +34,8 @@ def run_target_eval(config: RunConfig, context: RunContext, data: DataRef, train
         with model.disable_adapter():
             base = evaluate_task(model, tokenizer, rows, config.evaluation)
         tuned = evaluate_task(model, tokenizer, rows, config.evaluation)
+        fidelity_rows = rows[: config.merge.num_fidelity_prompts]
+        save_reference(adapter_reference(model, fidelity_rows), merge_reference_path(context), len(fidelity_rows))
         comparison = compare(base, tuned)
         tracker.log_metrics(
             {f"{side}.{metric}": values[side] for metric, values in comparison.items() for side in values}

@@ -8,9 +8,10 @@ from prefect import get_run_logger, task
 from transformers import AutoModelForCausalLM
 
 from tasks.common import once, retry_only_transient, step_run
+from tasks.evaluate import merge_reference_path
 from tasks.io.models import load_adapter_model, load_base_model, load_tokenizer
 from tasks.lib.config import RunConfig
-from tasks.lib.merge import check_merge, merge_adapter, merge_check
+from tasks.lib.merge import adapter_reference, check_merge, load_reference, merge_adapter, merge_check
 from tasks.lib.refs import DataRef, MergeRef, RunContext, TrainRef
 from tasks.lib.task_eval import load_split
 
@@ -31,7 +32,9 @@ def run_merge(config: RunConfig, context: RunContext, data: DataRef, trained: Tr
 
         def verify(folder: Path) -> None:
             rows = load_split(Path(data.processed_dir), "test")[: config.merge.num_fidelity_prompts]
-            reference = load_adapter_model(config, trained.adapter_dir)
+            reference = load_reference(merge_reference_path(context), len(rows))
+            if reference is None:  # a run evaluated before the evaluation saved it
+                reference = adapter_reference(load_adapter_model(config, trained.adapter_dir), rows)
             merged = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
             report = merge_check(reference, merged, rows)
             tracker.log_params({"merge.strategy": config.merge.strategy})

@@ -7,11 +7,9 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
-from transformers import AutoModelForCausalLM
 
 from tasks.common import once, retry_only_transient, step_run
 from tasks.io.locks import registry_lock
-from tasks.io.models import load_tokenizer
 from tasks.io.registry import (
     PIPELINE_RUN_TAG,
     champion,
@@ -21,7 +19,6 @@ from tasks.io.registry import (
 )
 from tasks.io.versioning import provenance
 from tasks.lib.config import RunConfig
-from tasks.lib.merge import fidelity_prompts
 from tasks.lib.promotion import decide_promotion, decode_correct, encode_correct
 from tasks.lib.refs import DataRef, PipelineResult, RegistrationRef, RunContext, TaskEvalRef
 from tasks.lib.task_eval import evaluate_task, load_split
@@ -67,9 +64,6 @@ def run_registration(config: RunConfig, context: RunContext, data: DataRef, resu
         rows = load_split(Path(data.processed_dir), "test")
         champion_items, source = champion_correct_on(config, evaluation, rows, get_run_logger_or_none())
         decision = decide_promotion(True, evaluation.tuned_correct, champion_items, config.gate.alpha)
-        tokenizer = load_tokenizer(config.model)
-        merged = AutoModelForCausalLM.from_pretrained(result.merge.merged_dir, use_safetensors=True)
-        prompts = fidelity_prompts(rows, tokenizer, config.merge.num_fidelity_prompts)
 
         tags = {
             **provenance(config, data),
@@ -91,7 +85,7 @@ def run_registration(config: RunConfig, context: RunContext, data: DataRef, resu
             tracker.run_id,
             tags,
             decision,
-            verify=lambda uri: verify_round_trip(uri, merged, tokenizer, prompts),
+            verify=lambda uri: verify_round_trip(uri, Path(result.merge.merged_dir)),
         )
         round_trip = registered.round_trip.model_dump() if registered.round_trip else None
         if round_trip:

@@ -16,6 +16,8 @@ from typing import Any, Literal
 import torch
 from peft import PeftModel
 from pydantic import BaseModel, Field
+from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tasks.lib.config import MergeConfig
@@ -226,27 +228,59 @@ def _answer_logprobs(
     return out
 
 
-def merge_check(
-    adapter_model: PeftModel, merged_model: PreTrainedModel, encoded: list[dict[str, list[int]]]
-) -> MergeCheck:
-    """Compare answer-token log-probabilities of merged, adapter and base (the adapter disabled) models.
+def adapter_reference(adapter_model: PeftModel, encoded: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+    """What `merge_check` compares a merged model with: answer-token log-probs of the adapter model and of the
+    base (the adapter disabled), and the adapter model's argmax tokens, over `encoded`.
 
     `encoded`: tokenised test rows (`input_ids`, `labels` with -100 outside the answer), as data prep writes.
+    Computed where the adapter model is loaded anyway (the evaluation step), so the merge loads no second one.
     """
     if not encoded:
         raise ValueError("the merge check needs at least one encoded test row")
     adapter = _answer_logprobs(adapter_model, encoded)
     with adapter_model.disable_adapter():
         base = _answer_logprobs(adapter_model, encoded)
-    merged = _answer_logprobs(merged_model, encoded)
-    a = torch.cat([lp for lp, _ in adapter])
-    if a.numel() == 0:
+    reference = {
+        "adapter_logprobs": torch.cat([lp for lp, _ in adapter]),
+        "adapter_argmax": torch.cat([tokens for _, tokens in adapter]),
+        "base_logprobs": torch.cat([lp for lp, _ in base]),
+    }
+    if reference["adapter_logprobs"].numel() == 0:
         raise ValueError("the encoded rows hold no answer tokens")
-    b, m = torch.cat([lp for lp, _ in base]), torch.cat([lp for lp, _ in merged])
+    return reference
+
+
+def save_reference(reference: dict[str, torch.Tensor], path: Path, n_prompts: int) -> Path:
+    partial = Path(path).with_name(Path(path).name + ".partial")
+    save_file(reference, str(partial), metadata={"n_prompts": str(n_prompts)})
+    partial.replace(path)  # a killed write leaves no reference that looks whole
+    return Path(path)
+
+
+def load_reference(path: Path, n_prompts: int) -> dict[str, torch.Tensor] | None:
+    """The saved reference, or None when there is none for these `n_prompts` rows."""
+    if not Path(path).is_file():
+        return None
+    with safe_open(str(path), framework="pt") as handle:
+        if (handle.metadata() or {}).get("n_prompts") != str(n_prompts):
+            return None
+        return {key: handle.get_tensor(key) for key in handle.keys()}
+
+
+def merge_check(
+    reference: dict[str, torch.Tensor], merged_model: PreTrainedModel, encoded: list[dict[str, list[int]]]
+) -> MergeCheck:
+    """Compare the merged model's answer-token log-probabilities with the adapter model's and the base's
+    (`reference`, from `adapter_reference` on the same `encoded` rows)."""
+    merged = _answer_logprobs(merged_model, encoded)
+    a, b = reference["adapter_logprobs"], reference["base_logprobs"]
+    m = torch.cat([lp for lp, _ in merged])
+    if m.shape != a.shape:
+        raise ValueError(f"the reference holds {a.numel()} answer tokens, the encoded rows {m.numel()}")
     merged_gap, base_gap = (m - a).abs(), (b - a).abs()
     dtype = next(merged_model.parameters()).dtype
     bound = MAX_LOGPROB_DIFF.get(dtype, MAX_LOGPROB_DIFF[torch.bfloat16])
-    agree = torch.cat([x == y for (_, x), (_, y) in zip(adapter, merged, strict=True)]).float().mean()
+    agree = (reference["adapter_argmax"] == torch.cat([tokens for _, tokens in merged])).float().mean()
     base_mean = base_gap.mean().item()
     return MergeCheck(
         dtype=str(dtype).removeprefix("torch."),

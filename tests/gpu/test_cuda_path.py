@@ -46,7 +46,7 @@ def test_merge_check_on_bf16_weights_on_the_gpu(tmp_path: Path, tiny_model_dir: 
 
     from tasks.io.models import load_base_model
     from tasks.lib.config import LoraConfig, MergeConfig, ModelConfig, QuantizationConfig
-    from tasks.lib.merge import MergeFidelityError, check_merge, merge_adapter, merge_check
+    from tasks.lib.merge import MergeFidelityError, adapter_reference, check_merge, merge_adapter, merge_check
     from tasks.lib.modeling import peft_lora_config
     from tasks.lib.prepare import tokenize_conversation
 
@@ -63,10 +63,10 @@ def test_merge_check_on_bf16_weights_on_the_gpu(tmp_path: Path, tiny_model_dir: 
         {"messages": [{"role": "user", "content": "the film was great"}, {"role": "assistant", "content": "positive"}]}
     ]
     encoded = [tokenize_conversation(row["messages"], tiny_tokenizer, 128, "truncate") for row in rows]
-    check_merge(merge_check(adapter, merged, encoded), MergeConfig())
+    check_merge(merge_check(adapter_reference(adapter, encoded), merged, encoded), MergeConfig())
     base_only = load_base_model(model_cfg, quant).dequantize(dtype=torch.bfloat16)
     with pytest.raises(MergeFidelityError, match="not merged faithfully"):
-        check_merge(merge_check(adapter, base_only, encoded), MergeConfig())
+        check_merge(merge_check(adapter_reference(adapter, encoded), base_only, encoded), MergeConfig())
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="the two-process NCCL launch needs two GPUs")

@@ -15,11 +15,14 @@ from tasks.lib.config import LoraConfig, MergeConfig, ModelConfig, QuantizationC
 from tasks.lib.merge import (
     MergeError,
     MergeFidelityError,
+    adapter_reference,
     check_merge,
     fidelity,
     fidelity_prompts,
+    load_reference,
     merge_adapter,
     merge_check,
+    save_reference,
 )
 from tasks.lib.modeling import peft_lora_config
 from tasks.lib.prepare import tokenize_conversation
@@ -112,7 +115,7 @@ def test_dequantize_merge_reproduces_trained_model(trained, tiny_tokenizer, prom
     report = fidelity(model, merged, tiny_tokenizer, prompts)
     assert report.argmax_agreement >= 0.99 and report.max_abs_logit_diff < 1e-4
 
-    check = merge_check(model, merged, _encoded(tiny_tokenizer))
+    check = merge_check(adapter_reference(model, _encoded(tiny_tokenizer)), merged, _encoded(tiny_tokenizer))
     print(f"dequantize merge vs 4-bit+adapter: {check}")
     check_merge(check, MergeConfig())
     assert check.relative_distance is not None and check.relative_distance < 1e-3  # the adapter really moved things
@@ -126,12 +129,12 @@ def test_check_passes_a_correct_merge_and_refuses_one_that_dropped_the_adapter(
     merged = AutoModelForCausalLM.from_pretrained(_merge(trained, tiny_tokenizer, "dequantize", tmp_path / "m")).to(
         dtype
     )
-    check = merge_check(model, merged, _encoded(tiny_tokenizer))
+    check = merge_check(adapter_reference(model, _encoded(tiny_tokenizer)), merged, _encoded(tiny_tokenizer))
     assert check.dtype == str(dtype).removeprefix("torch.")
     check_merge(check, MergeConfig())
 
     base_only = load_base_model(model_cfg, QUANT).dequantize(dtype=torch.float32).to(dtype)  # the adapter lost
-    dropped = merge_check(model, base_only, _encoded(tiny_tokenizer))
+    dropped = merge_check(adapter_reference(model, _encoded(tiny_tokenizer)), base_only, _encoded(tiny_tokenizer))
     assert dropped.relative_distance == pytest.approx(1.0, abs=0.05 if dtype == torch.float32 else 0.3)
     with pytest.raises(MergeFidelityError, match="not merged faithfully"):
         check_merge(dropped, MergeConfig())
@@ -139,13 +142,14 @@ def test_check_passes_a_correct_merge_and_refuses_one_that_dropped_the_adapter(
 
 def test_original_merge_is_measurably_worse(trained, tiny_tokenizer, prompts, tmp_path) -> None:
     _, model, _ = trained
+    reference = adapter_reference(model, _encoded(tiny_tokenizer))
     dequantized = merge_check(
-        model,
+        reference,
         AutoModelForCausalLM.from_pretrained(_merge(trained, tiny_tokenizer, "dequantize", tmp_path / "d")),
         _encoded(tiny_tokenizer),
     )
     original = merge_check(
-        model,
+        reference,
         AutoModelForCausalLM.from_pretrained(_merge(trained, tiny_tokenizer, "original", tmp_path / "o")),
         _encoded(tiny_tokenizer),
     )
@@ -158,8 +162,9 @@ def test_corrupted_merge_is_detected(trained, tiny_tokenizer, tmp_path) -> None:
     merged = AutoModelForCausalLM.from_pretrained(_merge(trained, tiny_tokenizer, "dequantize", tmp_path / "m"))
     with torch.no_grad():
         merged.model.layers[1].mlp.down_proj.weight.mul_(8.0)
+    encoded = _encoded(tiny_tokenizer)
     with pytest.raises(MergeFidelityError, match="allowed for float32"):
-        check_merge(merge_check(model, merged, _encoded(tiny_tokenizer)), MergeConfig())
+        check_merge(merge_check(adapter_reference(model, encoded), merged, encoded), MergeConfig())
 
 
 def test_original_strategy_refuses_quantized_base(trained, tiny_tokenizer, tmp_path) -> None:
@@ -200,3 +205,15 @@ def test_a_merge_refused_by_its_check_publishes_no_folder(trained, tiny_tokenize
             refuse,
         )
     assert list(tmp_path.iterdir()) == []  # neither merged/ nor a temporary that looks like one
+
+
+def test_saved_reference_is_what_the_check_compares_and_is_refused_for_other_rows(trained, tiny_tokenizer, tmp_path):
+    _, model, _ = trained
+    encoded = _encoded(tiny_tokenizer)
+    reference = adapter_reference(model, encoded)
+    path = save_reference(reference, tmp_path / "reference.safetensors", len(encoded))
+    loaded = load_reference(path, len(encoded))
+    assert loaded is not None and all(torch.equal(loaded[key], reference[key]) for key in reference)
+    assert load_reference(path, len(encoded) + 1) is None
+    assert load_reference(tmp_path / "missing.safetensors", len(encoded)) is None
+    assert not list(tmp_path.glob("*.partial"))
