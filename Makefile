@@ -68,12 +68,16 @@ bench:  ## performance benchmarks on the demo (minutes); results in benchmarks/r
 	$(BIN)/python benchmarks/forgetting_cache.py
 	$(BIN)/python benchmarks/orchestration_overhead.py
 	$(BIN)/python benchmarks/gate_calibration.py
+	$(BIN)/python benchmarks/cost_curves.py
+	$(BIN)/python benchmarks/replay.py
 
 bench-quick:  ## smoke versions of the benchmarks
 	$(BIN)/python benchmarks/train_throughput.py --quick
 	$(BIN)/python benchmarks/forgetting_cache.py --quick
 	$(BIN)/python benchmarks/orchestration_overhead.py --quick
 	$(BIN)/python benchmarks/gate_calibration.py --quick
+	$(BIN)/python benchmarks/cost_curves.py --quick
+	$(BIN)/python benchmarks/replay.py --quick
 
 clean:  ## remove runs, local MLflow store and stack state (keeps data, model and .venv)
 	rm -rf runs mlruns.db mlartifacts .stack .cache
