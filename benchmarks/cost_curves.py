@@ -159,6 +159,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         points = results["prep"]
         axes[0].plot([p["rows"] for p in points], [p["rows_per_second"] for p in points], "o-")
         axes[0].set(xscale="log", xlabel="rows (SST-2 train)", ylabel="rows / s", title="data preparation")
+        axes[0].set_xticks([p["rows"] for p in points])
     if "forgetting" in results:
         for name, points in results["forgetting"].items():
             axes[1].plot([p["items"] for p in points], [p["seconds"] for p in points], "o-", label=name)
@@ -170,8 +171,15 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         axes[2].plot([p["max_length"] for p in points], [p["tokens_per_second"] for p in points], "o-")
         axes[2].set(xscale="log", xlabel="data.max_length (tokens)", ylabel="real tokens / s", title="training")
         axes[2].set_ylim(bottom=0)
+        axes[2].set_xticks([p["max_length"] for p in points])
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     for axis in axes:
         axis.grid(alpha=0.3)
+        for ticks in (axis.xaxis, axis.yaxis):
+            ticks.set_major_formatter(ScalarFormatter())
+            ticks.set_minor_formatter(NullFormatter())
+    axes[1].set_yticks([2, 5, 10, 20, 50])
     return save_png(figure, path)
 
 
