@@ -2,16 +2,17 @@
 
 A QLoRA adapter was trained against the 4-bit base, so the faithful merge target is that same 4-bit base
 dequantized (`dequantize`), not the original full-precision weights (`original`): merging into the original
-moved logits by up to 14.6 and changed 13% of argmax tokens on SmolLM2-135M. `fidelity` measures the
-difference on real prompts; `check_fidelity` turns it into a hard failure.
+moved logits by up to 14.6 and changed 13% of argmax tokens on SmolLM2-135M. `merge_check` measures the merged
+model against `adapter_reference` (the adapter model's answer log-probs on real test items); `check_merge` turns
+it into a hard failure.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from peft import PeftModel
@@ -33,13 +34,6 @@ class MergeError(UserError, RuntimeError):
 
 class MergeFidelityError(UserError, RuntimeError):
     """The merged model does not reproduce the trained (base + adapter) model closely enough."""
-
-
-class FidelityReport(BaseModel):
-    max_abs_logit_diff: float = Field(description="Largest |reference - candidate| over all logits compared.")
-    mean_abs_logit_diff: float = Field(description="Mean |reference - candidate| over all logits compared.")
-    argmax_agreement: float = Field(description="Fraction of positions whose next-token argmax agrees.")
-    n_tokens: int = Field(description="Non-pad positions compared.")
 
 
 def _is_quantized(model: PreTrainedModel) -> bool:
@@ -123,70 +117,6 @@ def _check_saved_folder(folder: Path) -> None:
     pickled = sorted(p.name for p in folder.glob("*.bin"))
     if pickled:
         raise MergeError(f"{folder} holds pickled weights {pickled}: only safetensors are allowed")
-
-
-def fidelity_prompts(test_rows: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, n: int) -> list[str]:
-    """The first n rows' full conversations (prompt + answer) rendered with the chat template."""
-    if n <= 0:
-        raise ValueError(f"n must be positive, got {n}")
-    prompts = []
-    for index, row in enumerate(test_rows[:n]):
-        messages = row.get("messages") if isinstance(row, dict) else None
-        if not messages:
-            raise ValueError(f"test row {index} (id {row.get('id') if isinstance(row, dict) else '?'}) has no messages")
-        prompts.append(tokenizer.apply_chat_template(messages, tokenize=False))
-    if not prompts:
-        raise ValueError("no test rows to build fidelity prompts from")
-    return prompts
-
-
-@torch.inference_mode()
-def _logits(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    model.eval()
-    device = next(model.parameters()).device
-    inputs = {key: value.to(device) for key, value in batch.items()}
-    return model(**inputs).logits.float().cpu()
-
-
-def fidelity(
-    reference_model: PreTrainedModel,
-    candidate_model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
-    batch_size: int = 4,
-) -> FidelityReport:
-    """Compare next-token logits of two models at every non-pad position of the (fully rendered) prompts."""
-    if not prompts:
-        raise ValueError("fidelity needs at least one prompt")
-    max_diff, abs_sum, n_logits, agree, n_tokens = 0.0, 0.0, 0, 0, 0
-    for start in range(0, len(prompts), batch_size):
-        batch = tokenizer(
-            prompts[start : start + batch_size],
-            return_tensors="pt",
-            padding=True,
-            padding_side="right",  # causal attention: right padding leaves real positions untouched
-            add_special_tokens=False,
-        )
-        batch = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        mask = batch["attention_mask"].bool()
-        ref = _logits(reference_model, batch)[mask]
-        cand = _logits(candidate_model, batch)[mask]
-        if ref.shape != cand.shape:
-            raise MergeFidelityError(
-                f"logit shapes differ: reference {tuple(ref.shape)}, candidate {tuple(cand.shape)}"
-            )
-        diff = (ref - cand).abs()
-        max_diff = max(max_diff, diff.max().item())
-        abs_sum += diff.sum().item()
-        n_logits += diff.numel()
-        agree += (ref.argmax(-1) == cand.argmax(-1)).sum().item()
-        n_tokens += ref.shape[0]
-    return FidelityReport(
-        max_abs_logit_diff=max_diff,
-        mean_abs_logit_diff=abs_sum / n_logits,
-        argmax_agreement=agree / n_tokens,
-        n_tokens=n_tokens,
-    )
 
 
 # Largest |log p(answer token)| difference a correct merge may show, per weight dtype: fp32 differs from the

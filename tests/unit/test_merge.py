@@ -17,8 +17,6 @@ from tasks.lib.merge import (
     MergeFidelityError,
     adapter_reference,
     check_merge,
-    fidelity,
-    fidelity_prompts,
     load_reference,
     merge_adapter,
     merge_check,
@@ -26,6 +24,7 @@ from tasks.lib.merge import (
 )
 from tasks.lib.modeling import peft_lora_config
 from tasks.lib.prepare import tokenize_conversation
+from tests.logits import fidelity, fidelity_prompts
 
 ROWS = [
     {

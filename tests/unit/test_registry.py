@@ -21,9 +21,10 @@ from tasks.io.registry import (
     verify_round_trip,
 )
 from tasks.lib.config import LoraConfig, ModelConfig, QuantizationConfig
-from tasks.lib.merge import fidelity_prompts, merge_adapter
+from tasks.lib.merge import merge_adapter
 from tasks.lib.modeling import peft_lora_config
 from tasks.lib.promotion import PromotionDecision, decide_promotion
+from tests.logits import fidelity_prompts
 
 NAME = "tiny-sst2"
 TAGS = {"data_version": "md5-abc123", "config_hash": "0123456789abcdef", "git_commit": "deadbeef"}
