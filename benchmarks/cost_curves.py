@@ -151,6 +151,8 @@ def describe(title: str, points: list[dict[str, Any]], size_key: str, cost_key: 
 
 
 def plot(results: dict[str, Any], path: Path) -> Path:
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     from tasks.lib.plots import pyplot, save_png
 
     plt = pyplot()
@@ -172,8 +174,6 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         axes[2].set(xscale="log", xlabel="data.max_length (tokens)", ylabel="real tokens / s", title="training")
         axes[2].set_ylim(bottom=0)
         axes[2].set_xticks([p["max_length"] for p in points])
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
     for axis in axes:
         axis.grid(alpha=0.3)
         for ticks in (axis.xaxis, axis.yaxis):
