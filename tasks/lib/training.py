@@ -33,6 +33,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from tasks.lib.config import RunConfig
 from tasks.lib.data_formats import read_jsonl
 from tasks.lib.errors import UserError
+from tasks.lib.lora_dropout import use_cheap_lora_dropout
 from tasks.lib.modeling import peft_lora_config, pin_cpu_4bit_kernel, resolve_compute_dtype
 from tasks.lib.packed_attention import resolve_attention, set_attention
 from tasks.lib.plots import pyplot, save_png
@@ -259,7 +260,9 @@ def attach_lora(base: PreTrainedModel, config: RunConfig, gradient_checkpointing
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
     base.config.use_cache = False
-    return get_peft_model(base, peft_lora_config(config.lora))
+    model = get_peft_model(base, peft_lora_config(config.lora))
+    use_cheap_lora_dropout(model)
+    return model
 
 
 def training_arguments(config: RunConfig, output_dir: Path, optimizer: str, checkpointing: bool) -> TrainingArguments:
