@@ -10,8 +10,9 @@ Variants, each in its own process so its memory peak is its own:
                   `prepare_model_for_kbit_training(model)` (its default turns gradient checkpointing on),
                   the same LoRA adapter, HF Trainer, DataCollatorForSeq2Seq padding to the longest row.
   baseline-no-gc  the same with `use_gradient_checkpointing=False`.
-  pipeline        tasks.lib.training.train_adapter exactly as the flow calls it (packing, no padding,
-                  the pipeline's training arguments and callbacks).
+  pipeline        tasks.lib.training.train_adapter exactly as the flow calls it (packing, no padding, the
+                  shared prompt prefix computed once per batch, the CPU LoRA dropout, the pipeline's training
+                  arguments and callbacks).
 The processes take turns step by step (a baton), so the timed steps interleave and never overlap: a busy
 neighbour on shared cores slows all variants alike, and step i of every variant sees the same rows.
 
@@ -79,8 +80,9 @@ class Baton:
 def _lockstep_timer(baton: Baton, me: int):
     """A Trainer callback timing each step from the moment this process got its turn to the step's end,
     then passing the turn on. The last step keeps the turn: the final eval/save must not overlap others.
-    It counts the real tokens each step's forward receives: attention_mask.sum() for padded batches, every
-    position of a packed batch (which has no mask and no padding)."""
+    It counts the real tokens of the rows each step's forward receives: attention_mask.sum() for padded batches;
+    for a packed row, each example's last position + 1 (its own tokens plus any shared prompt prefix it attends
+    to, which the pipeline computes once per batch)."""
     import torch
     from transformers import TrainerCallback
 
@@ -95,8 +97,13 @@ def _lockstep_timer(baton: Baton, me: int):
             self._tokens = 0
 
         def _count(self, module, args, kwargs) -> None:
-            mask, ids = kwargs.get("attention_mask"), kwargs.get("input_ids")
-            self._tokens += int(mask.sum()) if mask is not None else ids.numel()
+            mask, ids, positions = kwargs.get("attention_mask"), kwargs.get("input_ids"), kwargs.get("position_ids")
+            if mask is not None or positions is None:
+                self._tokens += int(mask.sum()) if mask is not None else ids.numel()
+                return
+            row = positions[0]
+            ends = torch.cat([(row[1:] - row[:-1] != 1).nonzero().squeeze(-1), torch.tensor([row.numel() - 1])])
+            self._tokens += int((row[ends] + 1).sum())
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             self.gradient_checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))

@@ -231,6 +231,12 @@ class TrainConfig(_Section):
         description="Attention kernel for training. auto: packed_loop on the CPU with packing (SDPA per packed "
         "row), flash_attention_2 on CUDA where flash-attn is installed, else sdpa (variable-length via position ids).",
     )
+    share_prompt_prefix: bool = Field(
+        True,
+        description="With packing and packed_loop attention: the prompt tokens every row of a batch starts with "
+        "(system turn, instruction) are computed once per batch and attended to by each row; the same loss and "
+        "gradients with fewer tokens (LoRA dropout masks on those tokens are then shared within the batch).",
+    )
     eval_steps: int = Field(25, gt=0)
     save_steps: int = Field(25, gt=0)
     save_total_limit: int = Field(2, gt=0)

@@ -7,6 +7,11 @@ so attention costs grow with the square of the packed length although each examp
 causal SDPA on each example's slice instead: the same outputs without the masked-out work. Anything that is
 not a single packed row (padded batches, generation with a cache, sliding-window layers) goes to transformers'
 own SDPA unchanged.
+
+A packed row may also hold a shared prefix (`SharedPrefixFlattening` in tasks/lib/training.py): the prompt tokens
+every example of the batch starts with, once, at the start of the row. An example whose first position is p > 0
+continues that prefix: it attends to the row's first p tokens and, causally, to itself, exactly as it would with
+its own copy of the prefix.
 """
 
 from __future__ import annotations
@@ -41,13 +46,26 @@ def packed_sdpa(module, query, key, value, attention_mask, position_ids=None, **
     bounds = example_bounds(position_ids) if packed_row else []
     if len(bounds) <= 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    outputs = [
-        sdpa_attention_forward(
-            module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], None, **kwargs
-        )[0]
-        for start, end in bounds
-    ]
+    firsts = position_ids[0, [start for start, _ in bounds]].tolist()
+    if firsts[0] != 0 or bounds[0][1] < max(firsts):
+        raise ValueError(f"a packed row must start with its shared prefix at position 0; first positions {firsts}")
+    outputs = []
+    for (start, end), prefix in zip(bounds, firsts, strict=True):
+        if prefix == 0:
+            keys, values, mask = key[:, :, start:end], value[:, :, start:end], None
+        else:
+            keys = torch.cat([key[:, :, :prefix], key[:, :, start:end]], dim=2)
+            values = torch.cat([value[:, :, :prefix], value[:, :, start:end]], dim=2)
+            mask = prefix_causal_mask(prefix, end - start, query.device)
+        outputs.append(sdpa_attention_forward(module, query[:, :, start:end], keys, values, mask, **kwargs)[0])
     return torch.cat(outputs, dim=1), None
+
+
+def prefix_causal_mask(prefix: int, length: int, device: torch.device) -> torch.Tensor:
+    """(1, 1, length, prefix + length) boolean mask: every query sees the whole prefix, then itself causally."""
+    own = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    seen = torch.cat([torch.ones(length, prefix, dtype=torch.bool, device=device), own], dim=1)
+    return seen[None, None]
 
 
 def register_packed_attention() -> None:

@@ -23,7 +23,14 @@ from tasks.io.models import load_base_model, load_tokenizer
 from tasks.lib.config import RunConfig, load_config
 from tasks.lib.packed_attention import NAME
 from tasks.lib.prepare import IGNORE_INDEX, prepare_dataset
-from tasks.lib.training import TrainingDivergedError, TrainResult, build_collator, read_token_split, train_adapter
+from tasks.lib.training import (
+    TrainingDivergedError,
+    TrainResult,
+    build_collator,
+    read_token_split,
+    shared_prompt_prefix,
+    train_adapter,
+)
 from tests.conftest import write_tiny_config
 
 # Decoder-layer projections of a Llama block; `all-linear` adapts all of them, never lm_head.
@@ -207,6 +214,60 @@ def test_packing_keeps_attention_inside_each_row(qlora_run: Run) -> None:
         for start, length, single in zip(starts[1:], lengths[1:], alone[1:], strict=True)
     )
     assert crossed > 1e-4
+
+
+def test_shared_prompt_prefix_gives_each_row_its_own_logits_loss_and_gradients(qlora_run: Run) -> None:
+    """The prompt prefix a batch shares is computed once, and every row still gets what it gets alone."""
+    model, tokenizer = qlora_run.model, qlora_run.tokenizer
+    rows = read_token_split(qlora_run.data_dir / "train.jsonl", max_rows=6).to_list()
+    shared = shared_prompt_prefix([row["input_ids"] for row in rows], [row["labels"] for row in rows])
+    assert shared > 0  # the chat template's system turn and the instruction start every row
+    lengths = [len(row["input_ids"]) for row in rows]
+    batch = build_collator(tokenizer, packing=True, share_prefix=True)(rows)
+    assert batch["input_ids"].shape == (1, sum(lengths) - (len(rows) - 1) * shared)
+
+    model.eval()  # no dropout: the shared and the plain batch must then agree exactly
+    try:
+        with torch.no_grad():
+            packed = model(**batch)
+            alone = [
+                model(input_ids=torch.tensor([row["input_ids"]]), labels=torch.tensor([row["labels"]])) for row in rows
+            ]
+        gradients = {}
+        for share in (False, True):
+            model.zero_grad()
+            model(
+                **build_collator(tokenizer, packing=True, answer_logits_only=True, share_prefix=share)(rows)
+            ).loss.backward()
+            gradients[share] = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    finally:
+        model.zero_grad()
+        model.train()
+
+    assert (packed.logits[0, :shared] - alone[0].logits[0, :shared]).abs().max() < 1e-4
+    start = shared
+    for length, single in zip(lengths, alone, strict=True):
+        diff = (packed.logits[0, start : start + length - shared] - single.logits[0, shared:]).abs().max().item()
+        assert diff < 1e-4, f"row at {start}: logits differ from the row alone by {diff}"
+        start += length - shared
+    counts = [sum(label != IGNORE_INDEX for label in row["labels"][1:]) for row in rows]
+    weighted = sum(single.loss.item() * count for single, count in zip(alone, counts, strict=True)) / sum(counts)
+    assert packed.loss.item() == pytest.approx(weighted, abs=1e-4)
+    assert gradients[True].keys() == gradients[False].keys() and gradients[True]
+    for name, plain in gradients[False].items():
+        assert torch.allclose(gradients[True][name], plain, rtol=1e-3, atol=1e-6), name
+
+
+def test_the_shared_prefix_stops_before_the_first_learned_token() -> None:
+    rows = [[1, 2, 3, 4, 5], [1, 2, 3, 4, 6], [1, 2, 3, 9]]
+    prompt_only = [[IGNORE_INDEX] * len(row) for row in rows]
+    assert shared_prompt_prefix(rows, prompt_only) == 3
+    # Token 3 is learned in the second row: position 1, which predicts it, must be computed per row.
+    learned = [list(labels) for labels in prompt_only]
+    learned[1][2] = 3
+    assert shared_prompt_prefix(rows, learned) == 1
+    assert shared_prompt_prefix(rows[:1], prompt_only[:1]) == 0  # a row alone shares nothing
+    assert shared_prompt_prefix([[1, 2], [7, 2]], [[IGNORE_INDEX] * 2] * 2) == 0
 
 
 def _finite_weights(path: Path) -> bool:
