@@ -65,6 +65,7 @@ lint:  ## ruff
 
 bench:  ## performance benchmarks on the demo (minutes); results in benchmarks/results/
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/validation_cost.py
 	$(BIN)/python benchmarks/forgetting_cache.py
 	$(BIN)/python benchmarks/orchestration_overhead.py
 	$(BIN)/python benchmarks/gate_calibration.py
@@ -73,6 +74,7 @@ bench:  ## performance benchmarks on the demo (minutes); results in benchmarks/r
 
 bench-quick:  ## smoke versions of the benchmarks
 	$(BIN)/python benchmarks/train_throughput.py --quick
+	$(BIN)/python benchmarks/validation_cost.py --quick
 	$(BIN)/python benchmarks/forgetting_cache.py --quick
 	$(BIN)/python benchmarks/orchestration_overhead.py --quick
 	$(BIN)/python benchmarks/gate_calibration.py --quick
