@@ -7,8 +7,10 @@ checks the weights that come back and `verify_round_trip` compares them with the
 
 from __future__ import annotations
 
+import importlib
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -89,15 +91,39 @@ def version_of_pipeline_run(client: MlflowClient, model_name: str, pipeline_run_
     return min(mine) if mine else None
 
 
+@contextmanager
+def _pipeline_classes_for_mlflow() -> Iterator[None]:
+    """MLflow 3.17 logs a model from its folder by reading `transformers.pipelines.check_task(task)[1]["impl"]
+    .__name__`; transformers 5 gives that `impl` as a dotted string, so the read fails (AttributeError). While
+    logging, `check_task` answers with the class the string names; a class already there is left alone."""
+    from transformers import pipelines
+
+    original = pipelines.check_task
+
+    def check_task(task: str, *args: Any, **kwargs: Any) -> Any:
+        name, metadata, options = original(task, *args, **kwargs)
+        implementation = metadata.get("impl")
+        if isinstance(implementation, str):
+            module, _, attribute = implementation.rpartition(".")
+            metadata = {**metadata, "impl": getattr(importlib.import_module(module), attribute)}
+        return name, metadata, options
+
+    pipelines.check_task = check_task
+    try:
+        yield
+    finally:
+        pipelines.check_task = original
+
+
 def _log_merged_model(merged_dir: Path) -> str:
-    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto")
-    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
-    info = mlflow.transformers.log_model(
-        transformers_model={"model": model, "tokenizer": tokenizer},
-        task="text-generation",
-        name=LOGGED_MODEL_NAME,
-        pip_requirements=_pip_requirements(),
-    )
+    """Logged from the folder: MLflow copies its files (weights, tokenizer, chat template) without loading them."""
+    with _pipeline_classes_for_mlflow():
+        info = mlflow.transformers.log_model(
+            transformers_model=str(merged_dir),
+            task="text-generation",
+            name=LOGGED_MODEL_NAME,
+            pip_requirements=_pip_requirements(),
+        )
     return info.model_uri
 
 

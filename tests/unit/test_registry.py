@@ -158,3 +158,22 @@ def test_failed_round_trip_moves_no_alias_and_a_retry_registers_no_second_versio
     assert retried.version == 1 and retried.promoted
     assert len(client.search_model_versions(f"name='{NAME}'")) == 1
     assert client.get_model_version(NAME, "1").tags["round_trip"] == "verified"
+
+
+def test_the_merged_model_is_logged_from_its_folder_without_loading_it(
+    mlflow_store, merged_dir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import pipelines
+
+    check_task = pipelines.check_task
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("registration loaded the merged model")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(AutoModelForCausalLM, "from_pretrained", no_loading)
+        registered = _register(mlflow_store, merged_dir, _promote(GOOD, None))
+    assert registered.version == 1 and pipelines.check_task is check_task  # the MLflow shim is undone
+    flavor = mlflow.models.get_model_info(f"models:/{NAME}/1").flavors["transformers"]
+    assert flavor["task"] == "text-generation" and flavor["instance_type"] == "TextGenerationPipeline"
+    assert verify_round_trip(f"models:/{NAME}/1", merged_dir).max_abs_weight_diff == 0.0
