@@ -187,7 +187,7 @@ def run_benchmarks(
     context, the logits alone of a 49k-vocabulary model would take 25 GB.
     The model's train/eval mode is restored afterwards.
     """
-    from lm_eval.models.huggingface import HFLM
+    from tasks.lib.shared_context_lm import shared_context_scoring
 
     _check(names, Path(data_dir))
     context = getattr(getattr(model, "config", None), "max_position_embeddings", None) or max_length
@@ -200,10 +200,11 @@ def run_benchmarks(
     was_training = getattr(model, "training", False)
     scores: dict[str, dict[str, Any]] = {}
     try:
-        for group, size, group_limit in groups:
-            if group:
-                lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=size, max_length=max_length)
-                scores.update(evaluate_lm(lm, group, Path(data_dir), group_limit))
+        with shared_context_scoring(model) as lm_class:
+            for group, size, group_limit in groups:
+                if group:
+                    lm = lm_class(pretrained=model, tokenizer=tokenizer, batch_size=size, max_length=max_length)
+                    scores.update(evaluate_lm(lm, group, Path(data_dir), group_limit))
         return {name: scores[name] for name in names}
     finally:
         if was_training:

@@ -8,10 +8,11 @@ causal SDPA on each example's slice instead: the same outputs without the masked
 not a single packed row (padded batches, generation with a cache, sliding-window layers) goes to transformers'
 own SDPA unchanged.
 
-A packed row may also hold a shared prefix (`SharedPrefixFlattening` in tasks/lib/training.py): the prompt tokens
-every example of the batch starts with, once, at the start of the row. An example whose first position is p > 0
-continues that prefix: it attends to the row's first p tokens and, causally, to itself, exactly as it would with
-its own copy of the prefix.
+A packed row may also hold shared prefixes: tokens several examples start with, stored once (the prompt a training
+batch shares, `SharedPrefixFlattening` in tasks/lib/training.py; a question's context shared by its answer choices,
+tasks/lib/shared_context_lm.py). An example whose first position is p > 0 continues the nearest example before it
+that starts at position 0: it attends to that example's first p tokens and, causally, to itself, exactly as it
+would with its own copy of them.
 """
 
 from __future__ import annotations
@@ -47,15 +48,19 @@ def packed_sdpa(module, query, key, value, attention_mask, position_ids=None, **
     if len(bounds) <= 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     firsts = position_ids[0, [start for start, _ in bounds]].tolist()
-    if firsts[0] != 0 or bounds[0][1] < max(firsts):
-        raise ValueError(f"a packed row must start with its shared prefix at position 0; first positions {firsts}")
-    outputs = []
+    outputs, anchor, anchor_end = [], 0, 0
     for (start, end), prefix in zip(bounds, firsts, strict=True):
         if prefix == 0:
+            anchor, anchor_end = start, end
             keys, values, mask = key[:, :, start:end], value[:, :, start:end], None
         else:
-            keys = torch.cat([key[:, :, :prefix], key[:, :, start:end]], dim=2)
-            values = torch.cat([value[:, :, :prefix], value[:, :, start:end]], dim=2)
+            if anchor + prefix > anchor_end:
+                raise ValueError(
+                    f"the example at {start} continues a {prefix}-token prefix, but the example it continues "
+                    f"(at {anchor}) has {anchor_end - anchor} tokens"
+                )
+            keys = torch.cat([key[:, :, anchor : anchor + prefix], key[:, :, start:end]], dim=2)
+            values = torch.cat([value[:, :, anchor : anchor + prefix], value[:, :, start:end]], dim=2)
             mask = prefix_causal_mask(prefix, end - start, query.device)
         outputs.append(sdpa_attention_forward(module, query[:, :, start:end], keys, values, mask, **kwargs)[0])
     return torch.cat(outputs, dim=1), None
