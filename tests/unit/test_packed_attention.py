@@ -49,6 +49,28 @@ def test_packed_row_matches_the_block_diagonal_mask(models) -> None:
     assert (crossing.logits - actual.logits).abs().max() > 1e-3
 
 
+def test_an_example_continuing_a_prefix_sees_it_as_its_own(models) -> None:
+    """Two prefixes in one row, each continued by a later example: every continuation gets the logits of the
+    prefix + itself alone; a continuation longer than its anchor's prefix is refused."""
+    reference, packed = models
+    generator = torch.Generator().manual_seed(1)
+    tokens = torch.randint(3, reference.config.vocab_size, (30,), generator=generator).tolist()
+    prefix_a, tail_a, prefix_b, tail_b = tokens[:6], tokens[6:10], tokens[10:15], tokens[15:20]
+    row = [*prefix_a, *tokens[20:23], *tail_a, *prefix_b, *tail_b]
+    positions = [*range(9), *range(6, 10), *range(5), *range(5, 10)]
+    with torch.no_grad():
+        got = packed(input_ids=torch.tensor([row]), position_ids=torch.tensor([positions]), use_cache=False).logits[0]
+        for prefix, tail, start in ((prefix_a, tail_a, 9), (prefix_b, tail_b, 18)):
+            want = reference(input_ids=torch.tensor([[*prefix, *tail]])).logits[0, len(prefix) :]
+            assert (got[start : start + len(tail)] - want).abs().max() < 1e-5
+        with pytest.raises(ValueError, match="continues a 12-token prefix"):
+            packed(
+                input_ids=torch.tensor([row]),
+                position_ids=torch.tensor([[*range(9), *range(12, 16), *range(10)]]),
+                use_cache=False,
+            )
+
+
 def test_anything_else_is_plain_sdpa(models) -> None:
     reference, packed = models
     input_ids = packed_row(reference.config.vocab_size)["input_ids"][:, :28].view(2, -1)
