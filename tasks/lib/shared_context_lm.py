@@ -1,12 +1,12 @@
 """lm-eval's HF model, scoring the answer choices of a question in one packed row that holds their context once.
 
 lm-eval scores a multiple-choice question as one (context, continuation) request per choice: each is computed
-separately, the context included, and every position is projected onto the vocabulary. Here the requests that
-share a context are packed together: the context once, then each continuation, whose positions continue from
-the context so that packed_sdpa (tasks/lib/packed_attention.py) lets it attend to the context and itself. The LM
-head runs only where a continuation token is predicted. Each request gets the log-likelihood and greedy flag
-lm-eval's own computation gives (tested item by item against `HFLM`). Requests whose context no other request
-shares (LAMBADA, perplexity windows) and requests lm-eval would truncate go to `HFLM` unchanged.
+separately, the context included, in padded batches, and every position is projected onto the vocabulary. Here
+requests are packed into rows without padding, those that share a context together: the context once, then each
+continuation, whose positions continue from the context so that packed_sdpa (tasks/lib/packed_attention.py) lets
+it attend to the context and itself. The LM head runs only where a continuation token is predicted (for LAMBADA,
+one or two positions of a hundred). Each request gets the log-likelihood and greedy flag lm-eval's own computation
+gives (tested request by request against `HFLM`). Requests lm-eval would truncate go to `HFLM` unchanged.
 """
 
 from __future__ import annotations
@@ -60,29 +60,30 @@ def pack_groups(groups: list[tuple[Sequence[int], dict[int, Sequence[int]]]], ro
 def shared_context_groups(
     requests: Sequence[Request], max_length: int
 ) -> tuple[list[tuple[Sequence[int], dict[int, Sequence[int]]]], list[int]]:
-    """Requests grouped by context where at least two share it (and none would be truncated), and the rest."""
+    """Requests grouped by context (a group may hold one), and those lm-eval would truncate (left for HFLM)."""
     by_context: dict[tuple[int, ...], dict[int, Sequence[int]]] = {}
+    truncated = []
     for index, (_, context, continuation) in enumerate(requests):
         if context and len(context) + len(continuation) <= max_length + 1:
             by_context.setdefault(tuple(context), {})[index] = continuation
-    groups = [(list(context), members) for context, members in by_context.items() if len(members) > 1]
-    grouped = {index for _, members in groups for index in members}
-    return groups, [index for index in range(len(requests)) if index not in grouped]
+        else:
+            truncated.append(index)
+    return [(list(context), members) for context, members in by_context.items()], truncated
 
 
 class SharedContextLM(HFLM):
-    """`HFLM` whose log-likelihood requests that share a context are scored in packed rows (see the module)."""
+    """`HFLM` whose log-likelihood requests are scored in packed rows, each context once (see the module)."""
 
     def _loglikelihood_tokens(
         self, requests: list[Request], disable_tqdm: bool = False, override_bs: int | None = None
     ) -> list[tuple[float, bool]]:
         if self.backend != "causal" or self.model.config._attn_implementation != PACKED_ATTENTION:
             return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
-        groups, rest = shared_context_groups(requests, self.max_length)
+        groups, truncated = shared_context_groups(requests, self.max_length)
         results: list[tuple[float, bool] | None] = [None] * len(requests)
-        if rest:
-            answers = super()._loglikelihood_tokens([requests[i] for i in rest], disable_tqdm, override_bs)
-            for index, answer in zip(rest, answers, strict=True):
+        if truncated:
+            answers = super()._loglikelihood_tokens([requests[i] for i in truncated], disable_tqdm, override_bs)
+            for index, answer in zip(truncated, answers, strict=True):
                 results[index] = answer
         batch = self.batch_size if isinstance(self.batch_size, int) else 16
         for row in pack_groups(groups, batch * ROW_TOKENS_PER_BATCH_ITEM):

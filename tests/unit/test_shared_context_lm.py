@@ -34,17 +34,23 @@ def test_a_packed_row_holds_each_context_once_and_says_where_each_token_is_predi
     assert [len(r.input_ids) for r in rows] == [6, 10]  # a group is never split, and a long one is alone
 
 
-def _recording(lm: HFLM, seen: dict) -> HFLM:
+def _recording(lm: HFLM, seen: list) -> HFLM:
     score = lm._loglikelihood_tokens
 
     def record(requests, *args, **kwargs):
         answers = score(requests, *args, **kwargs)
-        for (_, context, continuation), answer in zip(requests, answers, strict=True):
-            seen[(tuple(context), tuple(continuation))] = answer
+        seen.extend(
+            ((tuple(context), tuple(cont)), answer)
+            for (_, context, cont), answer in zip(requests, answers, strict=True)
+        )
         return answers
 
     lm._loglikelihood_tokens = record
     return lm
+
+
+# Multiple choice (contexts shared by 2-5 continuations), LAMBADA (one continuation), WikiText (rolling windows).
+RUNS = [(["hellaswag", "arc_easy", "piqa", "lambada"], 12), (["wikitext"], 2)]
 
 
 def test_shared_context_scoring_matches_lm_eval_request_by_request(
@@ -52,30 +58,31 @@ def test_shared_context_scoring_matches_lm_eval_request_by_request(
 ) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    plain_answers, shared_answers, rows = {}, {}, []
-    plain = evaluate_lm(
-        _recording(HFLM(pretrained=model, tokenizer=tokenizer, batch_size=8), plain_answers),
-        BENCHMARKS,
-        benchmark_data_dir,
-        12,
-    )
+    plain_answers, shared_answers, rows = [], [], []
+    plain = {}
+    for names, limit in RUNS:
+        lm = _recording(HFLM(pretrained=model, tokenizer=tokenizer, batch_size=8), plain_answers)
+        plain.update(evaluate_lm(lm, names, benchmark_data_dir, limit))
     score_row = SharedContextLM._score_row
     monkeypatch.setattr(
         SharedContextLM, "_score_row", lambda self, row, requests: rows.append(row) or score_row(self, row, requests)
     )
+    shared = {}
     with shared_context_scoring(model) as lm_class:
         assert lm_class is SharedContextLM
-        lm = _recording(lm_class(pretrained=model, tokenizer=tokenizer, batch_size=8), shared_answers)
-        shared = evaluate_lm(lm, BENCHMARKS, benchmark_data_dir, 12)
+        for names, limit in RUNS:
+            lm = _recording(lm_class(pretrained=model, tokenizer=tokenizer, batch_size=8), shared_answers)
+            shared.update(evaluate_lm(lm, names, benchmark_data_dir, limit))
     assert model.config._attn_implementation == "sdpa"  # restored
 
-    # Hellaswag, ARC and PIQA share contexts; LAMBADA's single continuations go through HFLM itself.
-    assert sum(len(row.predicting) for row in rows) == len(plain_answers) - 12
-    assert plain_answers.keys() == shared_answers.keys() and len(plain_answers) > 12 * len(BENCHMARKS)
-    for key, (log_likelihood, greedy) in plain_answers.items():
-        assert shared_answers[key][0] == pytest.approx(log_likelihood, abs=1e-4), key
-        assert shared_answers[key][1] == greedy, key
-    for name in BENCHMARKS:
+    assert len(plain_answers) > 12 * 4 + 2 and sum(len(row.predicting) for row in rows) == len(shared_answers)
+    # Choices of one question share the position that predicts their first token: the context was computed once.
+    assert any(len({indices[0] for indices in row.predicting.values()}) < len(row.predicting) for row in rows)
+    shared_by_request = dict(shared_answers)
+    for key, (log_likelihood, greedy) in plain_answers:
+        assert shared_by_request[key][0] == pytest.approx(log_likelihood, rel=1e-5, abs=1e-4), key
+        assert shared_by_request[key][1] == greedy, key
+    for name in plain:
         assert shared[name]["items"] == plain[name]["items"], name
 
 
