@@ -39,7 +39,7 @@ def base_model_version(config: RunConfig) -> str:
             "weights": model_version(config.model),
             "quantization": config.quantization.model_dump(mode="json"),
             "scored_as": f"dense merge base ({config.merge.strategy})",
-            "scorer": "lm-eval HFLM, choices sharing a context in packed rows",
+            "scorer": "lm-eval requests in packed rows, each context once (SharedContextLM)",
             "compute_dtype": dtype,
             "device": device,
             "versions": libraries,
