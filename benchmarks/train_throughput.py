@@ -86,6 +86,8 @@ def _lockstep_timer(baton: Baton, me: int):
     import torch
     from transformers import TrainerCallback
 
+    from tasks.lib.packed_attention import example_bounds
+
     class LockstepTimer(TrainerCallback):
         def __init__(self) -> None:
             self.seconds: list[float] = []
@@ -101,9 +103,7 @@ def _lockstep_timer(baton: Baton, me: int):
             if mask is not None or positions is None:
                 self._tokens += int(mask.sum()) if mask is not None else ids.numel()
                 return
-            row = positions[0]
-            ends = torch.cat([(row[1:] - row[:-1] != 1).nonzero().squeeze(-1), torch.tensor([row.numel() - 1])])
-            self._tokens += int((row[ends] + 1).sum())
+            self._tokens += sum(int(positions[0, end - 1]) + 1 for _, end in example_bounds(positions))
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             self.gradient_checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))

@@ -44,13 +44,13 @@ def adapted_model(config: Any) -> Any:
 
     from tasks.io.models import load_base_model
     from tasks.lib.modeling import pin_cpu_4bit_kernel
-    from tasks.lib.packed_attention import resolve_attention, set_attention
+    from tasks.lib.packed_attention import set_attention
     from tasks.lib.training import attach_lora
 
     torch.manual_seed(config.seed)
     base = load_base_model(config.model, config.quantization)
     pin_cpu_4bit_kernel(base)
-    set_attention(base, resolve_attention("packed_loop", True, False, False))
+    set_attention(base, "packed_loop")
     model = attach_lora(base, config, gradient_checkpointing=False)
     for name, parameter in model.named_parameters():
         if "lora_B" in name:
