@@ -202,16 +202,14 @@ def cmd_step(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from tasks.io.models import load_chat_model
-    from tasks.lib.task_eval import generate_answers
+    from tasks.lib.generation import chat_reply
 
     model, tokenizer = load_chat_model(args.model)
     history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
 
     def answer(prompt: str) -> str:
         turn = [*history, {"role": "user", "content": prompt}]
-        reply = generate_answers(
-            model, tokenizer, [{"messages": [*turn, {"role": "assistant", "content": ""}]}], args.max_new_tokens, 1
-        )[0]
+        reply = chat_reply(model, tokenizer, turn, args.max_new_tokens).text
         history.extend([turn[-1], {"role": "assistant", "content": reply}])
         return reply
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -17,11 +19,13 @@ from tasks.io.registry import (
     register_merged_model,
     verify_round_trip,
 )
+from tasks.io.tracking import scrub_mapping
 from tasks.io.versioning import provenance
 from tasks.lib.config import RunConfig
 from tasks.lib.promotion import decide_promotion, decode_correct, encode_correct
 from tasks.lib.refs import DataRef, PipelineResult, RegistrationRef, RunContext, TaskEvalRef
 from tasks.lib.task_eval import evaluate_task, load_split
+from tasks.report import model_card_markdown
 
 TEST_FINGERPRINT_TAG = "test_fingerprint"
 TEST_CORRECT_TAG = "test_items_correct"
@@ -65,32 +69,31 @@ def run_registration(config: RunConfig, context: RunContext, data: DataRef, resu
         champion_items, source = champion_correct_on(config, evaluation, rows, get_run_logger_or_none())
         decision = decide_promotion(True, evaluation.tuned_correct, champion_items, config.gate.alpha)
 
-        tags = {
-            **provenance(config, data),
-            PIPELINE_RUN_TAG: context.run_id,
-            "adapter_model_id": result.train.adapter_model_id,
-            "mlflow_parent_run_id": context.parent_run_id,
-            "merge_strategy": result.merge.strategy,
-            "champion_comparison": source,
-            TEST_FINGERPRINT_TAG: evaluation.test_fingerprint,
-            **result.forgetting.tags,
-            **{f"base.{key}": value for key, value in evaluation.base.items()},
-            **{f"tuned.{key}": value for key, value in evaluation.tuned.items()},
-        }
+        provenance_tags = provenance(config, data)
+        card = model_card_markdown(config, result, provenance_tags, promotion=decision.reason)
+        write_model_card(Path(result.merge.merged_dir), card)
+        tags = version_tags(config, context, result, provenance_tags, source)
         if len(evaluation.tuned_correct) <= MAX_TAG_ITEMS:
             tags[TEST_CORRECT_TAG] = encode_correct(evaluation.tuned_correct)
+        # Everything the trimmed tags leave out, beside the card, in the step run.
+        details = {**provenance_tags, **result.forgetting.tags, **tags, "promotion_reason": decision.reason}
+        details_json = json.dumps(scrub_mapping(details), indent=2, sort_keys=True)
+        tracker.log_text(details_json, "registration/version_details.json")
+        tracker.log_text(card, "registration/model_card.md")
         registered = register_merged_model(
             Path(result.merge.merged_dir),
             name,
-            tracker.run_id,
+            context.parent_run_id,  # the pipeline's run lists the logged model and the version it became
             tags,
             decision,
             verify=lambda uri: verify_round_trip(uri, Path(result.merge.merged_dir)),
+            description=card,
+            example_prompt=user_prompt(rows[0]) if rows else "Hello!",
         )
         round_trip = registered.round_trip.model_dump() if registered.round_trip else None
         if round_trip:
             tracker.log_metrics({f"round_trip.{key}": value for key, value in round_trip.items()})
-        tracker.set_tags({"promotion_reason": decision.reason})
+        tracker.set_tags({"promotion_reason": decision.reason, "registered_version": str(registered.version)})
         return RegistrationRef(
             registered=registered.version is not None,
             model_name=name,
@@ -99,6 +102,38 @@ def run_registration(config: RunConfig, context: RunContext, data: DataRef, resu
             reason=registered.reason,
             round_trip=round_trip,
         )
+
+
+def version_tags(
+    config: RunConfig, context: RunContext, result: PipelineResult, provenance_tags: dict[str, str], source: str
+) -> dict[str, str]:
+    """What a user filters or sorts versions on; the rest is in the card and `registration/version_details.json`."""
+    evaluation, metric = result.evaluation, result.evaluation.primary_metric
+    return {
+        **{key: provenance_tags[key] for key in ("data_version", "config_hash", "git_commit")},
+        "base_model": config.model.name_or_path + (f"@{config.model.revision}" if config.model.revision else ""),
+        PIPELINE_RUN_TAG: context.run_id,
+        "adapter_model_id": result.train.adapter_model_id,
+        "gate.verdict": result.forgetting.gate.get("verdict", ""),
+        "task.metric": metric,
+        "task.base": f"{evaluation.base.get(metric, float('nan')):.4f}",
+        "task.tuned": f"{evaluation.tuned.get(metric, float('nan')):.4f}",
+        "champion_comparison": source,
+        TEST_FINGERPRINT_TAG: evaluation.test_fingerprint,
+    }
+
+
+def write_model_card(merged_dir: Path, card: str) -> Path:
+    """README.md beside the weights, as on the Hugging Face hub; written whole or not at all."""
+    path, tmp = merged_dir / "README.md", merged_dir / ".README.md.tmp"
+    tmp.write_text(card, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def user_prompt(row: dict) -> str:
+    """The last user turn of a test row: the served model's input example."""
+    return next((m["content"] for m in reversed(row["messages"]) if m.get("role") == "user"), "Hello!")
 
 
 def get_run_logger_or_none():

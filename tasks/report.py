@@ -62,3 +62,73 @@ def pipeline_markdown(config: RunConfig, result: PipelineResult) -> str:
         f"MLflow parent run `{result.mlflow_run_id}` in experiment `{config.tracking.experiment}` ({tracking}).",
     ]
     return "\n".join(lines)
+
+
+def serving_commands(model_name: str, tracking: str, port: int = 5001) -> str:
+    """How to serve and query a registered version, from a fresh clone (the README's serving section)."""
+    return "\n".join(
+        [
+            "```bash",
+            f"MLFLOW_TRACKING_URI={tracking} PATH=$PWD/.venv/bin:$PATH \\",
+            f"  mlflow models serve -m 'models:/{model_name}@champion' --env-manager local -h 127.0.0.1 -p {port}",
+            f"curl -s http://127.0.0.1:{port}/invocations -H 'Content-Type: application/json' \\",
+            '  -d \'{"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 64}\'',
+            "```",
+            "",
+            "Requests are OpenAI-style chat (`messages`; `max_tokens`, default 256; `temperature`, default 0: greedy, "
+            "the evaluation's decoding; `top_p`) and answers are chat completions (`choices[0].message.content`). "
+            "The chat template the model was trained with is applied. The version's `artifacts/merged` folder is a "
+            "plain transformers folder (safetensors, tokenizer, chat template, this card): "
+            "`mlflow artifacts download -u models:/NAME/VERSION` then `vllm serve <folder>/artifacts/merged` "
+            "or TGI's `--model-id <folder>/artifacts/merged`.",
+        ]
+    )
+
+
+def model_card_markdown(
+    config: RunConfig, result: PipelineResult, provenance: dict[str, str], promotion: str = ""
+) -> str:
+    """The registered version's description and the README.md beside its weights."""
+    model, lora, train = config.model, config.lora, config.train
+    evaluation, forgetting, merge = result.evaluation, result.forgetting, result.merge
+    title = f"# `{config.registry.model_name}`"
+    base = model.name_or_path + (f" @ `{model.revision}`" if model.revision else "")
+    quantized = config.quantization.quant_type if config.quantization.enabled else "off"
+    lines = [
+        title,
+        "",
+        f"A QLoRA fine-tune of **{base}** on `{config.name}`, merged into the dequantized 4-bit base and "
+        f"registered by pipeline run `{result.run_id}` only after its gates passed.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| base model | {base}" + (f" (GGUF `{model.gguf_file}`)" if model.gguf_file else "") + " |",
+        f"| data version (DVC md5) | `{provenance.get('data_version', '')}` |",
+        f"| adapter | LoRA r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, "
+        f"targets {lora.target_modules}; 4-bit {quantized} |",
+        f"| training | {train.max_steps} max steps, learning rate {train.learning_rate:g}, batch {train.batch_size}, "
+        f"seed {config.seed} |",
+        f"| code and config | commit `{provenance.get('git_commit', '')}`, config hash "
+        f"`{provenance.get('config_hash', '')}` |",
+        f"| MLflow run | `{result.mlflow_run_id}` |",
+    ]
+    if promotion:
+        lines.append(f"| against the champion | {promotion} |")
+    if evaluation is not None:
+        metric = evaluation.primary_metric
+        lines += [
+            "",
+            "## Target task",
+            "",
+            f"{metric}: base {evaluation.base.get(metric, float('nan')):.3f} -> tuned "
+            f"{evaluation.tuned.get(metric, float('nan')):.3f} on the same {evaluation.n_items} test items.",
+            "",
+            evaluation.markdown,
+        ]
+    if forgetting is not None:
+        lines += ["", forgetting.markdown.replace("## Catastrophic-forgetting check", "## Forgetting gate", 1)]
+    if merge is not None:
+        lines += ["", "## Merge check", "", merge_summary(merge.strategy, merge.fidelity)]
+    tracking = scrub(tracking_uri(config.tracking.uri))
+    lines += ["", "## Serving", "", serving_commands(config.registry.model_name, tracking), ""]
+    return "\n".join(lines)

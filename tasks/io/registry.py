@@ -1,16 +1,15 @@
 """The MLflow Model Registry: log the merged model, register a version, move the champion/challenger aliases.
 
 The merged model (a plain transformers folder) is logged, never the PEFT model: a PEFT model logged with a
-local base came back from the registry with its base weights missing and newly initialised. Loading back
-checks the weights that come back and `verify_round_trip` compares them with the merged folder's.
+local base came back from the registry with its base weights missing and newly initialised. It is logged as a
+chat model MLflow serves (`tasks.io.serving`), with the folder as its artifact; `verify_round_trip` loads the
+version as the server does and compares its weights with the merged folder's.
 """
 
 from __future__ import annotations
 
-import importlib
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from pydantic import BaseModel
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from tasks.io.serving import CHAT_SIGNATURE, MERGED_ARTIFACT, MODEL_CODE, ChatServer, shipped_code
 from tasks.io.tracking import scrub_mapping
 from tasks.lib.errors import UserError
 from tasks.lib.failpoints import failpoint
@@ -91,37 +91,18 @@ def version_of_pipeline_run(client: MlflowClient, model_name: str, pipeline_run_
     return min(mine) if mine else None
 
 
-@contextmanager
-def _pipeline_classes_for_mlflow() -> Iterator[None]:
-    """MLflow 3.17 logs a model from its folder by reading `transformers.pipelines.check_task(task)[1]["impl"]
-    .__name__`; transformers 5 gives that `impl` as a dotted string, so the read fails (AttributeError). While
-    logging, `check_task` answers with the class the string names; a class already there is left alone."""
-    from transformers import pipelines
-
-    original = pipelines.check_task
-
-    def check_task(task: str, *args: Any, **kwargs: Any) -> Any:
-        name, metadata, options = original(task, *args, **kwargs)
-        implementation = metadata.get("impl")
-        if isinstance(implementation, str):
-            module, _, attribute = implementation.rpartition(".")
-            metadata = {**metadata, "impl": getattr(importlib.import_module(module), attribute)}
-        return name, metadata, options
-
-    pipelines.check_task = check_task
-    try:
-        yield
-    finally:
-        pipelines.check_task = original
-
-
-def _log_merged_model(merged_dir: Path) -> str:
-    """Logged from the folder: MLflow copies its files (weights, tokenizer, chat template) without loading them."""
-    with _pipeline_classes_for_mlflow():
-        info = mlflow.transformers.log_model(
-            transformers_model=str(merged_dir),
-            task="text-generation",
+def _log_merged_model(merged_dir: Path, example_prompt: str) -> str:
+    """Logged as a chat model MLflow serves (`tasks.io.serving.ChatServer`); the merged folder is its artifact,
+    copied as it is. MLflow loads it once to check that the input example is answered."""
+    example = ({"messages": [{"role": "user", "content": example_prompt}]}, {"max_tokens": 16, "temperature": 0.0})
+    with tempfile.TemporaryDirectory() as scratch:
+        info = mlflow.pyfunc.log_model(
             name=LOGGED_MODEL_NAME,
+            python_model=str(MODEL_CODE),
+            artifacts={MERGED_ARTIFACT: str(merged_dir)},
+            code_paths=[str(shipped_code(Path(scratch)))],
+            signature=CHAT_SIGNATURE,
+            input_example=example,
             pip_requirements=_pip_requirements(),
         )
     return info.model_uri
@@ -134,8 +115,13 @@ def register_merged_model(
     tags: dict[str, Any],
     decision: PromotionDecision,
     verify: Callable[[str], RoundTripReport] | None = None,
+    description: str = "",
+    example_prompt: str = "Hello!",
 ) -> RegistrationResult:
     """Register the merged folder (logged in run `run_id`), verify the version, and only then move aliases.
+
+    `description` (the model card, markdown) becomes the version's description; `example_prompt` the input
+    example a served request is shown with.
 
     Nothing is registered when the decision says so. A pipeline run that already registered a version (a
     retried task, a rerun) gets that version back instead of a second one. `verify(models:/NAME/VERSION)`
@@ -157,13 +143,15 @@ def register_merged_model(
             raise RegistryError(f"run {active.info.run_id} is active, but the model belongs to run {run_id}")
         if active is None:
             with mlflow.start_run(run_id=run_id):
-                model_uri = _log_merged_model(merged_dir)
+                model_uri = _log_merged_model(merged_dir, example_prompt)
             # start_run's exit marked the step run FINISHED; the step is not: its caller closes it.
             client.update_run(run_id, status="RUNNING")
         else:
-            model_uri = _log_merged_model(merged_dir)
+            model_uri = _log_merged_model(merged_dir, example_prompt)
         version = int(mlflow.register_model(model_uri, model_name, tags=version_tags).version)
         failpoint("register.version-created")
+    if description:
+        client.update_model_version(model_name, str(version), description=description)
     round_trip = None
     if verify is not None:
         try:
@@ -184,6 +172,15 @@ def register_merged_model(
     )
 
 
+def _model_folders(local: Path) -> tuple[Path, Path]:
+    """(weights folder, tokenizer folder) of a downloaded version: the chat model's merged folder, or the layout
+    of versions logged with MLflow's transformers flavor before (a champion registered by an older release)."""
+    chat_model = [path.parent for path in (local / "artifacts").glob("*/config.json")]
+    if len(chat_model) == 1:
+        return chat_model[0], chat_model[0]
+    return local / "model", local / "components" / "tokenizer"
+
+
 def load_registered(uri: str, dst_dir: Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Download `models:/NAME@alias` or `models:/NAME/VERSION` and load it as a transformers model, refusing
     missing or extra weights."""
@@ -192,9 +189,9 @@ def load_registered(uri: str, dst_dir: Path | None = None) -> tuple[PreTrainedMo
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
     except MlflowException as error:
         raise RegistryError(f"cannot download {uri}: {error.message}") from None
-    model_dir, tokenizer_dir = local / "model", local / "components" / "tokenizer"
+    model_dir, tokenizer_dir = _model_folders(local)
     if not (model_dir / "config.json").is_file() or not tokenizer_dir.is_dir():
-        raise RegistryError(f"{uri} is not a merged transformers model (no model/config.json or tokenizer)")
+        raise RegistryError(f"{uri} is not a merged transformers model (no config.json or tokenizer)")
     if not list(model_dir.glob("*.safetensors")):
         raise RegistryError(f"{uri} holds no safetensors weights")
     model, info = AutoModelForCausalLM.from_pretrained(
@@ -204,17 +201,27 @@ def load_registered(uri: str, dst_dir: Path | None = None) -> tuple[PreTrainedMo
     if broken:
         raise RegistryError(f"{uri} loaded with weight problems: {broken}")
     model.eval()
-    return model, AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
 
 
 def verify_round_trip(uri: str, merged_dir: Path) -> RoundTripReport:
-    """Load `uri` (models:/...) as a user would and raise RoundTripError unless every weight equals the merged
-    folder's and its tokenizer renders chats with the same template.
+    """Load `uri` (models:/...) as MLflow's server does and raise RoundTripError unless every weight equals the
+    merged folder's, its tokenizer renders chats with the same template, and it answers a chat request.
 
-    Weights equal bit for bit and the same config mean the same logits on every input; comparing them needs no
-    second copy of the merged model in memory (each tensor is read from the memory-mapped file in turn)."""
-    loaded, tokenizer = load_registered(uri)
-    state = loaded.state_dict()
+    Weights equal bit for bit, the same config and the same shipped decoding code mean the same answers on every
+    input; comparing them needs no second copy of the merged model in memory (each tensor is read from the
+    memory-mapped file in turn)."""
+    try:
+        served = mlflow.pyfunc.load_model(uri)
+    except MlflowException as error:
+        raise RegistryError(f"cannot load {uri}: {error.message}") from None
+    server = served.unwrap_python_model()
+    if not isinstance(server, ChatServer):
+        raise RoundTripError(f"{uri} is not a chat model ({type(server).__name__})")
+    state = server.model.state_dict()
     problems, max_diff, n_tensors = [], 0.0, 0
     for weights_file in sorted(Path(merged_dir).glob("*.safetensors")):
         with safe_open(str(weights_file), framework="pt") as handle:
@@ -227,8 +234,11 @@ def verify_round_trip(uri: str, merged_dir: Path) -> RoundTripReport:
                 max_diff = max(max_diff, (got.detach().cpu().float() - expected.float()).abs().max().item())
     if max_diff > 0:
         problems.append(f"weights differ (max |diff| {max_diff:.3g})")
-    if tokenizer.chat_template != AutoTokenizer.from_pretrained(merged_dir).chat_template:
+    if server.tokenizer.chat_template != AutoTokenizer.from_pretrained(merged_dir).chat_template:
         problems.append("the chat template differs")
+    answer = served.predict({"messages": [{"role": "user", "content": "Hello"}]}, params={"max_tokens": 2})
+    if not answer or answer[0].get("object") != "chat.completion" or not answer[0].get("choices"):
+        problems.append(f"a chat request was not answered with a chat completion: {answer!r:.200}")
     if problems or n_tensors == 0:
         raise RoundTripError(f"{uri} differs from the registered model: {'; '.join(problems) or 'no weights'}")
     return RoundTripReport(n_tensors=n_tensors, max_abs_weight_diff=max_diff)

@@ -67,6 +67,7 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
     def set_tags(self, tags: Mapping[str, Any]) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+    def log_text(self, text: str, artifact_file: str) -> None: ...
 
 
 class NullTracker:
@@ -82,6 +83,9 @@ class NullTracker:
         pass
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_text(self, text: str, artifact_file: str) -> None:
         pass
 
 
@@ -145,6 +149,9 @@ class MlflowTracker:
             self.client.log_artifacts(self.run_id, str(path), artifact_path)
         else:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, scrub(text), artifact_file)
 
 
 def configure_mlflow(uri: str | None, experiment: str, artifact_location: str | None = None) -> str:

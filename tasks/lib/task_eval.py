@@ -6,7 +6,6 @@ tuned model; `compare`, `task_markdown` and `write_predictions` put the two side
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import string
@@ -19,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from tasks.lib.config import ConfigError, EvaluationConfig
 from tasks.lib.data_formats import read_jsonl
+from tasks.lib.generation import generate, model_device, render_chat
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 LABEL_METRICS = ("accuracy", "exact_match", "f1")
@@ -115,65 +115,15 @@ def _check_rows(rows: list[dict]) -> None:
         raise ValueError("bad evaluation rows:\n  " + "\n  ".join(errors))
 
 
-def _model_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _greedy_config(model, tokenizer, max_new_tokens: int):
-    config = copy.deepcopy(model.generation_config)
-    config.do_sample = False
-    config.num_beams = 1
-    config.temperature = None
-    config.top_p = None
-    config.top_k = None
-    config.max_new_tokens = max_new_tokens
-    config.max_length = None
-    config.pad_token_id = tokenizer.pad_token_id
-    eos = config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    if tokenizer.eos_token_id is not None:
-        eos_ids.add(tokenizer.eos_token_id)
-    config.eos_token_id = sorted(eos_ids) or None
-    return config
-
-
 def render_prompts(tokenizer, rows: list[dict]) -> list[str]:
     """Each row's messages minus the answer, through the chat template, ready for the assistant turn."""
-    return [
-        tokenizer.apply_chat_template(row["messages"][:-1], add_generation_prompt=True, tokenize=False) for row in rows
-    ]
+    return [render_chat(tokenizer, row["messages"][:-1]) for row in rows]
 
 
 def generate_answers(model, tokenizer, rows: list[dict], max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy answers (new tokens only, special tokens skipped), one per row, in row order."""
     _check_rows(rows)
-    if tokenizer.pad_token_id is None:
-        raise ValueError("the tokenizer has no pad token: set one (load_tokenizer uses the eos token)")
-    prompts = render_prompts(tokenizer, rows)
-    # Longest prompts first: batches hold prompts of similar length, so little padding.
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
-    answers: list[str] = [""] * len(prompts)
-    config = _greedy_config(model, tokenizer, max_new_tokens)
-    device = _model_device(model)
-    was_training = model.training
-    padding_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                batch = order[start : start + batch_size]
-                encoded = tokenizer(
-                    [prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False
-                ).to(device)
-                output = model.generate(**encoded, generation_config=config)
-                new_tokens = output[:, encoded["input_ids"].shape[1] :]
-                for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
-                    answers[i] = text.strip()
-    finally:
-        tokenizer.padding_side = padding_side
-        model.train(was_training)
-    return answers
+    return [g.text for g in generate(model, tokenizer, render_prompts(tokenizer, rows), max_new_tokens, batch_size)]
 
 
 def choose_labels(model, tokenizer, rows: list[dict], labels: list[str], batch_size: int) -> list[str]:
@@ -184,7 +134,7 @@ def choose_labels(model, tokenizer, rows: list[dict], labels: list[str], batch_s
     label_ids = [tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
     pairs = [(row, choice) for row in range(len(rows)) for choice in range(len(labels))]
     scores = torch.full((len(rows), len(labels)), float("-inf"))
-    device = _model_device(model)
+    device = model_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     was_training = model.training
     model.eval()

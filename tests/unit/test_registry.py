@@ -109,7 +109,8 @@ def test_champion_moves_only_on_evidence_and_round_trips(mlflow_store, merged_di
     assert float(tags["promotion.p_value"]) < 0.05 and tags["promoted"] == "true"
 
     artifacts = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{NAME}@champion"))
-    assert list((artifacts / "model").glob("*.safetensors")) and not list(artifacts.rglob("*.bin"))
+    assert list((artifacts / "artifacts" / merged_dir.name).glob("*.safetensors"))
+    assert not list(artifacts.rglob("*.bin")) and not list(artifacts.rglob("*.pkl"))  # no pickle anywhere
 
     model, tokenizer = load_registered(f"models:/{NAME}@champion")
     assert tokenizer.chat_template
@@ -160,20 +161,37 @@ def test_failed_round_trip_moves_no_alias_and_a_retry_registers_no_second_versio
     assert client.get_model_version(NAME, "1").tags["round_trip"] == "verified"
 
 
-def test_the_merged_model_is_logged_from_its_folder_without_loading_it(
-    mlflow_store, merged_dir, monkeypatch: pytest.MonkeyPatch
+def test_the_registered_version_is_a_chat_model_answering_as_the_evaluation_does(
+    mlflow_store, merged_dir, tiny_tokenizer
 ) -> None:
-    from transformers import pipelines
+    from tasks.lib.generation import chat_reply
 
-    check_task = pipelines.check_task
+    assert _register(mlflow_store, merged_dir, _promote(GOOD, None)).version == 1
+    info = mlflow.models.get_model_info(f"models:/{NAME}/1")
+    assert "python_function" in info.flavors and "transformers" not in info.flavors
+    params = {param.name: param.default for param in info.signature.params.params}
+    assert params == {"max_tokens": 256, "temperature": 0.0, "top_p": 1.0}
+    assert info.signature.inputs.input_names() == ["messages"]
+    assert "choices" in info.signature.outputs.input_names()
 
-    def no_loading(*args, **kwargs):
-        raise AssertionError("registration loaded the merged model")
+    served = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    reference = AutoModelForCausalLM.from_pretrained(merged_dir)
+    for row in ROWS:
+        messages = row["messages"][:-1]
+        answer = served.predict({"messages": messages}, params={"max_tokens": 7})[0]
+        expected = chat_reply(reference, tiny_tokenizer, messages, 7)
+        assert answer["object"] == "chat.completion"
+        assert answer["choices"][0]["message"] == {"role": "assistant", "content": expected.text}
+        assert answer["usage"]["completion_tokens"] == expected.completion_tokens <= 7
+        assert answer["usage"]["prompt_tokens"] == len(tiny_tokenizer(expected_prompt(messages))["input_ids"])
+    short = served.predict({"messages": ROWS[0]["messages"][:-1]}, params={"max_tokens": 1})[0]
+    assert short["usage"]["completion_tokens"] == 1  # max_tokens is honoured
+    with pytest.raises(Exception, match="role"):
+        served.predict({"messages": [{"content": "no role"}]})
 
-    with monkeypatch.context() as patched:
-        patched.setattr(AutoModelForCausalLM, "from_pretrained", no_loading)
-        registered = _register(mlflow_store, merged_dir, _promote(GOOD, None))
-    assert registered.version == 1 and pipelines.check_task is check_task  # the MLflow shim is undone
-    flavor = mlflow.models.get_model_info(f"models:/{NAME}/1").flavors["transformers"]
-    assert flavor["task"] == "text-generation" and flavor["instance_type"] == "TextGenerationPipeline"
-    assert verify_round_trip(f"models:/{NAME}/1", merged_dir).max_abs_weight_diff == 0.0
+
+def expected_prompt(messages: list[dict]) -> str:
+    from tasks.lib.generation import render_chat
+    from tests.tiny_model import build_tiny_tokenizer
+
+    return render_chat(build_tiny_tokenizer(), messages)
