@@ -237,7 +237,7 @@ def verify_round_trip(uri: str, merged_dir: Path) -> RoundTripReport:
     if server.tokenizer.chat_template != AutoTokenizer.from_pretrained(merged_dir).chat_template:
         problems.append("the chat template differs")
     answer = served.predict({"messages": [{"role": "user", "content": "Hello"}]}, params={"max_tokens": 2})
-    if not answer or answer[0].get("object") != "chat.completion" or not answer[0].get("choices"):
+    if not isinstance(answer, dict) or answer.get("object") != "chat.completion" or not answer.get("choices"):
         problems.append(f"a chat request was not answered with a chat completion: {answer!r:.200}")
     if problems or n_tensors == 0:
         raise RoundTripError(f"{uri} differs from the registered model: {'; '.join(problems) or 'no weights'}")

@@ -43,7 +43,8 @@ MODEL_CODE = Path(__file__).with_name("served_chat_model.py")  # what MLflow run
 
 
 def conversations(model_input: Any) -> list[list[dict[str, str]]]:
-    """The conversations of a request: `{"messages": [...]}` (one), or a frame/list with a `messages` column."""
+    """The conversations of a request: `{"messages": [...]}` (one), or a frame or list with a `messages` column
+    (MLflow hands a request over as a one-row frame)."""
     if hasattr(model_input, "to_dict"):  # a pandas DataFrame: one conversation per row
         model_input = model_input.to_dict(orient="list")
     if isinstance(model_input, dict):
@@ -75,13 +76,14 @@ class ChatServer(mlflow.pyfunc.PythonModel):
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto", use_safetensors=True).eval()
         self.model_name = Path(folder).name
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> dict | list[dict[str, Any]]:
         params = params or {}
         max_tokens = int(params.get("max_tokens") or DEFAULT_MAX_TOKENS)
         temperature = float(params.get("temperature") or 0.0)
         top_p = params.get("top_p")
+        batch = conversations(model_input)
         completions = []
-        for messages in conversations(model_input):
+        for messages in batch:
             reply = chat_reply(self.model, self.tokenizer, messages, max_tokens, temperature, top_p)
             completions.append(
                 {
@@ -103,7 +105,8 @@ class ChatServer(mlflow.pyfunc.PythonModel):
                     },
                 }
             )
-        return completions
+        # One conversation gets one completion object, as from OpenAI's API; a batch a list of them.
+        return completions if len(completions) > 1 else completions[0]
 
 
 def shipped_code(scratch: Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -131,12 +132,23 @@ def test_flow_trains_evaluates_registers_and_reuses_base_scores(
     assert forgetting_run.data.metrics["gate.wikitext.n"] == 2  # documents, paired
     version = client.get_model_version("tiny-sst2", "1")
     assert version.tags["gate.verdict"] == first.forgetting.gate["verdict"]
-    assert version.tags["gate.hellaswag"].split(":")[0] in {"pass", "inconclusive"}
     assert version.tags["round_trip"] == "verified" and version.tags["pipeline_run_id"] == first.run_id
     assert version.tags["test_fingerprint"] == first.evaluation.test_fingerprint
     assert version.tags["adapter_model_id"] == adapter.model_id
+    assert version.tags["task.metric"] == first.evaluation.primary_metric and len(version.tags) <= 25
+    # The model card: the version's description and README.md beside the weights; the details as an artifact.
+    card = Path(first.merge.merged_dir, "README.md").read_text()
+    assert version.description == card and "hellaswag" in card and "mlflow models serve" in card
     register_run = next(run for run in children if run.data.tags["step"] == "register")
-    assert version.run_id == register_run.info.run_id  # the version's source run
+    details_file = client.download_artifacts(register_run.info.run_id, "registration/version_details.json")
+    details = json.loads(Path(details_file).read_text())
+    assert details["gate.hellaswag"].split(":")[0] in {"pass", "inconclusive"} and "version.torch" in details
+    # The pipeline's run leads to its model: the logged model's source run and the version's run.
+    assert version.run_id == first.mlflow_run_id
+    logged = client.search_logged_models(
+        [parent.info.experiment_id], filter_string=f"source_run_id='{parent.info.run_id}'"
+    )
+    assert [f"models:/{model.model_id}" for model in logged] == [version.source]
 
     # MLflow as its users expect: headline metrics on the parent run (Compare), data sets as inputs.
     headline = {"task.delta", "forgetting.hellaswag.delta", "forgetting.worst_accuracy_delta_pts", "gate.passed"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import warnings
 from pathlib import Path
@@ -78,6 +79,9 @@ def test_stack_on_other_ports_then_no_stack(tmp_path: Path, tiny_model_dir: Path
 
         with_stack = _qlora(["run", config], tmp_path, env)
         assert with_stack.returncode == 0, with_stack.stdout[-3000:] + with_stack.stderr[-3000:]
+        _served_champion_answers_as_qlora_chat(
+            tmp_path, dict(env, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{mlflow_port}")
+        )
 
         driver = _browser()
         if driver is not None:
@@ -89,6 +93,11 @@ def test_stack_on_other_ports_then_no_stack(tmp_path: Path, tiny_model_dir: Path
                 report = _newest_artifact(prefect_port, "tiny-report")
                 _page_shows(driver, f"{prefect_ui}/artifacts/artifact/{report}", ["Registered", "tiny-sst2"])
                 _page_shows(driver, f"{mlflow_ui}/#/models/tiny-sst2", ["Version 1", "champion"])
+                # The version's page shows its model card; the pipeline's run lists the model and the version.
+                _page_shows(driver, f"{mlflow_ui}/#/models/tiny-sst2/versions/1", ["Forgetting gate", "Serving"])
+                parent = _pipeline_run(mlflow_port)
+                run_page = f"{mlflow_ui}/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
+                _page_shows(driver, run_page, ["tiny-sst2", "v1"])
             finally:
                 driver.quit()
 
@@ -114,6 +123,49 @@ def test_stack_on_other_ports_then_no_stack(tmp_path: Path, tiny_model_dir: Path
     runs = store.search_runs([experiment.experiment_id], filter_string="tags.pipeline = 'qlora'")
     assert [run.info.status for run in runs] == ["FINISHED", "FINISHED"]
     assert sorted(version.version for version in store.search_model_versions("name='tiny-sst2'")) == [1, 2]
+
+
+def _served_champion_answers_as_qlora_chat(tmp_path: Path, env: dict[str, str]) -> None:
+    """`mlflow models serve` on the registered champion, as the README says to start it, answers a chat request
+    over HTTP with `qlora chat`'s greedy answer, and honours max_tokens."""
+    port, log = free_port(), tmp_path / "model-server.log"
+    env = dict(env, PATH=f"{BIN_DIR}:{env.get('PATH', '')}")
+    command = ["mlflow", "models", "serve", "-m", "models:/tiny-sst2@champion", "--env-manager", "local"]
+    server = subprocess.Popen(
+        [*command, "-h", "127.0.0.1", "-p", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: httpx.get(f"{url}/ping", timeout=5).status_code == 200, 180, "the model server", [log])
+        prompt = "Sentiment of: a fine film"
+        chat = _qlora(
+            ["chat", "models:/tiny-sst2@champion", "--prompt", prompt, "--max-new-tokens", "8"], tmp_path, env
+        )
+        assert chat.returncode == 0, chat.stderr[-3000:]
+        request = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 8}
+        completion = httpx.post(f"{url}/invocations", json=request, timeout=60).raise_for_status().json()
+        assert completion["object"] == "chat.completion", completion  # as from OpenAI's chat API
+        assert completion["choices"][0]["message"]["content"] == chat.stdout.strip()
+        assert completion["usage"]["completion_tokens"] <= 8
+        short = httpx.post(f"{url}/invocations", json={**request, "max_tokens": 1}, timeout=60).raise_for_status()
+        assert short.json()["usage"]["completion_tokens"] == 1
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and the uvicorn workers it started
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
+def _pipeline_run(mlflow_port: int):
+    client = MlflowClient(tracking_uri=f"http://127.0.0.1:{mlflow_port}")
+    experiment = client.get_experiment_by_name("tiny")
+    return client.search_runs([experiment.experiment_id], filter_string="tags.pipeline = 'qlora'")[0]
 
 
 def _deployments(port: int) -> str:

@@ -178,14 +178,18 @@ def test_the_registered_version_is_a_chat_model_answering_as_the_evaluation_does
     reference = AutoModelForCausalLM.from_pretrained(merged_dir)
     for row in ROWS:
         messages = row["messages"][:-1]
-        answer = served.predict({"messages": messages}, params={"max_tokens": 7})[0]
+        answer = served.predict({"messages": messages}, params={"max_tokens": 7})
         expected = chat_reply(reference, tiny_tokenizer, messages, 7)
         assert answer["object"] == "chat.completion"
         assert answer["choices"][0]["message"] == {"role": "assistant", "content": expected.text}
         assert answer["usage"]["completion_tokens"] == expected.completion_tokens <= 7
         assert answer["usage"]["prompt_tokens"] == len(tiny_tokenizer(expected_prompt(messages))["input_ids"])
-    short = served.predict({"messages": ROWS[0]["messages"][:-1]}, params={"max_tokens": 1})[0]
+    short = served.predict({"messages": ROWS[0]["messages"][:-1]}, params={"max_tokens": 1})
     assert short["usage"]["completion_tokens"] == 1  # max_tokens is honoured
+    batch = served.predict([{"messages": row["messages"][:-1]} for row in ROWS], params={"max_tokens": 7})
+    assert [item["choices"][0]["message"]["content"] for item in batch] == [
+        chat_reply(reference, tiny_tokenizer, row["messages"][:-1], 7).text for row in ROWS
+    ]
     with pytest.raises(Exception, match="role"):
         served.predict({"messages": [{"content": "no role"}]})
 
