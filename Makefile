@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/demo.yaml
 
 SHELL := /bin/bash
-.PHONY: help lock check-lock check-demo demo-report test-gpu setup demo run up down status test test-slow test-all lint bench bench-quick clean
+.PHONY: help lock check-lock check-demo demo-report test-gpu setup demo run up down serve-model status test test-slow test-all lint bench bench-quick clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,11 @@ check-demo:  ## exit 0 only if the newest demo run ended as a registered, verifi
 
 demo-report:  ## check the newest demo run and write its report to reports/demo_run.md (the README's numbers)
 	$(BIN)/qlora check-run runs/demo --report reports/demo_run.md
+
+MODEL ?= smollm2-135m-sst2
+serve-model:  ## serve models:/MODEL@champion with MLflow's server on 127.0.0.1:5001 (OpenAI-style chat; stack up)
+	PATH="$(abspath $(BIN)):$$PATH" MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-http://127.0.0.1:5000} \
+	  $(BIN)/mlflow models serve -m "models:/$(MODEL)@champion" --env-manager local -h 127.0.0.1 -p 5001
 
 status:  ## what of the local stack is running
 	$(BIN)/qlora stack status

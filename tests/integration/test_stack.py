@@ -97,7 +97,16 @@ def test_stack_on_other_ports_then_no_stack(tmp_path: Path, tiny_model_dir: Path
                 _page_shows(driver, f"{mlflow_ui}/#/models/tiny-sst2/versions/1", ["Forgetting gate", "Serving"])
                 parent = _pipeline_run(mlflow_port)
                 run_page = f"{mlflow_ui}/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
-                _page_shows(driver, run_page, ["tiny-sst2", "v1"])
+                _page_shows(driver, run_page, ["Logged models (1)", "merged_model", "Registered models\ntiny-sst2\nv1"])
+                import time
+
+                time.sleep(3)
+                from selenium.webdriver.common.by import By
+
+                Path("/tmp/exp/runpage.txt").write_text(driver.find_element(By.TAG_NAME, "body").text)
+                driver.save_screenshot("/tmp/exp/runpage.png")
+                _page_shows(driver, f"{mlflow_ui}/#/models/tiny-sst2/versions/1", ["Forgetting gate", "Serving"])
+                driver.save_screenshot("/tmp/exp/versionpage.png")
             finally:
                 driver.quit()
 
