@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -74,3 +75,25 @@ def prefect_server(home: Path, **settings: str) -> Iterator[tuple[str, dict[str,
         yield api, env, log
     finally:
         stop([server])
+
+
+@contextmanager
+def model_server(model_uri: str, env: dict[str, str], log: Path) -> Iterator[str]:
+    """`mlflow models serve` on a registered model, started as the README says (the venv's bin on PATH); yields
+    its URL once it answers /ping."""
+    port = free_port()
+    env = dict(env, PATH=f"{BIN_DIR}:{env.get('PATH', '')}")
+    command = ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1"]
+    server = subprocess.Popen(
+        [*command, "-p", str(port)], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: httpx.get(f"{url}/ping", timeout=5).status_code == 200, 180, "the model server", [log])
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and the uvicorn workers it started
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 
+from tasks.lib.task_eval import load_split
 from tests.conftest import REPO_ROOT
+from tests.integration.servers import model_server
 
 pytestmark = pytest.mark.slow
 
@@ -61,5 +66,19 @@ def test_shortened_demo_flow_learns_the_task_keeps_general_ability_and_registers
     assert result.registration.registered and "champion" in result.registration.aliases
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     version = client.get_model_version_by_alias("smollm2-135m-sst2", "champion")
-    register_run = client.get_run(version.run_id)
+    assert version.run_id == result.mlflow_run_id  # the pipeline's run lists its model
+    parent = client.get_run(result.mlflow_run_id)
+    step_filter = f"tags.mlflow.parentRunId = '{result.mlflow_run_id}' and tags.step = 'register'"
+    register_run = client.search_runs([parent.info.experiment_id], filter_string=step_filter)[0]
     assert register_run.data.metrics["round_trip.max_abs_weight_diff"] == 0.0
+
+    # Served by MLflow's own server, the champion labels a dev review as the evaluation did, and correctly.
+    records = [json.loads(line) for line in Path(result.run_dir, "task_predictions.jsonl").read_text().splitlines()]
+    correct = next(record for record in records if record["tuned_correct"])
+    test_rows = {row["id"]: row for row in load_split(Path(result.data.processed_dir), "test")}
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with model_server("models:/smollm2-135m-sst2@champion", env, tmp_path / "model-server.log") as url:
+        request = {"messages": test_rows[correct["id"]]["messages"][:-1], "max_tokens": 16}
+        completion = httpx.post(f"{url}/invocations", json=request, timeout=120).raise_for_status().json()
+    answer = completion["choices"][0]["message"]["content"]
+    assert answer == correct["tuned_prediction"] and correct["reference"] in answer.lower(), (answer, correct)
