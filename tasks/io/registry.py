@@ -144,7 +144,7 @@ def register_merged_model(
         if active is None:
             with mlflow.start_run(run_id=run_id):
                 model_uri = _log_merged_model(merged_dir, example_prompt)
-            # start_run's exit marked the step run FINISHED; the step is not: its caller closes it.
+            # start_run's exit marked the run FINISHED; the run is not: its owner closes it.
             client.update_run(run_id, status="RUNNING")
         else:
             model_uri = _log_merged_model(merged_dir, example_prompt)
