@@ -66,6 +66,12 @@ def conversations(model_input: Any) -> list[list[dict[str, str]]]:
 
 
 class ChatServer(mlflow.pyfunc.PythonModel):
+    """The served model: `load_context` loads the merged folder, `predict` answers chat requests."""
+
+    # As MLflow's own ChatModel: the signature (messages, params, chat completion) is declared when the model is
+    # logged and enforced by MLflow, so `predict` needs no type hints for MLflow to read one from.
+    _skip_type_hint_validation = True
+
     def load_context(self, context) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -17,10 +17,6 @@ NOISY_LOG_RECORDS = [
     # We hand lm-eval an already-loaded model on purpose (one load per step, single process).
     ("lm_eval.models.huggingface", "`pretrained` model kwarg is not of type `str`"),
     ("lm_eval.models.huggingface", "Passed an already-initialized model through `pretrained`"),
-    # MLflow looks up a hub model card and license for a transformers model; ours is a local merged folder
-    # (the base model's card and license apply: see the run's params for which base).
-    ("mlflow.transformers", "The model card could not be retrieved from the hub"),
-    ("mlflow.transformers", "Unable to find license information for this model"),
 ]
 # (category, message regex): warnings ignored.
 NOISY_WARNINGS = [
