@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.llm import CHAT_MODEL_OUTPUT_SCHEMA
 from mlflow.types.schema import Array, ColSpec, DataType, Object, ParamSchema, ParamSpec, Property, Schema
 
-from tasks.lib.generation import chat_reply
+from tasks.lib.generation import chat_reply, generation_config
 
 MERGED_ARTIFACT = "merged_model"
 DEFAULT_MAX_TOKENS = 256
@@ -84,10 +85,14 @@ class ChatServer(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> dict | list[dict[str, Any]]:
         params = params or {}
-        max_tokens = int(params.get("max_tokens") or DEFAULT_MAX_TOKENS)
+        max_tokens = int(DEFAULT_MAX_TOKENS if params.get("max_tokens") is None else params["max_tokens"])
         temperature = float(params.get("temperature") or 0.0)
         top_p = params.get("top_p")
-        batch = conversations(model_input)
+        try:  # a bad request is the client's error (HTTP 400), named
+            batch = conversations(model_input)
+            generation_config(self.model, self.tokenizer, max_tokens, temperature, top_p)
+        except ValueError as error:
+            raise MlflowException.invalid_parameter_value(str(error)) from None
         completions = []
         for messages in batch:
             reply = chat_reply(self.model, self.tokenizer, messages, max_tokens, temperature, top_p)

@@ -7,6 +7,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service import utils as tracking_utils
 from peft import get_peft_model
@@ -192,6 +193,9 @@ def test_the_registered_version_is_a_chat_model_answering_as_the_evaluation_does
     ]
     with pytest.raises(Exception, match="role"):
         served.predict({"messages": [{"content": "no role"}]})
+    with pytest.raises(MlflowException, match="temperature must be >= 0") as refused:
+        served.predict({"messages": ROWS[0]["messages"][:-1]}, params={"temperature": -1.0})
+    assert refused.value.error_code == "INVALID_PARAMETER_VALUE"  # served as HTTP 400
 
 
 def expected_prompt(messages: list[dict]) -> str:
@@ -199,3 +203,18 @@ def expected_prompt(messages: list[dict]) -> str:
     from tests.tiny_model import build_tiny_tokenizer
 
     return render_chat(build_tiny_tokenizer(), messages)
+
+
+def test_a_version_logged_by_an_older_release_still_loads(tmp_path: Path) -> None:
+    """Champions registered before serving (MLflow's transformers flavor: model/ + components/tokenizer/) are still
+    found when a challenger is compared with them; chat models keep their merged folder under artifacts/."""
+    from tasks.io.registry import _model_folders
+
+    old = tmp_path / "old"
+    (old / "model").mkdir(parents=True)
+    (old / "model" / "config.json").write_text("{}")
+    assert _model_folders(old) == (old / "model", old / "components" / "tokenizer")
+    new = tmp_path / "new"
+    (new / "artifacts" / "merged").mkdir(parents=True)
+    (new / "artifacts" / "merged" / "config.json").write_text("{}")
+    assert _model_folders(new) == (new / "artifacts" / "merged",) * 2
