@@ -21,11 +21,16 @@ UNPREFIXED = ("eval_loss", "forgetting_proxy.")
 
 
 def general_text_pages(config: RunConfig) -> list[str]:
-    """WikiText pages from the prepared benchmark data, for the in-training forgetting proxy ([] without them)."""
+    """WikiText pages for the in-training forgetting proxy, from documents the forgetting gate never scores (it
+    scores the first `forgetting.perplexity_limit`): the proxy can stop training, and what selects a model must
+    not be what confirms it. [] when there are none (the gate scores every document) or no data."""
     path = Path(config.forgetting.data_dir) / OUTPUT_FILES["wikitext"]
     if not config.train.forgetting_proxy.enabled or not path.is_file():
         return []
-    return [row["page"] for _, row in read_jsonl(path)]
+    pages = [row["page"] for _, row in read_jsonl(path)]
+    forgetting = config.forgetting
+    scored_by_gate = 0 if "wikitext" not in forgetting.benchmarks else forgetting.perplexity_limit or len(pages)
+    return pages[scored_by_gate:]
 
 
 def run_training(config: RunConfig, context: RunContext, data: DataRef) -> TrainRef:

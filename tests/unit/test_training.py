@@ -361,3 +361,22 @@ def test_forgetting_proxy_is_logged_each_evaluation_and_its_bound_stops_training
     bounded, logged = train(tmp_path / "bounded", bound)
     assert bounded.stopped_by_forgetting_proxy is not None and bounded.global_step < 12
     assert logged[-1][1] > bound and all(increase <= bound for _, increase in logged[:-1])
+
+
+def test_the_forgetting_proxy_reads_only_documents_the_gate_never_scores(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from tasks.lib.benchmark_data import OUTPUT_FILES
+    from tasks.train import general_text_pages
+
+    benchmarks = tmp_path / "benchmarks"
+    benchmarks.mkdir()
+    pages = [f"article {index}" for index in range(6)]
+    lines = [json.dumps({"id": f"wikitext-{i}", "title": f"t{i}", "page": page}) for i, page in enumerate(pages)]
+    (benchmarks / OUTPUT_FILES["wikitext"]).write_text("\n".join(lines) + "\n")
+
+    def proxy_pages(overrides: dict) -> list[str]:
+        return general_text_pages(load_config(write_tiny_config(tmp_path, tiny_model_dir, benchmarks, overrides)))
+
+    assert proxy_pages({"forgetting.perplexity_limit": 2}) == pages[2:]  # the gate scores the first two
+    assert proxy_pages({"forgetting.perplexity_limit": None}) == []  # the gate scores them all: no proxy
+    assert proxy_pages({"forgetting.benchmarks": ["hellaswag"]}) == pages  # no perplexity row: every page
+    assert proxy_pages({"train.forgetting_proxy.enabled": False}) == []
