@@ -2,8 +2,9 @@
 
 Base and tuned are scored on the same items, so every comparison is paired (tasks/lib/stats.py):
 
-- Accuracy benchmarks: per-item right/wrong. Non-inferiority with margin `gate.max_accuracy_drop` (points):
-  one-sided z test on the Agresti-Min adjusted paired difference. Forgetting: exact one-sided McNemar test.
+- Accuracy benchmarks: per-item right/wrong. Non-inferiority with margin `gate.max_accuracy_drop` (points), and
+  forgetting beyond that margin: the two tails of Tango's score test at the margin. A drop of any size: the exact
+  one-sided McNemar test, reported, never a verdict on its own.
 - Perplexity benchmarks: per-document log-likelihoods, paired bootstrap over documents of
   log(ppl_tuned / ppl_base); margin `gate.max_perplexity_increase` (relative).
 - Across benchmarks, both families of p-values are Holm-adjusted, so the family-wise error is `gate.alpha`.
@@ -11,12 +12,14 @@ Base and tuned are scored on the same items, so every comparison is paired (task
 
 Each row gets a verdict:
 - pass: non-inferiority shown (for the task: superiority shown);
-- fail: forgetting shown (a significant drop whose estimate is beyond the margin; for the task: no gain seen);
+- fail: forgetting beyond the margin shown (H0 "the drop is smaller than the margin" rejected; for the task: no
+  gain seen); a drop shown but not beyond the margin is inconclusive, and its reason says so;
 - inconclusive: the items cannot tell; the row says the drop it could detect with 80% power and how many
   items would settle it. `gate.on_inconclusive` decides whether that blocks promotion (default: it does).
 
-Intervals shown are simultaneous across the benchmarks (Bonferroni: each two-sided at 1 - 2*alpha/k, so its
-lower end is the one-sided bound at alpha/k); the verdicts use Holm, which decides at least as often.
+Each benchmark's interval is two-sided at 1 - 2*alpha/k (its lower end is the one-sided bound at alpha/k), so
+jointly they hold with probability at least 1 - 2*alpha (Bonferroni); the verdicts use Holm, which decides at
+least as often.
 """
 
 from __future__ import annotations
@@ -51,13 +54,15 @@ class GateRow(BaseModel):
     ci_high: float | None = None
     margin: float | None = None  # the non-inferiority margin, same unit as delta (a positive number)
     p_value: float | None = None  # the p-value behind the verdict (Holm-adjusted for benchmarks)
-    p_noninferior: float | None = None
-    p_worse: float | None = None
+    p_noninferior: float | None = None  # H0: worse by the margin or more
+    p_beyond_margin: float | None = None  # H0: worse by less than the margin (fail when small)
+    p_worse: float | None = None  # H0: no change (McNemar; small: a drop of some size is shown)
     p_better: float | None = None
     gains: int | None = None  # items base got wrong and tuned right
     losses: int | None = None  # items base got right and tuned wrong
     detectable_drop: float | None = None  # smallest margin showable with 80% power at this n (same unit)
     items_needed: int | None = None  # items that would settle an inconclusive row (80% power, no true change)
+    alpha: float | None = None  # the family-wise level the adjusted p-values are read at
 
 
 class GateResult(BaseModel):
@@ -103,9 +108,9 @@ class _Pending(BaseModel):
     """A benchmark row before the family-wise adjustment."""
 
     row: GateRow
-    p_noninferior: float
-    p_worse: float
-    beyond_margin: bool  # the point estimate is past the margin
+    p_noninferior: float  # H0: worse by the margin or more
+    p_beyond_margin: float  # H0: worse by less than the margin (small: forgetting beyond the margin is shown)
+    p_worse: float  # H0: no change (small: a drop is shown, of any size)
 
 
 def _paired_fields(pairs: stats.BinaryPairs, low: float, high: float) -> dict:
@@ -142,8 +147,8 @@ def _accuracy_pending(name: str, metric: str, base: list, tuned: list, gate: Gat
     return _Pending(
         row=row,
         p_noninferior=stats.p_noninferior(pairs, margin),
+        p_beyond_margin=stats.p_beyond_margin(pairs, margin),
         p_worse=stats.p_worse(pairs),
-        beyond_margin=pairs.delta < -margin,
     )
 
 
@@ -179,22 +184,28 @@ def _perplexity_pending(name: str, metric: str, base: list, tuned: list, gate: G
     return _Pending(
         row=row,
         p_noninferior=(1 + int(np.sum(resampled >= bound))) / (draws + 1),
+        p_beyond_margin=(1 + int(np.sum(resampled <= bound))) / (draws + 1),
         p_worse=(1 + int(np.sum(resampled <= 0.0))) / (draws + 1),
-        beyond_margin=observed > bound,
     )
 
 
 def _describe(row: GateRow, unit: str) -> str:
+    """The row's finding, each p-value named by what it tests (Holm-adjusted across the benchmarks)."""
     change = f"{row.delta:+.2f}{unit} [{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
+    worse = "rise" if row.kind == "perplexity" else "drop"
+    margin = f"the {row.margin:g}{unit} margin"
     if row.verdict == "pass":
-        worse = "rise" if row.kind == "perplexity" else "drop"
-        return f"{change}: no {worse} beyond the {row.margin:g}{unit} margin (p={row.p_noninferior:.2g})"
+        return f"{change}: no {worse} beyond {margin} (non-inferiority p={row.p_noninferior:.2g})"
     if row.verdict == "fail":
-        return f"{change}: forgetting shown beyond the {row.margin:g}{unit} margin (p={row.p_worse:.2g})"
-    return (
-        f"{change}: {row.n} items cannot tell; they can show a margin of {row.detectable_drop:.2g}{unit}, "
-        f"about {row.items_needed} items would settle {row.margin:g}{unit}"
+        return f"{change}: forgetting shown beyond {margin} (p={row.p_beyond_margin:.2g} for a {worse} beyond it)"
+    cannot_tell = (
+        f"{row.n} items cannot tell; they can show a margin of {row.detectable_drop:.2g}{unit}, "
+        f"about {row.items_needed} items would settle {margin}"
     )
+    if row.p_worse is not None and row.p_worse < row.alpha:
+        shown = f"a {worse} is shown (p={row.p_worse:.2g} against no change), not beyond {margin}"
+        return f"{change}: {shown}; {cannot_tell}"
+    return f"{change}: {cannot_tell}"
 
 
 def _benchmark_rows(base: dict, tuned: dict, gate: GateConfig) -> list[GateRow]:
@@ -216,12 +227,14 @@ def _benchmark_rows(base: dict, tuned: dict, gate: GateConfig) -> list[GateRow]:
         pending.append((len(rows), build(name, metric, *paired, gate, k)))
         rows.append(None)
     adjusted_ni = stats.holm([item.p_noninferior for _, item in pending])
+    adjusted_beyond = stats.holm([item.p_beyond_margin for _, item in pending])
     adjusted_worse = stats.holm([item.p_worse for _, item in pending])
-    for (position, item), p_ni, p_worse in zip(pending, adjusted_ni, adjusted_worse, strict=True):
+    adjusted = zip(pending, adjusted_ni, adjusted_beyond, adjusted_worse, strict=True)
+    for (position, item), p_ni, p_beyond, p_worse in adjusted:
         if p_ni < gate.alpha:
             verdict, p_value = "pass", p_ni
-        elif p_worse < gate.alpha and item.beyond_margin:
-            verdict, p_value = "fail", p_worse
+        elif p_beyond < gate.alpha:  # "fail" means forgetting beyond the margin is shown, nothing less
+            verdict, p_value = "fail", p_beyond
         else:
             verdict, p_value = "inconclusive", p_ni
         row = item.row.model_copy(
@@ -230,7 +243,9 @@ def _benchmark_rows(base: dict, tuned: dict, gate: GateConfig) -> list[GateRow]:
                 "passed": _passes(verdict, gate),
                 "p_value": p_value,
                 "p_noninferior": p_ni,
+                "p_beyond_margin": p_beyond,
                 "p_worse": p_worse,
+                "alpha": gate.alpha,
             }
         )
         row.reason = _describe(row, " pts" if row.kind == "accuracy" else "%")

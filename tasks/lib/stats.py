@@ -3,10 +3,10 @@
 Accuracy-type items are binary (right/wrong for each model), so a comparison reduces to the discordant pairs:
 `gains` (base wrong, tuned right) and `losses` (base right, tuned wrong) out of `n` items.
 
-- Interval for the difference tuned - base: the Wald interval with the Agresti-Min adjustment (half a pair
-  added to each of the four cells; Agresti & Min 2005, "Simple improved confidence intervals for comparing
-  matched proportions"), which keeps its coverage with few discordant pairs where the plain Wald does not.
-- Non-inferiority (H0: difference <= -margin): one-sided z test on that adjusted estimate.
+- Interval for the difference tuned - base, non-inferiority (H0: difference <= -margin) and forgetting beyond
+  the margin (H0: difference >= -margin): Tango's score test and the interval that inverts it (Tango 1998),
+  which holds its level at the margin where a Wald test on the Agresti-Min adjusted difference was above it
+  (0.061-0.068 at a nominal 0.05 for n = 400 and the demo's 5-7% discordance; tests/unit/test_gate.py).
 - Worse / better than the base (H0: no difference): the exact one-sided McNemar test, i.e. a binomial test
   of the discordant pairs at 1/2.
 - Per-document log-likelihoods (perplexity benchmarks): seeded paired bootstrap over documents.
@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import brentq
 from scipy.stats import binomtest, norm
 
 POWER = 0.80
@@ -57,25 +58,56 @@ def count_pairs(base: Sequence[bool | int | float], tuned: Sequence[bool | int |
     )
 
 
-def adjusted_difference(pairs: BinaryPairs) -> tuple[float, float]:
-    """Agresti-Min adjusted estimate of tuned - base and its standard error."""
-    n = pairs.n + 2.0
-    p_gain, p_loss = (pairs.gains + 0.5) / n, (pairs.losses + 0.5) / n
-    delta = p_gain - p_loss
-    variance = max(p_gain + p_loss - delta**2, 0.0) / n
-    return delta, math.sqrt(variance)
+def score_statistic(pairs: BinaryPairs, delta0: float) -> float:
+    """Tango's score statistic for H0: tuned - base = delta0 on paired right/wrong results (Tango 1998, "Equivalence
+    test and confidence interval for the difference in proportions for the paired-sample design", Stat Med 17).
+
+    The variance is taken at the restricted maximum-likelihood estimate of the loss probability under H0, which
+    keeps the test near its level with few discordant pairs where a Wald test on the observed difference is not.
+    Large values speak for tuned - base > delta0.
+    """
+    return float(score_statistics(pairs.n, pairs.gains, pairs.losses, delta0))
+
+
+def score_statistics(n, gains, losses, delta0: float, continuity: float = 0.0) -> np.ndarray:
+    """`score_statistic` over arrays of counts (what the simulations in the tests evaluate at once); `continuity`
+    is added to the difference of counts (+0.5 makes a test of the lower tail conservative by half an item)."""
+    n, gains, losses = (np.asarray(x, dtype=float) for x in (n, gains, losses))
+    a = 2.0 * n
+    b = -gains - losses + (2.0 * n - gains + losses) * delta0
+    c = -losses * delta0 * (1.0 - delta0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p_loss = (np.sqrt(np.maximum(b * b - 4.0 * a * c, 0.0)) - b) / (2.0 * a)
+        variance = n * (2.0 * p_loss + delta0 * (1.0 - delta0))
+        numerator = gains - losses - n * delta0 + continuity
+        z = numerator / np.sqrt(variance)
+    degenerate = ~(variance > 0.0)  # no spread under H0 (n = 0, or no discordant pair at delta0 = 0)
+    return np.where(degenerate, np.where(numerator > 0, np.inf, np.where(numerator < 0, -np.inf, 0.0)), z)
 
 
 def difference_interval(pairs: BinaryPairs, confidence: float) -> tuple[float, float]:
-    delta, se = adjusted_difference(pairs)
-    z = norm.ppf(0.5 + confidence / 2.0)
-    return max(delta - z * se, -1.0), min(delta + z * se, 1.0)
+    """Tango's score interval for tuned - base: the delta0 values the two-sided score test does not reject."""
+    if pairs.n == 0:
+        return -1.0, 1.0
+    z = float(norm.ppf(0.5 + confidence / 2.0))
+    estimate, eps = pairs.delta, 1e-12
+    low = -1.0 if estimate <= -1.0 + eps else brentq(lambda d: score_statistic(pairs, d) - z, -1.0 + eps, estimate)
+    high = 1.0 if estimate >= 1.0 - eps else brentq(lambda d: score_statistic(pairs, d) + z, estimate, 1.0 - eps)
+    return low, high
 
 
 def p_noninferior(pairs: BinaryPairs, margin: float) -> float:
-    """One-sided p-value of H0 "tuned is worse than base by `margin` or more" (margin as a fraction)."""
-    delta, se = adjusted_difference(pairs)
-    return float(norm.sf((delta + margin) / se)) if se > 0 else float(delta <= -margin)
+    """One-sided p-value of H0 "tuned is worse than base by `margin` or more" (margin as a fraction): Tango's score
+    test at delta0 = -margin."""
+    return float(norm.sf(score_statistic(pairs, -margin)))
+
+
+def p_beyond_margin(pairs: BinaryPairs, margin: float) -> float:
+    """One-sided p-value of H0 "tuned is worse than base by less than `margin`, or better": small when forgetting
+    beyond the margin is shown. The same score test at delta0 = -margin, its other tail, with a continuity
+    correction of half an item: uncorrected, this tail (skewed by the losses) rejected 6.3% of the time at a nominal
+    5% with 100 items; corrected, at most 5.1% (exact, tests/unit/test_gate.py)."""
+    return float(norm.cdf(score_statistics(pairs.n, pairs.gains, pairs.losses, -margin, continuity=0.5)))
 
 
 def p_worse(pairs: BinaryPairs) -> float:
