@@ -4,7 +4,8 @@ For each setting (items per benchmark n, 4 accuracy benchmarks, a share of items
 chance between base and tuned: the demo measured 3-10%) it simulates fine-tunes with no effect and with a real
 drop of 1.5x the margin on one benchmark (on top of the chance changes), and reports:
 - no effect -> fail (family-wise false alarm; target <= 0.05),
-- 1.5x-margin drop -> fail (power; target >= 0.80),
+- 1.5x-margin drop -> shown (fail: beyond the margin, or drop: against no change; either keeps the model out
+  even under `gate.on_inconclusive: pass`; target >= 0.80), and how often it is shown beyond the margin (fail),
 - no effect -> pass (how often an honest run ends conclusively),
 - the minimum drop non-inferiority can be shown for with 80% power at that n.
 
@@ -46,23 +47,24 @@ def main() -> None:
                 "discordance": discordance,
                 "no_effect_fail": null["fail"],
                 "no_effect_pass": null["pass"],
+                "drop_1_5x_margin_shown": drop["fail"] + drop["drop"],
                 "drop_1_5x_margin_fail": drop["fail"],
                 "detectable_drop_pts": detectable,
                 "items_for_80pct_power": needed,
             }
             rows.append(row)
             table.append(
-                f"| {label} | {n} | {discordance:.2f} | {null['fail']:.3f} | {drop['fail']:.3f} | {null['pass']:.3f} "
-                f"| {detectable:.1f} | {needed} |"
+                f"| {label} | {n} | {discordance:.2f} | {null['fail']:.3f} | {drop['fail'] + drop['drop']:.3f} | "
+                f"{drop['fail']:.3f} | {null['pass']:.3f} | {detectable:.1f} | {needed} |"
             )
     markdown = "\n".join(
         [
             f"Gate calibration ({reps} simulated fine-tunes per cell, {K} accuracy benchmarks, margin "
             f"{gate.max_accuracy_drop:g} points, family-wise alpha {gate.alpha}, Holm):",
             "",
-            "| setting | items | discordance | no effect -> fail (<= 0.05) | 1.5x-margin drop -> fail (>= 0.80) "
-            "| no effect -> pass | detectable drop (pts) | items for 80% power |",
-            "|---|---|---|---|---|---|---|---|",
+            "| setting | items | discordance | no effect -> fail (<= 0.05) | 1.5x-margin drop -> fail or drop (>= 0.80) "
+            "| 1.5x-margin drop -> fail | no effect -> pass | detectable drop (pts) | items for 80% power |",
+            "|---|---|---|---|---|---|---|---|---|",
             *table,
         ]
     )

@@ -15,7 +15,7 @@ from tasks.io.models import default_device, load_tokenizer, model_version
 from tasks.io.score_cache import benchmark_key_parts, get_or_compute
 from tasks.lib.benchmarks import run_benchmarks
 from tasks.lib.config import RunConfig
-from tasks.lib.gate import GateResult, decide
+from tasks.lib.gate import VERDICT_CODE, GateResult, decide
 from tasks.lib.merge import dense_base
 from tasks.lib.modeling import resolve_compute_dtype
 from tasks.lib.refs import ForgettingRef, MergeRef, RunContext, TaskEvalRef
@@ -86,9 +86,6 @@ def score_base_model(config: RunConfig) -> tuple[dict, bool]:
     return base_scores_for(config, compute)
 
 
-VERDICT_CODE = {"fail": 0.0, "inconclusive": 0.5, "pass": 1.0}
-
-
 def gate_metrics(gate: GateResult) -> dict[str, float]:
     """Per row: delta, interval, p-value, verdict (1 pass, 0.5 inconclusive, 0 fail); plus the overall verdict."""
     metrics = {"gate_passed": float(gate.passed), "gate_verdict": VERDICT_CODE[gate.verdict]}
@@ -98,6 +95,8 @@ def gate_metrics(gate: GateResult) -> dict[str, float]:
             "ci_low": row.ci_low,
             "ci_high": row.ci_high,
             "p_value": row.p_value,
+            "p_noninferior": row.p_noninferior,
+            "p_beyond_margin": row.p_beyond_margin,
             "detectable": row.detectable_drop,
             "n": float(row.n),
             "verdict": VERDICT_CODE[row.verdict],

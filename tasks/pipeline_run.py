@@ -15,6 +15,7 @@ from mlflow.entities import Metric
 from tasks.io.tracking import MlflowTracker, configure_mlflow, flatten, log_dataset_inputs
 from tasks.io.versioning import provenance
 from tasks.lib.config import ConfigError, RunConfig
+from tasks.lib.gate import VERDICT_CODE
 from tasks.lib.prepare import split_lengths
 from tasks.lib.refs import DataRef, PipelineResult, RunContext
 from tasks.lib.report import data_length_histogram
@@ -128,7 +129,7 @@ def headline_metrics(result: PipelineResult) -> dict[str, float]:
         if accuracy:
             metrics["forgetting.worst_accuracy_delta_pts"] = float(min(accuracy))
         metrics["gate.passed"] = float(result.forgetting.passed)
-        metrics["gate.verdict"] = {"fail": 0.0, "inconclusive": 0.5, "pass": 1.0}.get(gate.get("verdict"), 0.0)
+        metrics["gate.verdict"] = VERDICT_CODE.get(gate.get("verdict"), 0.0)
     if result.merge is not None:
         for key in ("merged_vs_adapter_max", "relative_distance"):
             if isinstance(result.merge.fidelity.get(key), int | float):

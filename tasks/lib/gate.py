@@ -13,7 +13,9 @@ Base and tuned are scored on the same items, so every comparison is paired (task
 Each row gets a verdict:
 - pass: non-inferiority shown (for the task: superiority shown);
 - fail: forgetting beyond the margin shown (H0 "the drop is smaller than the margin" rejected; for the task: no
-  gain seen); a drop shown but not beyond the margin is inconclusive, and its reason says so;
+  gain seen);
+- drop: a drop is shown against no change (exact McNemar, Holm), but neither beyond the margin nor within it:
+  not called forgetting beyond the margin, and never promoted (whatever `gate.on_inconclusive` says);
 - inconclusive: the items cannot tell; the row says the drop it could detect with 80% power and how many
   items would settle it. `gate.on_inconclusive` decides whether that blocks promotion (default: it does).
 
@@ -36,7 +38,9 @@ from tasks.lib import stats
 from tasks.lib.benchmarks import HEADLINE, HIGHER_IS_BETTER
 from tasks.lib.config import GateConfig
 
-Verdict = Literal["pass", "fail", "inconclusive"]
+Verdict = Literal["pass", "fail", "drop", "inconclusive"]
+# How each verdict reads as a number in MLflow (worst 0, best 1): the one map of it.
+VERDICT_CODE: dict[str, float] = {"fail": 0.0, "drop": 0.25, "inconclusive": 0.5, "pass": 1.0}
 
 
 class GateRow(BaseModel):
@@ -202,9 +206,10 @@ def _describe(row: GateRow, unit: str) -> str:
         f"{row.n} items cannot tell; they can show a margin of {row.detectable_drop:.2g}{unit}, "
         f"about {row.items_needed} items would settle {margin}"
     )
-    if row.p_worse is not None and row.p_worse < row.alpha:
-        shown = f"a {worse} is shown (p={row.p_worse:.2g} against no change), not beyond {margin}"
-        return f"{change}: {shown}; {cannot_tell}"
+    if row.verdict == "drop":
+        return (
+            f"{change}: a {worse} is shown (p={row.p_worse:.2g} against no change), not beyond {margin}; {cannot_tell}"
+        )
     return f"{change}: {cannot_tell}"
 
 
@@ -235,6 +240,8 @@ def _benchmark_rows(base: dict, tuned: dict, gate: GateConfig) -> list[GateRow]:
             verdict, p_value = "pass", p_ni
         elif p_beyond < gate.alpha:  # "fail" means forgetting beyond the margin is shown, nothing less
             verdict, p_value = "fail", p_beyond
+        elif p_worse < gate.alpha:
+            verdict, p_value = "drop", p_worse
         else:
             verdict, p_value = "inconclusive", p_ni
         row = item.row.model_copy(
@@ -291,8 +298,8 @@ def task_row(
 
 
 def overall_verdict(rows: Sequence[GateRow]) -> Verdict:
-    verdicts = {row.verdict for row in rows}
-    return "fail" if "fail" in verdicts else "inconclusive" if "inconclusive" in verdicts else "pass"
+    """The worst row's verdict."""
+    return min((row.verdict for row in rows), key=VERDICT_CODE.__getitem__, default="pass")
 
 
 def decide(

@@ -33,7 +33,7 @@ def simulated_results(
 def verdict_rates(
     gate: GateConfig, n: int, k: int, true_drop: float, discordance: float, reps: int, seed: int
 ) -> dict[str, float]:
-    """Share of `reps` simulated fine-tunes whose benchmark rows end pass / fail / inconclusive overall."""
+    """Share of `reps` simulated fine-tunes whose benchmark rows end pass / fail / drop / inconclusive overall."""
     if k > len(NAMES):
         raise ValueError(f"at most {len(NAMES)} benchmarks")
     rng = np.random.default_rng(seed)
@@ -46,4 +46,4 @@ def verdict_rates(
             tuned[name] = {"acc_norm": float(np.mean(t)), "items": {str(i): v for i, v in enumerate(t)}}
         result = decide(base, tuned, gate)
         counts[overall_verdict(result.rows)] += 1
-    return {verdict: counts[verdict] / reps for verdict in ("pass", "fail", "inconclusive")}
+    return {verdict: counts[verdict] / reps for verdict in ("pass", "fail", "drop", "inconclusive")}

@@ -16,7 +16,7 @@ def _num(value: float | None, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
-_MARK = {"pass": "✅ pass", "fail": "❌ fail", "inconclusive": "❔ inconclusive"}
+_MARK = {"pass": "✅ pass", "fail": "❌ fail", "drop": "⚠️ drop", "inconclusive": "❔ inconclusive"}
 
 
 def _p(value: float | None) -> str:
@@ -112,7 +112,7 @@ def forgetting_delta_chart(result: GateResult, path: Path) -> Path:
     """PNG: each row's delta with its interval and the margin (accuracy in points, perplexity in percent)."""
     plt = pyplot()
     rows = [row for row in [*result.rows, result.task] if row.delta is not None]
-    colours = {"pass": "#1e8449", "fail": "#c0392b", "inconclusive": "#d68910"}
+    colours = {"pass": "#1e8449", "fail": "#c0392b", "drop": "#ca6f1e", "inconclusive": "#d68910"}
     figure, axis = plt.subplots(figsize=(7, 1.2 + 0.55 * max(len(rows), 1)))
     for index, row in enumerate(rows):
         # Perplexity rises are forgetting: plotted as a negative change so "left is worse" for every row.
