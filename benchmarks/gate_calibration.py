@@ -62,8 +62,9 @@ def main() -> None:
             f"Gate calibration ({reps} simulated fine-tunes per cell, {K} accuracy benchmarks, margin "
             f"{gate.max_accuracy_drop:g} points, family-wise alpha {gate.alpha}, Holm):",
             "",
-            "| setting | items | discordance | no effect -> fail (<= 0.05) | 1.5x-margin drop -> fail or drop (>= 0.80) "
-            "| 1.5x-margin drop -> fail | no effect -> pass | detectable drop (pts) | items for 80% power |",
+            "| setting | items | discordance | no effect -> fail (<= 0.05) "
+            "| 1.5x-margin drop -> fail or drop (>= 0.80) | 1.5x-margin drop -> fail | no effect -> pass "
+            "| detectable drop (pts) | items for 80% power |",
             "|---|---|---|---|---|---|---|---|---|",
             *table,
         ]

@@ -80,7 +80,7 @@ def forgetting_markdown(result: GateResult, task_metrics: dict | None = None) ->
         f"{result.alpha:g} across {k} benchmarks (Holm); each interval is {100 * (1 - 2 * result.alpha / k):.1f}% "
         f"(jointly at least {100 * (1 - 2 * result.alpha):.0f}%, Bonferroni); the task interval is "
         f"{100 * (1 - 2 * result.alpha):.0f}%. p: non-inferiority for a pass or an inconclusive row, forgetting "
-        f"beyond the margin for a fail, superiority for the task. "
+        f"beyond the margin for a fail, a drop against no change for a drop, superiority for the task. "
         f"Detectable: the smallest margin these items can show with 80% power. "
         f"Inconclusive counts as **{result.on_inconclusive}** (`gate.on_inconclusive`).",
         "",
