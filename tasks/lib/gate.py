@@ -3,11 +3,11 @@
 Base and tuned are scored on the same items, so every comparison is paired (tasks/lib/stats.py):
 
 - Accuracy benchmarks: per-item right/wrong. Non-inferiority with margin `gate.max_accuracy_drop` (points), and
-  forgetting beyond that margin: the two tails of Tango's score test at the margin. A drop of any size: the exact
-  one-sided McNemar test, reported, never a verdict on its own.
+  forgetting beyond that margin: the two tails of Tango's score test at the margin. A drop of any size (against no
+  change): the exact one-sided McNemar test.
 - Perplexity benchmarks: per-document log-likelihoods, paired bootstrap over documents of
   log(ppl_tuned / ppl_base); margin `gate.max_perplexity_increase` (relative).
-- Across benchmarks, both families of p-values are Holm-adjusted, so the family-wise error is `gate.alpha`.
+- Across benchmarks, each family of p-values is Holm-adjusted, so its family-wise error is `gate.alpha`.
 - Target task: exact one-sided McNemar superiority test of tuned over base on per-item correctness, at alpha.
 
 Each row gets a verdict:
