@@ -89,6 +89,8 @@ class ChatServer(mlflow.pyfunc.PythonModel):
         temperature = float(params.get("temperature") or 0.0)
         top_p = params.get("top_p")
         try:  # a bad request is the client's error (HTTP 400), named
+            if max_tokens < 1:
+                raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
             batch = conversations(model_input)
             generation_config(self.model, self.tokenizer, max_tokens, temperature, top_p)
         except ValueError as error:

@@ -155,7 +155,7 @@ def _served_champion_answers_as_qlora_chat(tmp_path: Path, env: dict[str, str]) 
         short = httpx.post(f"{url}/invocations", json={**request, "max_tokens": 1}, timeout=60).raise_for_status()
         assert short.json()["usage"]["completion_tokens"] == 1
         bad = httpx.post(f"{url}/invocations", json={**request, "max_tokens": 0}, timeout=60)
-        assert bad.status_code == 400 and "max_new_tokens must be at least 1" in bad.text  # the client's error, named
+        assert bad.status_code == 400 and "max_tokens must be at least 1" in bad.text  # the client's error, named
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server and the uvicorn workers it started
         try:
