@@ -85,7 +85,12 @@ def model_server(model_uri: str, env: dict[str, str], log: Path) -> Iterator[str
     env = dict(env, PATH=f"{BIN_DIR}:{env.get('PATH', '')}")
     command = ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1"]
     server = subprocess.Popen(
-        [*command, "-p", str(port)], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+        [*command, "-p", str(port)],
+        cwd=log.parent,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         url = f"http://127.0.0.1:{port}"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import warnings
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import write_tiny_config
-from tests.integration.servers import BIN_DIR, free_port, wait_for
+from tests.integration.servers import BIN_DIR, free_port, model_server, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +96,7 @@ def test_stack_on_other_ports_then_no_stack(tmp_path: Path, tiny_model_dir: Path
                 _page_shows(driver, f"{mlflow_ui}/#/models/tiny-sst2/versions/1", ["Forgetting gate", "Serving"])
                 parent = _pipeline_run(mlflow_port)
                 run_page = f"{mlflow_ui}/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
-                _page_shows(driver, run_page, ["tiny-sst2", "v1"])
+                _page_shows(driver, run_page, ["Logged models (1)", "merged_model", "Registered models\ntiny-sst2\nv1"])
             finally:
                 driver.quit()
 
@@ -126,26 +125,12 @@ def test_stack_on_other_ports_then_no_stack(tmp_path: Path, tiny_model_dir: Path
 
 
 def _served_champion_answers_as_qlora_chat(tmp_path: Path, env: dict[str, str]) -> None:
-    """`mlflow models serve` on the registered champion, as the README says to start it, answers a chat request
-    over HTTP with `qlora chat`'s greedy answer, and honours max_tokens."""
-    port, log = free_port(), tmp_path / "model-server.log"
-    env = dict(env, PATH=f"{BIN_DIR}:{env.get('PATH', '')}")
-    command = ["mlflow", "models", "serve", "-m", "models:/tiny-sst2@champion", "--env-manager", "local"]
-    server = subprocess.Popen(
-        [*command, "-h", "127.0.0.1", "-p", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: httpx.get(f"{url}/ping", timeout=5).status_code == 200, 180, "the model server", [log])
+    """`mlflow models serve` on the registered champion answers a chat request over HTTP with `qlora chat`'s
+    greedy answer, honours max_tokens, and answers a bad request with 400."""
+    with model_server("models:/tiny-sst2@champion", env, tmp_path / "model-server.log") as url:
         prompt = "Sentiment of: a fine film"
-        chat = _qlora(
-            ["chat", "models:/tiny-sst2@champion", "--prompt", prompt, "--max-new-tokens", "8"], tmp_path, env
-        )
+        chat_args = ["chat", "models:/tiny-sst2@champion", "--prompt", prompt, "--max-new-tokens", "8"]
+        chat = _qlora(chat_args, tmp_path, env)
         assert chat.returncode == 0, chat.stderr[-3000:]
         request = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 8}
         completion = httpx.post(f"{url}/invocations", json=request, timeout=60).raise_for_status().json()
@@ -156,12 +141,6 @@ def _served_champion_answers_as_qlora_chat(tmp_path: Path, env: dict[str, str]) 
         assert short.json()["usage"]["completion_tokens"] == 1
         bad = httpx.post(f"{url}/invocations", json={**request, "max_tokens": 0}, timeout=60)
         assert bad.status_code == 400 and "max_tokens must be at least 1" in bad.text  # the client's error, named
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and the uvicorn workers it started
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
 
 
 def _pipeline_run(mlflow_port: int):
