@@ -37,8 +37,13 @@ CHAT_SIGNATURE = ModelSignature(
     ),
 )
 # Only these files travel with the model: the server needs no other project code.
-_SHIPPED_MODULES = ("tasks/__init__.py", "tasks/io/__init__.py", "tasks/io/serving.py", "tasks/lib/__init__.py")
-_SHIPPED_MODULES += ("tasks/lib/generation.py",)
+_SHIPPED_MODULES = (
+    "tasks/__init__.py",
+    "tasks/io/__init__.py",
+    "tasks/io/serving.py",
+    "tasks/lib/__init__.py",
+    "tasks/lib/generation.py",
+)
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_CODE = Path(__file__).with_name("served_chat_model.py")  # what MLflow runs to build the ChatServer
 
