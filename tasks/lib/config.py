@@ -46,8 +46,10 @@ class ModelConfig(_Section):
 
 class QuantizationConfig(_Section):
     enabled: bool = Field(True, description="Load the base in 4-bit (QLoRA). False trains plain LoRA.")
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = True
+    quant_type: Literal["nf4", "fp4"] = Field(
+        "nf4", description="4-bit data type: nf4 (NormalFloat, the QLoRA paper's) or fp4."
+    )
+    double_quant: bool = Field(True, description="Quantize the quantization constants too (QLoRA's, ~0.4 bit/param).")
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto: bfloat16 where the GPU supports it, else float32."
     )
@@ -61,10 +63,10 @@ class QuantizationConfig(_Section):
 class LoraConfig(_Section):
     r: int = Field(16, gt=0, description="LoRA rank.")
     alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input during training.")
     target_modules: str | list[str] = Field("all-linear", description="'all-linear' or module names.")
-    use_rslora: bool = False
-    use_dora: bool = False
+    use_rslora: bool = Field(False, description="Rank-stabilised scaling (alpha / sqrt(r) instead of alpha / r).")
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA): a learned magnitude per output.")
 
     @field_validator("target_modules")
     @classmethod
@@ -107,8 +109,10 @@ class TableConfig(_Section):
 
 class ReplayConfig(_Section):
     path: str = Field(description="General instruction data mixed into training only (file or hub id).")
-    format: Literal["auto", "alpaca", "chat", "prompt_completion"] = "auto"
-    hub_split: str = "train"
+    format: Literal["auto", "alpaca", "chat", "prompt_completion"] = Field(
+        "auto", description="Row shape of the replay data, as `data.format` (auto: detected from the columns)."
+    )
+    hub_split: str = Field("train", description="Split to read when `path` is a hub id or data set folder.")
     hub_config: str | None = Field(None, description="Hub configuration name, when `path` is a hub id.")
     hub_revision: str | None = Field(None, description="Hub branch, tag or commit; null: the default branch.")
     fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Share of the training rows that are replay rows.")
@@ -155,7 +159,7 @@ class DataConfig(_Section):
     max_rows: int | None = Field(None, gt=0, description="Keep the first N rows after shuffling by seed.")
     max_length: int = Field(256, gt=8, description="Token limit for prompt + answer.")
     overlong: Literal["drop", "truncate"] = Field("drop", description="What to do with rows over max_length.")
-    deduplicate: bool = True
+    deduplicate: bool = Field(True, description="Drop rows whose whole conversation repeats an earlier row's.")
     on_invalid: Literal["error", "drop"] = Field(
         "error", description="error: refuse the file naming every bad row; drop: skip them into rejects.jsonl."
     )
@@ -185,7 +189,7 @@ class DataConfig(_Section):
 class ForgettingProxyConfig(_Section):
     """An in-training forgetting signal: loss on fixed general-text windows, tuned minus base, at each evaluation."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="Measure it (WikiText articles the gate never scores); false: off.")
     windows: int = Field(16, gt=0, description="WikiText windows (from forgetting.data_dir) scored each time.")
     window_tokens: int = Field(256, ge=16, description="Tokens per window.")
     max_increase: float | None = Field(
@@ -197,8 +201,8 @@ class ForgettingProxyConfig(_Section):
 
 
 class TrainConfig(_Section):
-    max_steps: int = Field(200, gt=0)
-    learning_rate: float = Field(2e-4, gt=0.0)
+    max_steps: int = Field(200, gt=0, description="Optimizer steps to train (fewer when early stopping ends it).")
+    learning_rate: float = Field(2e-4, gt=0.0, description="Peak learning rate of the LoRA weights (AdamW).")
     batch_size: int = Field(
         8,
         gt=0,
@@ -216,11 +220,13 @@ class TrainConfig(_Section):
         description="An accelerate config file (e.g. configs/accelerate/fsdp_qlora.yaml): the training processes "
         "start through `accelerate launch` with it instead of torchrun; null: torchrun (DDP).",
     )
-    gradient_accumulation_steps: int = Field(1, gt=0)
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
-    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    max_grad_norm: float = Field(1.0, gt=0.0)
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Batches whose gradients add up to one step.")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="How the learning rate moves after warm-up (the HF Trainer's schedulers)."
+    )
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Share of max_steps spent warming up from 0.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay on the LoRA weights.")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradients are clipped to this global norm.")
     optimizer: str = Field("auto", description="auto: paged_adamw_8bit on CUDA, adamw_torch on CPU.")
     gradient_checkpointing: bool | Literal["auto"] = Field(
         "auto", description="auto: on for CUDA (QLoRA paper default), off on CPU where memory is ample."
@@ -237,10 +243,10 @@ class TrainConfig(_Section):
         "(system turn, instruction) are computed once per batch and attended to by each row; the same loss and "
         "gradients with fewer tokens (LoRA dropout masks on those tokens are then shared within the batch).",
     )
-    eval_steps: int = Field(25, gt=0)
-    save_steps: int = Field(25, gt=0)
-    save_total_limit: int = Field(2, gt=0)
-    logging_steps: int = Field(5, gt=0)
+    eval_steps: int = Field(25, gt=0, description="Validation loss (and the forgetting proxy) every N steps.")
+    save_steps: int = Field(25, gt=0, description="A resumable checkpoint every N steps.")
+    save_total_limit: int = Field(2, gt=0, description="Newest checkpoints kept (the best too, with early stopping).")
+    logging_steps: int = Field(5, gt=0, description="Training loss and throughput to MLflow every N steps.")
     early_stopping_patience: int | None = Field(3, gt=0, description="Evals without improvement; null: off.")
     eval_max_rows: int | None = Field(200, gt=0, description="Validation rows used for the loss.")
     forgetting_proxy: ForgettingProxyConfig = Field(default_factory=ForgettingProxyConfig)
@@ -265,7 +271,7 @@ class EvaluationConfig(_Section):
         description="Generation budget per answer; null: derived from the test references (95th percentile of "
         "their token lengths, plus a margin), so a long free-text answer is never cut.",
     )
-    batch_size: int = Field(16, gt=0)
+    batch_size: int = Field(16, gt=0, description="Test items generated at once (left-padded).")
     answer_match: Literal["label", "exact"] = Field(
         "label",
         description="label: when the references form a small label set, an answer counts as the one label it "
@@ -315,9 +321,10 @@ BenchmarkName = Literal["hellaswag", "arc_easy", "arc_challenge", "piqa", "lamba
 
 
 class ForgettingConfig(_Section):
-    enabled: bool = True
+    enabled: bool = Field(True, description="Score the benchmarks and gate on them; false: the task row alone.")
     benchmarks: list[BenchmarkName] = Field(
-        default_factory=lambda: ["hellaswag", "arc_easy", "piqa", "lambada", "wikitext"]
+        default_factory=lambda: ["hellaswag", "arc_easy", "piqa", "lambada", "wikitext"],
+        description="General benchmarks the merged model is compared with its base on, item by item.",
     )
     limit: int | None = Field(
         500, gt=0, description="Items per accuracy benchmark (500: the gate settles a 5-point margin, see README)."
@@ -325,7 +332,7 @@ class ForgettingConfig(_Section):
     perplexity_limit: int | None = Field(
         5, gt=0, description="Documents per perplexity benchmark (a WikiText article is ~5k tokens); null: all."
     )
-    batch_size: int = Field(16, gt=0)
+    batch_size: int = Field(16, gt=0, description="Benchmark requests scored at once.")
     max_length: int = Field(
         1024, gt=16, description="Longest scored sequence in tokens (WikiText windows); capped by the model's."
     )
@@ -369,7 +376,7 @@ class MergeConfig(_Section):
 
 
 class RegistryConfig(_Section):
-    enabled: bool = True
+    enabled: bool = Field(True, description="Register a run whose gates pass; false: track it only.")
     model_name: str = Field(description="Registered model name in the MLflow Model Registry.")
 
 
@@ -377,7 +384,7 @@ class TrackingConfig(_Section):
     uri: str | None = Field(
         None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db."
     )
-    experiment: str = "qlora"
+    experiment: str = Field("qlora", description="MLflow experiment the runs are logged in.")
     artifact_location: str | None = Field(None, description="Artifact root for a new experiment.")
 
     @field_validator("uri", "artifact_location")
@@ -395,16 +402,16 @@ class TrackingConfig(_Section):
 
 class ScheduleConfig(_Section):
     cron: str | None = Field("0 3 * * 1", description="Retraining schedule (cron); null: none.")
-    timezone: str = "UTC"
+    timezone: str = Field("UTC", description="Time zone the cron schedule is read in.")
 
 
 class SweepParameter(_Section):
     """One searched config key: a range (low, high; integers when both are integers) or a list of choices."""
 
-    low: float | None = None
-    high: float | None = None
+    low: float | None = Field(None, description="Lower end of the searched range (with high).")
+    high: float | None = Field(None, description="Upper end of the searched range (with low).")
     log: bool = Field(False, description="Sample the range on a log scale (learning rates).")
-    choices: list[Any] | None = None
+    choices: list[Any] | None = Field(None, description="The values to try, instead of a range.")
 
     @model_validator(mode="after")
     def _range_or_choices(self) -> SweepParameter:
@@ -452,7 +459,7 @@ class SweepConfig(_Section):
 
 class RunConfig(_Section):
     name: str = Field(description="Run family name: run directory, processed data and defaults derive from it.")
-    seed: int = 42
+    seed: int = Field(42, description="Seeds shuffling, splits, LoRA initialisation, dropout and item order.")
     output_dir: str = Field("runs", description="Run directories live under here.")
     model: ModelConfig
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
