@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +12,7 @@ from pydantic import BaseModel
 from tasks.io.tracking import MlflowTracker, configure_mlflow, mlflow_run
 from tasks.lib.config import RunConfig
 from tasks.lib.failpoints import failpoint
+from tasks.lib.publish import publish_text
 from tasks.lib.refs import RunContext
 
 TRANSIENT_ERRORS = (ConnectionError, TimeoutError, OSError)
@@ -61,11 +61,7 @@ def completed_step(context: RunContext, step: str, ref_type: type[Ref]) -> Ref |
 
 def mark_completed(context: RunContext, step: str, ref: Ref) -> Ref:
     """Record `step` as done (atomically: a kill leaves either no marker or a whole one)."""
-    marker = _marker(context, step)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_name(f".{marker.name}.tmp")
-    tmp.write_text(ref.model_dump_json(indent=2), encoding="utf-8")
-    os.replace(tmp, marker)
+    publish_text(_marker(context, step), ref.model_dump_json(indent=2))
     return ref
 
 

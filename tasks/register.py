@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -23,6 +22,7 @@ from tasks.io.tracking import scrub_mapping
 from tasks.io.versioning import provenance
 from tasks.lib.config import RunConfig
 from tasks.lib.promotion import decide_promotion, decode_correct, encode_correct
+from tasks.lib.publish import publish_text
 from tasks.lib.refs import DataRef, PipelineResult, RegistrationRef, RunContext, TaskEvalRef
 from tasks.lib.task_eval import evaluate_task, load_split
 from tasks.report import model_card_markdown
@@ -71,7 +71,7 @@ def run_registration(config: RunConfig, context: RunContext, data: DataRef, resu
 
         provenance_tags = provenance(config, data)
         card = model_card_markdown(config, result, provenance_tags, promotion=decision.reason)
-        write_model_card(Path(result.merge.merged_dir), card)
+        publish_text(Path(result.merge.merged_dir) / "README.md", card)  # beside the weights, as on the HF hub
         tags = version_tags(config, context, result, provenance_tags, source)
         if len(evaluation.tuned_correct) <= MAX_TAG_ITEMS:
             tags[TEST_CORRECT_TAG] = encode_correct(evaluation.tuned_correct)
@@ -121,14 +121,6 @@ def version_tags(
         "champion_comparison": source,
         TEST_FINGERPRINT_TAG: evaluation.test_fingerprint,
     }
-
-
-def write_model_card(merged_dir: Path, card: str) -> Path:
-    """README.md beside the weights, as on the Hugging Face hub; written whole or not at all."""
-    path, tmp = merged_dir / "README.md", merged_dir / ".README.md.tmp"
-    tmp.write_text(card, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def user_prompt(row: dict) -> str:

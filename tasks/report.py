@@ -93,7 +93,7 @@ def model_card_markdown(
     evaluation, forgetting, merge = result.evaluation, result.forgetting, result.merge
     title = f"# `{config.registry.model_name}`"
     base = model.name_or_path + (f" @ `{model.revision}`" if model.revision else "")
-    quantized = config.quantization.quant_type if config.quantization.enabled else "off"
+    quantized = f"4-bit {config.quantization.quant_type}" if config.quantization.enabled else "not quantized"
     lines = [
         title,
         "",
@@ -105,7 +105,7 @@ def model_card_markdown(
         f"| base model | {base}" + (f" (GGUF `{model.gguf_file}`)" if model.gguf_file else "") + " |",
         f"| data version (DVC md5) | `{provenance.get('data_version', '')}` |",
         f"| adapter | LoRA r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, "
-        f"targets {lora.target_modules}; 4-bit {quantized} |",
+        f"targets {lora.target_modules}; base {quantized} |",
         f"| training | {train.max_steps} max steps, learning rate {train.learning_rate:g}, batch {train.batch_size}, "
         f"seed {config.seed} |",
         f"| code and config | commit `{provenance.get('git_commit', '')}`, config hash "

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 from tasks.lib.benchmark_data import OUTPUT_FILES
 from tasks.lib.benchmarks import task_yaml_texts
 from tasks.lib.hashing import file_md5
+from tasks.lib.publish import publish_text
 
 logger = logging.getLogger(__name__)
 DEFAULT_CACHE_DIR = Path(".cache/base_scores")
@@ -71,18 +70,6 @@ def _read(path: Path, key_parts: dict[str, Any]) -> dict | None:
     return stored.get("scores")
 
 
-def _write_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def get_or_compute(
     key_parts: dict[str, Any], compute: Callable[[], dict], cache_dir: Path | str = DEFAULT_CACHE_DIR
 ) -> tuple[dict, bool]:
@@ -94,5 +81,5 @@ def get_or_compute(
             return scores, True
     scores = compute()
     payload = {"key_parts": key_parts, "scores": scores, "created": datetime.now(UTC).isoformat()}
-    _write_atomic(path, payload)
+    publish_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
     return scores, False

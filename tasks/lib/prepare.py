@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import string
 from collections import Counter
 from pathlib import Path
@@ -37,7 +36,7 @@ from tasks.lib.data_formats import (
     resolved_hub_revision,
 )
 from tasks.lib.hashing import file_md5
-from tasks.lib.publish import publish_dir
+from tasks.lib.publish import publish_dir, publish_text
 
 PREP_VERSION = 3  # bump when the output of this module changes for the same inputs
 SPLITS = ("train", "validation", "test")
@@ -352,10 +351,7 @@ def _write_files(out_dir: Path, files: dict[str, str], replace: bool) -> None:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    publish_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 class SourceRow(NamedTuple):

@@ -1,12 +1,14 @@
-"""Publish a folder atomically: it is filled under a hidden temporary name and appears whole, or not at all.
+"""Publish a folder or a file atomically: it is filled under a hidden temporary name and appears whole, or not at all.
 
 Used for everything the pipeline writes as a folder that others read: prepared data, converted benchmarks, the
-converted demo model and the merged model. A reader never sees a half-written folder; a kill while filling leaves
+converted demo model and the merged model; `publish_text` for the files others read: step markers, data stats,
+cached base scores, the model card. A reader never sees a half-written folder; a kill while filling leaves
 only a hidden `.<name>.tmp-*` folder, never something that looks finished.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -54,3 +56,19 @@ def publish_dir(out_dir: Path, fill: Callable[[Path], object], replace: bool = T
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def publish_text(path: Path, text: str) -> Path:
+    """Write `text` to `path` under a unique hidden temporary name, then move it in: a reader (or a concurrent
+    writer of the same file) never sees half of it, and a kill leaves the old file or none."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -1,4 +1,4 @@
-"""Folders appear whole or not at all: prepared data, benchmarks, converted and merged models."""
+"""Folders and files appear whole or not at all: prepared data, benchmarks, models, markers, caches, cards."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.lib.publish import publish_dir
+from tasks.lib.publish import publish_dir, publish_text
 
 
 def _write(name: str, text: str):
@@ -46,3 +46,11 @@ def test_a_kill_between_the_two_renames_is_recovered(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         publish_dir(tmp_path / "out", lambda folder: (_ for _ in ()).throw(RuntimeError("fail")))
     assert (tmp_path / "out" / "a.txt").read_text() == "previous"
+
+
+def test_a_published_text_file_replaces_the_old_one_whole_and_leaves_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "nested" / "card.md"
+    publish_text(target, "first")
+    publish_text(target, "second")
+    assert target.read_text() == "second"
+    assert sorted(path.name for path in target.parent.iterdir()) == ["card.md"]
