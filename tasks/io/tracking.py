@@ -170,9 +170,16 @@ def configure_mlflow(uri: str | None, experiment: str, artifact_location: str | 
             )
         return found.experiment_id
     # Marked as model training, so MLflow 3's UI opens the runs view (not the GenAI "evaluation runs" one).
-    return mlflow.create_experiment(
-        experiment, artifact_location=artifact_location, tags={"mlflow.experimentKind": "custom_model_development"}
-    )
+    try:
+        return mlflow.create_experiment(
+            experiment, artifact_location=artifact_location, tags={"mlflow.experimentKind": "custom_model_development"}
+        )
+    except Exception:
+        # Another run started at the same moment may have created it first (the name is unique in the store).
+        created_meanwhile = mlflow.get_experiment_by_name(experiment)
+        if created_meanwhile is None:
+            raise
+        return created_meanwhile.experiment_id
 
 
 def log_dataset_inputs(run_id: str, sources: dict[str, str], digest: str, name: str) -> None:

@@ -115,6 +115,21 @@ def test_configure_mlflow_is_idempotent(store: tuple[Path, str]) -> None:
     assert MlflowClient().get_experiment(experiment_id).name == "tracking-test"
 
 
+def test_configure_mlflow_takes_the_experiment_a_concurrent_run_created_first(
+    store: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs starting together both find no experiment; the one whose create loses takes the winner's."""
+    root, experiment_id = store
+    lookup, calls = mlflow.get_experiment_by_name, []
+
+    def looked_up_before_the_other_run_created_it(name: str):
+        calls.append(name)
+        return None if len(calls) == 1 else lookup(name)
+
+    monkeypatch.setattr(mlflow, "get_experiment_by_name", looked_up_before_the_other_run_created_it)
+    assert configure_mlflow(f"sqlite:///{root}/mlflow.db", "tracking-test") == experiment_id
+
+
 def test_mlflow_run_finishes_and_records_name_and_parent(store: tuple[Path, str]) -> None:
     _, experiment_id = store
     client = MlflowClient()
