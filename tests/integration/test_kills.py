@@ -1,4 +1,4 @@
-"""SIGKILL in each step, then a rerun with the same run id: the run converges and nothing is left lying.
+"""SIGKILL in each step in turn, each time rerun with the same run id: the run converges, nothing is left lying.
 
 Each step is killed where it hurts (QLORA_FAILPOINT, tasks/lib/failpoints.py): right after its MLflow step run
 started, or for registration right after the model version was created and before it was verified or aliased.
@@ -45,27 +45,29 @@ def _flow_runs(api: str, run_id: str) -> list[dict]:
     return [run for run in runs if run["parameters"].get("run_id") == run_id]
 
 
-@pytest.mark.parametrize("step", STEPS)
-def test_a_kill_in_any_step_then_a_rerun_converges(
-    step: str, server, tmp_path: Path, tiny_model_dir: Path, benchmark_data_dir: Path
+def test_a_kill_in_each_step_in_turn_then_a_rerun_converges(
+    server, tmp_path: Path, tiny_model_dir: Path, benchmark_data_dir: Path
 ) -> None:
+    """One run, killed in train; its rerun killed in evaluate; and so on to register; the last rerun converges.
+    Each rerun resumes the killed step and reuses every step finished before it."""
     api, env = server
     config_path = write_tiny_config(tmp_path, tiny_model_dir, benchmark_data_dir, {"train.max_steps": 4})
-    run_id = f"kill-{step}"
+    run_id = "kill-each-step"
     command = [str(BIN_DIR / "qlora"), "run", str(config_path), "--run-id", run_id]
-    failpoint = "register.version-created" if step == "register" else step
-    killed = subprocess.run(command, env=dict(env, QLORA_FAILPOINT=failpoint), cwd=REPO_ROOT, capture_output=True)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     run_dir = tmp_path / "runs" / "tiny" / run_id
     adapter = run_dir / "adapter" / "adapter_model.safetensors"
-    adapter_before = _sha256(adapter)
-    assert (adapter_before is None) == (step == "train")
-    assert not (run_dir / "merged").exists() or step in {"forgetting", "register"}  # never a half-written one
+    for step in STEPS:
+        failpoint = "register.version-created" if step == "register" else step
+        adapter_before = _sha256(adapter)
+        killed = subprocess.run(command, env=dict(env, QLORA_FAILPOINT=failpoint), cwd=REPO_ROOT, capture_output=True)
+        assert killed.returncode == -signal.SIGKILL, (step, killed.stderr[-3000:])
+        assert (_sha256(adapter) is None) == (step == "train")
+        if adapter_before is not None:
+            assert _sha256(adapter) == adapter_before, step  # a finished training is reused, never trained further
+        assert not (run_dir / "merged").exists() or step in {"forgetting", "register"}  # never a half-written one
 
     rerun = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    if adapter_before is not None:
-        assert _sha256(adapter) == adapter_before  # a finished training is reused, never trained further
 
     mlflow = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment_id = mlflow.get_experiment_by_name("tiny").experiment_id
@@ -76,16 +78,18 @@ def test_a_kill_in_any_step_then_a_rerun_converges(
     )
     finished = sorted(child.data.tags["step"] for child in children if child.info.status == "FINISHED")
     assert finished == sorted(STEPS)  # each step ran to the end once; completed steps were reused
-    others = [(child.data.tags["step"], child.info.status) for child in children if child.info.status != "FINISHED"]
-    assert others == [(step, "KILLED")]  # the killed attempt's step run is closed, not left RUNNING
+    others = sorted(
+        (child.data.tags["step"], child.info.status) for child in children if child.info.status != "FINISHED"
+    )
+    assert others == sorted((step, "KILLED") for step in STEPS)  # each killed attempt's step run is closed
 
     versions = mlflow.search_model_versions("name='tiny-sst2'")
     assert len(versions) == 1 and versions[0].tags["round_trip"] == "verified"
     assert str(mlflow.get_model_version_by_alias("tiny-sst2", "champion").version) == str(versions[0].version)
 
-    # Prefect's own mechanism marks the dead attempt's flow run as crashed; the rerun completed.
-    def states() -> dict[str, int] | None:
-        found = [run["state"]["type"] for run in _flow_runs(api, run_id)]
-        return found if sorted(found) == ["COMPLETED", "CRASHED"] else None
+    # Prefect's own mechanism marks each dead attempt's flow run as crashed; the last rerun completed.
+    def states() -> list[str] | None:
+        found = sorted(run["state"]["type"] for run in _flow_runs(api, run_id))
+        return found if found == sorted(["COMPLETED"] + ["CRASHED"] * len(STEPS)) else None
 
-    wait_for(states, CRASH_AFTER_SECONDS + 4 * HEARTBEAT_SECONDS, "the killed flow run to be marked CRASHED", [])
+    wait_for(states, CRASH_AFTER_SECONDS + 4 * HEARTBEAT_SECONDS, "the killed flow runs to be marked CRASHED", [])
