@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from tasks.lib.config import RunConfig
 from tasks.lib.errors import UserError
 from tasks.lib.training import TrainResult
@@ -40,34 +42,26 @@ def launch_training(
     else:
         launcher = ["torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     command = [sys.executable, "-m", *launcher, "-m", "tasks.io.launch", *arguments]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    # The ranks split this process's CPU threads (its share of the machine, tasks.lib.threads) between them.
+    rank_threads = max(1, torch.get_num_threads() // config.train.num_processes)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(rank_threads))}
     completed = subprocess.run(command, env=env, timeout=timeout, check=False)
     if completed.returncode != 0 or not result_file.is_file():
         raise LaunchError(
             f"{config.train.num_processes} training processes exited with code {completed.returncode} (their output "
             "is above); a rerun with the same run id resumes from the last checkpoint"
         )
-    fields = json.loads(result_file.read_text())
-    return TrainResult(**{**fields, "adapter_dir": Path(fields["adapter_dir"])})
+    return read_result(result_file)
 
 
-LOSS_KEYS = ("loss", "train_loss", "eval_loss", "first_eval_loss", "best_eval_loss")
-
-
-def unscaled_losses(entry: dict, world_size: int) -> dict:
-    """The Trainer multiplies each process's loss by the number of processes (so that DDP's gradient mean equals
-    the gradient of the mean over every token of the global batch, average_tokens_across_devices) and reports the
-    training and evaluation losses so multiplied: divided back, they compare with a single process's."""
-    return {
-        key: value / world_size if key in LOSS_KEYS and value is not None else value for key, value in entry.items()
-    }
-
-
-def _worker(config_file: str, data_dir: str, run_dir: str, text_file: str, result_file: str) -> None:
+def train_this_rank(
+    config: RunConfig, data_dir: Path, run_dir: Path, general_text: list[str], result_file: Path, rank: int
+) -> None:
+    """One process's part of data-parallel training (the process group is set up by its launcher: torchrun,
+    accelerate or Ray Train); rank 0 writes the result."""
     from tasks.io.models import load_base_model, load_tokenizer
     from tasks.lib.training import train_adapter
 
-    config = RunConfig.model_validate_json(Path(config_file).read_text())
     tokenizer = load_tokenizer(config.model)
     result = train_adapter(
         config,
@@ -75,19 +69,27 @@ def _worker(config_file: str, data_dir: str, run_dir: str, text_file: str, resul
         tokenizer,
         Path(data_dir),
         Path(run_dir),
-        general_text=json.loads(Path(text_file).read_text()),
+        general_text=general_text,
     )
-    if int(os.environ.get("RANK", "0")) == 0:
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        fields = {
-            **dataclasses.asdict(result),
-            "adapter_dir": str(result.adapter_dir),
-            "log_history": [unscaled_losses(entry, world_size) for entry in result.log_history],
-            **unscaled_losses(
-                {"first_eval_loss": result.first_eval_loss, "best_eval_loss": result.best_eval_loss}, world_size
-            ),
-        }
+    if rank == 0:
+        fields = {**dataclasses.asdict(result), "adapter_dir": str(result.adapter_dir)}
         Path(result_file).write_text(json.dumps(fields, default=str))
+
+
+def read_result(result_file: Path) -> TrainResult:
+    fields = json.loads(Path(result_file).read_text())
+    return TrainResult(**{**fields, "adapter_dir": Path(fields["adapter_dir"])})
+
+
+def _worker(config_file: str, data_dir: str, run_dir: str, text_file: str, result_file: str) -> None:
+    train_this_rank(
+        RunConfig.model_validate_json(Path(config_file).read_text()),
+        Path(data_dir),
+        Path(run_dir),
+        json.loads(Path(text_file).read_text()),
+        Path(result_file),
+        int(os.environ.get("RANK", "0")),
+    )
 
 
 if __name__ == "__main__":

@@ -28,11 +28,13 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
 
+from tasks.lib import threads
 from tasks.lib.config import RunConfig
 from tasks.lib.data_formats import read_jsonl
 from tasks.lib.errors import UserError
+from tasks.lib.failpoints import failpoint
 from tasks.lib.lora_dropout import use_cheap_lora_dropout
 from tasks.lib.modeling import peft_lora_config, pin_cpu_4bit_kernel, resolve_compute_dtype
 from tasks.lib.packed_attention import NAME as PACKED_ATTENTION
@@ -218,6 +220,18 @@ class DivergenceGuard(TrainerCallback):
                 )
 
 
+class BetweenSteps(TrainerCallback):
+    """torch's CPU threads follow this process's share of the cores (`tasks.lib.threads`) between steps; the kill
+    tests' failpoint `train.step-N` fires after step N's checkpoint, if one was due, is written."""
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        failpoint(f"train.step-{state.global_step}")
+        threads.fit()
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        threads.fit()
+
+
 class MetricsCallback(TrainerCallback):
     """Forwards Trainer logs (loss, lr, grad norm, eval loss) plus real tokens/s to a metrics sink."""
 
@@ -350,11 +364,25 @@ def training_arguments(config: RunConfig, output_dir: Path, optimizer: str, chec
         dataloader_num_workers=0,
         remove_unused_columns=False,
         disable_tqdm=True,
-        # Under torchrun / accelerate launch (WORLD_SIZE > 1): only the LoRA weights train, every one of them is
-        # used each step, and the CPU has no NCCL.
+        # Under torchrun, accelerate launch or Ray Train (WORLD_SIZE > 1): only the LoRA weights train, every one of
+        # them is used each step, and the CPU has no NCCL. Without use_cpu, accelerate reads a CPU machine's
+        # processes as independent (DistributedType.NO): each trains on its shard alone, gradients never averaged.
+        use_cpu=not torch.cuda.is_available(),
         ddp_find_unused_parameters=False,
         ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() else None,
     )
+
+
+def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The newest checkpoint rank 0 finished writing (trainer_state.json is its last file). A process killed while
+    saving, or a surviving rank of a data-parallel group (each rank writes its RNG state into the folder), can leave
+    a newer folder without it: resuming from that would fail, so it is passed over."""
+    steps = []
+    for folder in Path(checkpoint_dir).glob("checkpoint-*"):
+        suffix = folder.name.removeprefix("checkpoint-")
+        if suffix.isdigit() and (folder / TRAINER_STATE_NAME).is_file():
+            steps.append((int(suffix), folder))
+    return str(max(steps)[1]) if steps else None
 
 
 def train_adapter(
@@ -376,7 +404,7 @@ def train_adapter(
     run_dir = Path(run_dir)
     checkpoint_dir = run_dir / "checkpoints"
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    last_checkpoint = get_last_checkpoint(str(checkpoint_dir))
+    last_checkpoint = last_complete_checkpoint(checkpoint_dir)
     optimizer, checkpointing = _resolve_auto(config)
 
     torch.manual_seed(config.seed)
@@ -399,7 +427,7 @@ def train_adapter(
     collator = TokenCountingCollator(
         build_collator(tokenizer, config.train.packing, answer_logits_only, share_prefix), tokenizer.pad_token_id
     )
-    callbacks: list[TrainerCallback] = [DivergenceGuard()]
+    callbacks: list[TrainerCallback] = [DivergenceGuard(), BetweenSteps()]
     if metrics_sink is not None:
         callbacks.append(MetricsCallback(metrics_sink, collator))
     if config.train.early_stopping_patience is not None:
