@@ -135,10 +135,12 @@ def newest_run_dir(path: Path) -> Path:
 
 def cmd_score_base(args: argparse.Namespace) -> int:
     from tasks.forgetting import score_base_model
+    from tasks.lib import threads
     from tasks.lib.preflight import check_inputs
 
     config = load_config(args.config, args.overrides)
     check_inputs(config)
+    threads.hold_share(config.resources.configured_threads())
     scores, cached = score_base_model(config)
     state = "already cached" if cached else f"scored and cached in {config.forgetting.cache_dir}"
     print(

@@ -17,6 +17,7 @@ from prefect.states import Failed
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate_target_task
 from tasks.forgetting import check_forgetting
+from tasks.lib import threads
 from tasks.lib.config import load_config
 from tasks.lib.errors import UserError
 from tasks.lib.gate import task_row
@@ -71,6 +72,8 @@ def run_pipeline(
     logger = get_run_logger()
     config = load_config(config_path, overrides)
     check_inputs(config)
+    share = threads.hold_share(config.resources.configured_threads())
+    logger.info("torch uses %d CPU threads (resources.cpu_threads=%s)", share.fit(), config.resources.cpu_threads)
     data = prepare_data(config)
 
     if skip_if_unchanged:

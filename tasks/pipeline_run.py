@@ -14,6 +14,7 @@ from mlflow.entities import Metric
 
 from tasks.io.tracking import MlflowTracker, configure_mlflow, flatten, log_dataset_inputs
 from tasks.io.versioning import provenance
+from tasks.lib import threads
 from tasks.lib.config import ConfigError, RunConfig
 from tasks.lib.gate import VERDICT_CODE
 from tasks.lib.prepare import split_lengths
@@ -63,7 +64,8 @@ def start_pipeline_run(
         (run_dir / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))
     tracker = MlflowTracker(parent_run_id)
     tracker.log_params(flatten(config.model_dump(mode="json")))
-    tracker.set_tags({**provenance(config, data), "outcome_config_hash": config.outcome_fingerprint()})
+    tags = {**provenance(config, data), "outcome_config_hash": config.outcome_fingerprint()}
+    tracker.set_tags({**tags, "cpu_threads_at_start": threads.fit()})
     tracker.log_metrics({f"data.{k}": v for k, v in flatten(data.stats).items() if isinstance(v, int | float)})
     tracker.log_artifact(run_dir / "config.json")
     if not marker_existed:

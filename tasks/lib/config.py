@@ -200,6 +200,23 @@ class ForgettingProxyConfig(_Section):
     )
 
 
+class RayTrainConfig(_Section):
+    address: str | None = Field(
+        None,
+        description="The Ray cluster to join: `ray://host:10001` or `host:6379` (a KubeRay head), `auto` (the cluster "
+        "`ray start` began on this machine); null: a one-machine cluster started for the run and stopped after.",
+    )
+    num_workers: int = Field(2, gt=0, description="Training workers (one process each; DDP across them).")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs Ray reserves per worker; also its torch threads.")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per worker; > 0 trains over NCCL, else gloo.")
+    max_failures: int = Field(
+        2,
+        ge=0,
+        description="Times Ray replaces a worker group after a worker dies; training continues from the last "
+        "checkpoint in the run directory (which every worker must reach: shared storage on a multi-node cluster).",
+    )
+
+
 class TrainConfig(_Section):
     max_steps: int = Field(200, gt=0, description="Optimizer steps to train (fewer when early stopping ends it).")
     learning_rate: float = Field(2e-4, gt=0.0, description="Peak learning rate of the LoRA weights (AdamW).")
@@ -215,6 +232,12 @@ class TrainConfig(_Section):
         description="Data-parallel training processes (torchrun): one per GPU on CUDA, gloo processes on the CPU. "
         "Evaluation, merge and the benchmarks run once, in the pipeline's own process.",
     )
+    engine: Literal["local", "ray"] = Field(
+        "local",
+        description="local: num_processes processes on this machine (torchrun); ray: Ray Train's TorchTrainer with "
+        "train.ray's workers, on the cluster it names.",
+    )
+    ray: RayTrainConfig = Field(default_factory=RayTrainConfig, description="Used when engine is ray.")
     accelerate_config: str | None = Field(
         None,
         description="An accelerate config file (e.g. configs/accelerate/fsdp_qlora.yaml): the training processes "
@@ -250,6 +273,14 @@ class TrainConfig(_Section):
     early_stopping_patience: int | None = Field(3, gt=0, description="Evals without improvement; null: off.")
     eval_max_rows: int | None = Field(200, gt=0, description="Validation rows used for the loss.")
     forgetting_proxy: ForgettingProxyConfig = Field(default_factory=ForgettingProxyConfig)
+
+    @model_validator(mode="after")
+    def _one_way_to_scale(self) -> TrainConfig:
+        if self.engine == "ray" and (self.num_processes > 1 or self.accelerate_config):
+            raise ValueError(
+                "with engine ray, scale with train.ray.num_workers (num_processes must be 1, no accelerate_config)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _checkpoints_align_with_evals(self) -> TrainConfig:
@@ -457,6 +488,25 @@ class SweepConfig(_Section):
         return self
 
 
+class ResourcesConfig(_Section):
+    cpu_threads: int | Literal["auto"] = Field(
+        "auto",
+        description="torch's CPU threads in each pipeline process. auto: the process's share of the machine's cores "
+        "among the pipeline processes running on it now (concurrent runs and sweep trials split the cores instead "
+        "of each taking all of them), refitted between steps; an int: that many, whatever else runs.",
+    )
+
+    @field_validator("cpu_threads")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1, or auto")
+        return value
+
+    def configured_threads(self) -> int | None:
+        return None if self.cpu_threads == "auto" else self.cpu_threads
+
+
 class RunConfig(_Section):
     name: str = Field(description="Run family name: run directory, processed data and defaults derive from it.")
     seed: int = Field(42, description="Seeds shuffling, splits, LoRA initialisation, dropout and item order.")
@@ -474,6 +524,7 @@ class RunConfig(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     sweep: SweepConfig | None = Field(None, description="The search `qlora sweep` runs; ignored by `qlora run`.")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 
     @field_validator("name")
     @classmethod

@@ -7,6 +7,7 @@ with exactly the evaluation's greedy decoding.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -60,8 +61,10 @@ def generate(
     batch_size: int,
     temperature: float = 0.0,
     top_p: float | None = None,
+    before_batch: Callable[[], object] = lambda: None,
 ) -> list[Generation]:
-    """One generation per rendered prompt, in prompt order (greedy unless temperature > 0)."""
+    """One generation per rendered prompt, in prompt order (greedy unless temperature > 0); `before_batch` is
+    called before each batch (the pipeline fits its CPU threads there)."""
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token: set one (load_tokenizer uses the eos token)")
     # Longest prompts first: batches hold prompts of similar length, so little padding.
@@ -78,6 +81,7 @@ def generate(
         with torch.no_grad():
             for start in range(0, len(order), batch_size):
                 batch = order[start : start + batch_size]
+                before_batch()
                 encoded = tokenizer(
                     [prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False
                 ).to(device)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from lm_eval.models.huggingface import HFLM
 
+from tasks.lib import threads
 from tasks.lib.packed_attention import NAME as PACKED_ATTENTION
 from tasks.lib.packed_attention import use_packed_attention
 
@@ -92,6 +93,7 @@ class SharedContextLM(HFLM):
         return results  # type: ignore[return-value]
 
     def _score_row(self, row: PackedRow, requests: Sequence[Request]) -> dict[int, tuple[float, bool]]:
+        threads.fit()
         order = list(row.predicting)
         keep = torch.tensor([i for request in order for i in row.predicting[request]], device=self.device)
         with (

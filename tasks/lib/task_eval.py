@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, Field
 
+from tasks.lib import threads
 from tasks.lib.config import ConfigError, EvaluationConfig
 from tasks.lib.data_formats import read_jsonl
 from tasks.lib.generation import generate, model_device, render_chat
@@ -123,7 +124,8 @@ def render_prompts(tokenizer, rows: list[dict]) -> list[str]:
 def generate_answers(model, tokenizer, rows: list[dict], max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy answers (new tokens only, special tokens skipped), one per row, in row order."""
     _check_rows(rows)
-    return [g.text for g in generate(model, tokenizer, render_prompts(tokenizer, rows), max_new_tokens, batch_size)]
+    prompts = render_prompts(tokenizer, rows)
+    return [g.text for g in generate(model, tokenizer, prompts, max_new_tokens, batch_size, before_batch=threads.fit)]
 
 
 def choose_labels(model, tokenizer, rows: list[dict], labels: list[str], batch_size: int) -> list[str]:
@@ -142,6 +144,7 @@ def choose_labels(model, tokenizer, rows: list[dict], labels: list[str], batch_s
         with torch.no_grad():
             for start in range(0, len(pairs), batch_size):
                 batch = pairs[start : start + batch_size]
+                threads.fit()
                 sequences = [prompts[row] + label_ids[choice] for row, choice in batch]
                 width = max(map(len, sequences))
                 input_ids = torch.tensor([seq + [pad] * (width - len(seq)) for seq in sequences], device=device)
