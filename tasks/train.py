@@ -9,6 +9,7 @@ from prefect import get_run_logger, task
 from tasks.common import once, retry_only_transient, step_run
 from tasks.io.launch import launch_training
 from tasks.io.models import load_base_model, load_tokenizer
+from tasks.io.ray_training import ray_training
 from tasks.io.tracking import flatten
 from tasks.io.versioning import provenance
 from tasks.lib.benchmark_data import OUTPUT_FILES
@@ -43,10 +44,9 @@ def run_training(config: RunConfig, context: RunContext, data: DataRef) -> Train
                 {key if key.startswith(UNPREFIXED) else f"train.{key}": value for key, value in metrics.items()}, step
             )
 
-        if config.train.num_processes > 1:
-            result = launch_training(
-                config, Path(data.processed_dir), Path(context.run_dir), general_text_pages(config)
-            )
+        if config.train.engine == "ray" or config.train.num_processes > 1:
+            launch = ray_training if config.train.engine == "ray" else launch_training
+            result = launch(config, Path(data.processed_dir), Path(context.run_dir), general_text_pages(config))
             # The processes log nothing themselves: their history goes to MLflow once, after training.
             for entry in [*result.log_history, *result.proxy_history]:
                 sink({k: v for k, v in entry.items() if isinstance(v, int | float) and k != "step"}, entry["step"])
@@ -77,6 +77,7 @@ def run_training(config: RunConfig, context: RunContext, data: DataRef) -> Train
                 "stopped_by_forgetting_proxy": str(result.stopped_by_forgetting_proxy),
                 "attention": result.attention,
                 "num_processes": str(config.train.num_processes),
+                "engine": config.train.engine,
             }
         )
         # The adapter as an MLflow logged model (lineage: data inputs -> this run -> adapter -> registered

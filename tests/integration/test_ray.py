@@ -1,0 +1,149 @@
+"""QLoRA training on a real one-machine Ray cluster (`ray start --head` on 127.0.0.1, 2 CPUs), joined by address:
+Ray Train's two gloo workers follow the single-process loss curve, and the flow trains through Ray to a registered
+version after one of its workers is killed mid-training (Ray replaces it; training resumes from the checkpoint)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from prefect.testing.utilities import prefect_test_harness
+
+from tasks.io.models import load_base_model, load_tokenizer
+from tasks.io.ray_training import ray_training
+from tasks.lib.config import load_config
+from tasks.lib.prepare import prepare_dataset
+from tasks.lib.training import train_adapter
+from tests.conftest import write_tiny_config
+from tests.integration.test_ddp import TOLERANCE, _losses
+
+RAY_OVERRIDES = {"train.engine": "ray", "train.ray.num_workers": 2, "train.ray.cpus_per_worker": 1}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Ray head on 127.0.0.1 with 2 CPUs, in its own process group (stopped with it, other clusters untouched)."""
+    import ray
+
+    port, temp_dir = _free_port(), tmp_path_factory.mktemp("ray")
+    ray_bin = Path(sys.executable).parent / "ray"
+    log = (temp_dir / "head.log").open("w")
+    head = subprocess.Popen(
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+        ],
+        # Without token authentication (on by default for `ray start`; a client then needs RAY_AUTH_MODE=token
+        # before it imports ray): this head serves only this test module.
+        env=dict(os.environ, RAY_AUTH_MODE="disabled"),
+        start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        probe = subprocess.run(
+            [str(ray_bin), "status", f"--address={address}"],
+            env=dict(os.environ, RAY_AUTH_MODE="disabled"),
+            capture_output=True,
+            check=False,
+        )
+        if probe.returncode == 0:
+            break
+        if time.monotonic() > deadline or head.poll() is not None:
+            os.killpg(head.pid, signal.SIGKILL)
+            pytest.fail(f"the Ray head did not come up on {address}: {(temp_dir / 'head.log').read_text()[-3000:]}")
+        time.sleep(1)
+    try:
+        yield address
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+
+
+def test_two_ray_workers_follow_the_single_process_loss_curve(
+    tmp_path: Path, tiny_model_dir: Path, ray_address: str
+) -> None:
+    overrides = {"train.max_steps": 8, "train.eval_steps": 4, "train.save_steps": 4, "train.logging_steps": 1}
+    config = load_config(write_tiny_config(tmp_path, tiny_model_dir, tmp_path / "unused", overrides))
+    tokenizer = load_tokenizer(config.model)
+    data_dir = tmp_path / "prepared"
+    prepare_dataset(config, tokenizer, data_dir)
+    single = train_adapter(
+        config, lambda: load_base_model(config.model, config.quantization), tokenizer, data_dir, tmp_path / "one"
+    )
+    on_ray = load_config(
+        write_tiny_config(tmp_path, tiny_model_dir, tmp_path / "unused", overrides),
+        [f"{key}={value}" for key, value in RAY_OVERRIDES.items()]
+        + [f"train.batch_size={config.train.batch_size // 2}", f"train.ray.address={ray_address}"],
+    )
+    parallel = ray_training(on_ray, data_dir, tmp_path / "two", [])
+
+    one, two = _losses(single.log_history), _losses(parallel.log_history)
+    assert sorted(one) == sorted(two) == list(range(1, 9))
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=TOLERANCE), (step, one, two)
+    assert one[8] < one[1]
+    assert parallel.best_eval_loss == pytest.approx(single.best_eval_loss, rel=TOLERANCE)
+    assert (tmp_path / "two" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_the_flow_trains_on_ray_through_a_killed_worker_to_a_registered_version(
+    tmp_path: Path, tiny_model_dir: Path, benchmark_data_dir: Path, ray_address: str
+) -> None:
+    import ray
+
+    from flows.finetune import finetune
+
+    overrides = {**RAY_OVERRIDES, "train.batch_size": 4, "train.ray.address": ray_address}
+    config_path = write_tiny_config(tmp_path, tiny_model_dir, benchmark_data_dir, overrides)
+    # A worker of this job (a job-level runtime env reaches the workers the head starts) dies once, after step 6
+    # and the checkpoint at step 4: Ray replaces the worker group, which resumes from that checkpoint.
+    marker = tmp_path / "killed-once"
+    ray.init(
+        address=ray_address,
+        runtime_env={"env_vars": {"QLORA_FAILPOINT": "train.step-6", "QLORA_FAILPOINT_MARKER": str(marker)}},
+    )
+    try:
+        with prefect_test_harness(server_startup_timeout=60):
+            result = finetune(config_path=str(config_path))
+    finally:
+        ray.shutdown()
+    assert marker.is_file(), "a worker was killed"
+    assert result.train.global_step == 12 and result.train.resumed_from_step == 4
+    assert result.registration.registered and result.registration.version == "1"
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    train_run = client.get_run(result.train.mlflow_run_id)
+    assert train_run.info.status == "FINISHED" and train_run.data.tags["engine"] == "ray"
+    steps = client.search_runs([result.mlflow_experiment_id], "tags.step = 'train'")
+    assert len(steps) == 1, "one training run in MLflow, not one per attempt"
+    history = client.get_metric_history(result.train.mlflow_run_id, "train.loss")
+    assert max(metric.step for metric in history) == 12
