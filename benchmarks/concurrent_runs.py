@@ -22,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_run_config, parser, quiet_libraries, ratio, write_results  # noqa: E402
 
 
-def train_once(config_path: str, overrides: list[str], out_dir: str, holders_dir: str, threads: int | None) -> None:
+def train_once(
+    config_path: str, overrides: list[str], data_dir: str, out_dir: str, holders_dir: str, threads: int | None
+) -> None:
     quiet_libraries()
     from tasks.io.models import load_base_model, load_tokenizer
     from tasks.lib import threads as core_share
@@ -35,18 +37,20 @@ def train_once(config_path: str, overrides: list[str], out_dir: str, holders_dir
         config,
         lambda: load_base_model(config.model, config.quantization),
         tokenizer,
-        Path(config.data.processed_dir),
+        Path(data_dir),
         Path(out_dir),
         metrics_sink=lambda metrics, step: None,
     )
 
 
-def timed_pair(config_path: str, overrides: list[str], work: Path, mode: str, cores: int) -> float:
+def timed_pair(config_path: str, overrides: list[str], data_dir: Path, work: Path, mode: str, cores: int) -> float:
     """Seconds for two trainings: `sequential`, `shared` (concurrent, shares) or `all-cores` (concurrent)."""
     context = mp.get_context("spawn")
     holders = work / f"holders-{mode}"
     threads = cores if mode == "all-cores" else None
-    arguments = [(config_path, overrides, str(work / f"{mode}-{i}"), str(holders), threads) for i in range(2)]
+    arguments = [
+        (config_path, overrides, str(data_dir), str(work / f"{mode}-{i}"), str(holders), threads) for i in range(2)
+    ]
     processes = [context.Process(target=train_once, args=args) for args in arguments]
     started = time.perf_counter()
     if mode == "sequential":
@@ -80,14 +84,14 @@ def main() -> int:
         "train.early_stopping_patience=null",
         f"train.eval_max_rows={8 if args.quick else 40}",
     ]
-    config = load_run_config(args.config, overrides)
-    if not (Path(config.data.processed_dir) / "train.jsonl").is_file():
-        raise SystemExit(f"no prepared rows in {config.data.processed_dir}: run `make setup` (dvc repro) first")
+    from tasks.data import run_prepare
+
+    data_dir = Path(run_prepare(load_run_config(args.config, overrides)).processed_dir)  # cached by fingerprint
     cores = machine_cores()
     seconds = {}
     with tempfile.TemporaryDirectory(prefix="qlora-bench-concurrent-") as work:
         for mode in ("sequential", "shared", "all-cores"):
-            seconds[mode] = timed_pair(args.config, overrides, Path(work), mode, cores)
+            seconds[mode] = timed_pair(args.config, overrides, data_dir, Path(work), mode, cores)
             print(f"{mode:10s} two trainings of {steps} steps: {seconds[mode]:6.1f} s", flush=True)
     results = {
         "steps": steps,

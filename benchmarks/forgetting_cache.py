@@ -49,9 +49,8 @@ def fresh_adapter(config: Any, out_dir: Path) -> Path:
 
 def merged_model(config: Any, adapter: Path, out_dir: Path) -> Path:
     """The adapter merged as the pipeline's merge step does (without its check: only scoring is timed)."""
-    from tasks.io.models import load_tokenizer
+    from tasks.io.models import load_tokenizer, merge_base_loader
     from tasks.lib.merge import merge_adapter
-    from tasks.merge import merge_base_loader
 
     return merge_adapter(
         merge_base_loader(config), adapter, config.merge.strategy, out_dir, load_tokenizer(config.model)

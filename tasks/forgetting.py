@@ -8,19 +8,17 @@ from importlib.metadata import version
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from transformers import AutoModelForCausalLM
 
 from tasks.common import once, retry_only_transient, step_run
-from tasks.io.models import default_device, load_tokenizer, model_version
+from tasks.io.models import load_scored_model, load_tokenizer, model_version
+from tasks.io.ray_cluster import score_on_ray
 from tasks.io.score_cache import benchmark_key_parts, get_or_compute
-from tasks.lib.benchmarks import run_benchmarks
+from tasks.lib.benchmarks import score_benchmarks
 from tasks.lib.config import RunConfig
 from tasks.lib.gate import VERDICT_CODE, GateResult, decide
-from tasks.lib.merge import dense_base
 from tasks.lib.modeling import resolve_compute_dtype
 from tasks.lib.refs import ForgettingRef, MergeRef, RunContext, TaskEvalRef
 from tasks.lib.report import forgetting_delta_chart, forgetting_markdown
-from tasks.merge import merge_base_loader
 
 
 def base_model_version(config: RunConfig) -> str:
@@ -48,18 +46,11 @@ def base_model_version(config: RunConfig) -> str:
     )
 
 
-def score_benchmarks(config: RunConfig, model, tokenizer) -> dict:
-    bench = config.forgetting
-    return run_benchmarks(
-        model,
-        tokenizer,
-        list(bench.benchmarks),
-        Path(bench.data_dir),
-        limit=bench.limit,
-        batch_size=bench.batch_size,
-        max_length=bench.max_length,
-        perplexity_limit=bench.perplexity_limit,
-    )
+def scores_of(config: RunConfig, merged_dir: str | None) -> dict:
+    """The merged model's benchmark results, or (None) the base's: here, or split over Ray workers."""
+    if config.forgetting.engine == "ray":
+        return score_on_ray(config, merged_dir)
+    return score_benchmarks(config, load_scored_model(config, merged_dir), load_tokenizer(config.model))
 
 
 def base_scores_for(config: RunConfig, compute: Callable[[], dict]) -> tuple[dict, bool]:
@@ -78,12 +69,7 @@ def base_scores_for(config: RunConfig, compute: Callable[[], dict]) -> tuple[dic
 
 def score_base_model(config: RunConfig) -> tuple[dict, bool]:
     """Fill the base-score cache for `config` (the `qlora score-base` verb); returns (scores, was cached)."""
-
-    def compute() -> dict:
-        base = dense_base(merge_base_loader(config)())
-        return score_benchmarks(config, base, load_tokenizer(config.model))
-
-    return base_scores_for(config, compute)
+    return base_scores_for(config, lambda: scores_of(config, None))
 
 
 def gate_metrics(gate: GateResult) -> dict[str, float]:
@@ -113,11 +99,6 @@ def gate_tags(gate: GateResult) -> dict[str, str]:
     return tags
 
 
-def load_merged(merged_dir: str):
-    """The merged model that will be registered, on this process's device (it scores at base speed)."""
-    return AutoModelForCausalLM.from_pretrained(merged_dir, use_safetensors=True, dtype="auto").to(default_device())
-
-
 def run_forgetting_check(
     config: RunConfig, context: RunContext, merge: MergeRef | None, evaluation: TaskEvalRef
 ) -> ForgettingRef:
@@ -136,11 +117,8 @@ def run_forgetting_check(
             )
         else:
             # The base is what the adapter was merged into, as dense weights; loaded only when not cached.
-            tokenizer = load_tokenizer(config.model)
-            base_scores, cached = base_scores_for(
-                config, lambda: score_benchmarks(config, dense_base(merge_base_loader(config)()), tokenizer)
-            )
-            tuned_scores = score_benchmarks(config, load_merged(merge.merged_dir), tokenizer)
+            base_scores, cached = base_scores_for(config, lambda: scores_of(config, None))
+            tuned_scores = scores_of(config, merge.merged_dir)
         gate = decide(
             base_scores, tuned_scores, config.gate, evaluation.base_correct, evaluation.tuned_correct, "correct"
         )

@@ -9,19 +9,11 @@ from transformers import AutoModelForCausalLM
 
 from tasks.common import once, retry_only_transient, step_run
 from tasks.evaluate import merge_reference_path
-from tasks.io.models import load_adapter_model, load_base_model, load_tokenizer
+from tasks.io.models import load_adapter_model, load_tokenizer, merge_base_loader
 from tasks.lib.config import RunConfig
 from tasks.lib.merge import adapter_reference, check_merge, load_reference, merge_adapter, merge_check
 from tasks.lib.refs import DataRef, MergeRef, RunContext, TrainRef
 from tasks.lib.task_eval import load_split
-
-
-def merge_base_loader(config: RunConfig):
-    """dequantize: the same 4-bit base the adapter was trained on; original: the full-precision base."""
-    if config.merge.strategy == "original":
-        full_precision = config.quantization.model_copy(update={"enabled": False})
-        return lambda: load_base_model(config.model, full_precision)
-    return lambda: load_base_model(config.model, config.quantization)
 
 
 def run_merge(config: RunConfig, context: RunContext, data: DataRef, trained: TrainRef) -> MergeRef:

@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from tasks.common import once, retry_only_transient, step_run
 from tasks.io.launch import launch_training
 from tasks.io.models import load_base_model, load_tokenizer
-from tasks.io.ray_training import ray_training
+from tasks.io.ray_cluster import ray_training
 from tasks.io.tracking import flatten
 from tasks.io.versioning import provenance
 from tasks.lib.benchmark_data import OUTPUT_FILES

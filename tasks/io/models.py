@@ -202,3 +202,24 @@ def load_chat_model(target: str):
             tokenizer.pad_token = tokenizer.eos_token
         return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True), tokenizer
     raise FileNotFoundError(f"{target}: not a models:/ URI, a model folder or a run directory")
+
+
+def merge_base_loader(config: RunConfig):
+    """dequantize: the same 4-bit base the adapter was trained on; original: the full-precision base."""
+    if config.merge.strategy == "original":
+        full_precision = config.quantization.model_copy(update={"enabled": False})
+        return lambda: load_base_model(config.model, full_precision)
+    return lambda: load_base_model(config.model, config.quantization)
+
+
+def load_merged(merged_dir: str):
+    """A merged model folder, on this process's device (it scores at base speed)."""
+    return AutoModelForCausalLM.from_pretrained(merged_dir, use_safetensors=True, dtype="auto").to(default_device())
+
+
+def load_scored_model(config: RunConfig, merged_dir: str | None):
+    """What the forgetting benchmarks score: the merged model, or (None) the base it was merged into, as dense
+    weights."""
+    from tasks.lib.merge import dense_base
+
+    return load_merged(merged_dir) if merged_dir else dense_base(merge_base_loader(config)())

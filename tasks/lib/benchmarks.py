@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.lib.benchmark_data import OUTPUT_FILES
+from tasks.lib.config import RunConfig
 from tasks.lib.errors import UserError
 
 # The metric each benchmark is judged on (the gate compares these).
@@ -209,3 +210,18 @@ def run_benchmarks(
     finally:
         if was_training:
             model.train()
+
+
+def score_benchmarks(config: RunConfig, model: Any, tokenizer: Any, names: list[str] | None = None) -> dict:
+    """`run_benchmarks` with the run's forgetting settings, on `names` (default: every configured benchmark)."""
+    bench = config.forgetting
+    return run_benchmarks(
+        model,
+        tokenizer,
+        list(bench.benchmarks) if names is None else names,
+        Path(bench.data_dir),
+        limit=bench.limit,
+        batch_size=bench.batch_size,
+        max_length=bench.max_length,
+        perplexity_limit=bench.perplexity_limit,
+    )

@@ -200,23 +200,6 @@ class ForgettingProxyConfig(_Section):
     )
 
 
-class RayTrainConfig(_Section):
-    address: str | None = Field(
-        None,
-        description="The Ray cluster to join: `ray://host:10001` or `host:6379` (a KubeRay head), `auto` (the cluster "
-        "`ray start` began on this machine); null: a one-machine cluster started for the run and stopped after.",
-    )
-    num_workers: int = Field(2, gt=0, description="Training workers (one process each; DDP across them).")
-    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs Ray reserves per worker; also its torch threads.")
-    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per worker; > 0 trains over NCCL, else gloo.")
-    max_failures: int = Field(
-        2,
-        ge=0,
-        description="Times Ray replaces a worker group after a worker dies; training continues from the last "
-        "checkpoint in the run directory (which every worker must reach: shared storage on a multi-node cluster).",
-    )
-
-
 class TrainConfig(_Section):
     max_steps: int = Field(200, gt=0, description="Optimizer steps to train (fewer when early stopping ends it).")
     learning_rate: float = Field(2e-4, gt=0.0, description="Peak learning rate of the LoRA weights (AdamW).")
@@ -235,9 +218,8 @@ class TrainConfig(_Section):
     engine: Literal["local", "ray"] = Field(
         "local",
         description="local: num_processes processes on this machine (torchrun); ray: Ray Train's TorchTrainer with "
-        "train.ray's workers, on the cluster it names.",
+        "the `ray` section's workers, on the cluster it names.",
     )
-    ray: RayTrainConfig = Field(default_factory=RayTrainConfig, description="Used when engine is ray.")
     accelerate_config: str | None = Field(
         None,
         description="An accelerate config file (e.g. configs/accelerate/fsdp_qlora.yaml): the training processes "
@@ -278,7 +260,7 @@ class TrainConfig(_Section):
     def _one_way_to_scale(self) -> TrainConfig:
         if self.engine == "ray" and (self.num_processes > 1 or self.accelerate_config):
             raise ValueError(
-                "with engine ray, scale with train.ray.num_workers (num_processes must be 1, no accelerate_config)"
+                "with engine ray, scale with ray.num_workers (num_processes must be 1, no accelerate_config)"
             )
         return self
 
@@ -372,6 +354,11 @@ class ForgettingConfig(_Section):
         False, description="Score the benchmarks even when the task row already failed (the full report)."
     )
     cache_dir: str = Field(".cache/base_scores", description="Base-model scores reused across runs.")
+    engine: Literal["local", "ray"] = Field(
+        "local",
+        description="local: scored in the pipeline's process; ray: the benchmarks split over `ray.num_workers` Ray "
+        "tasks, each loading the model (the run directory must be on storage the workers reach).",
+    )
 
 
 class GateConfig(_Section):
@@ -488,6 +475,25 @@ class SweepConfig(_Section):
         return self
 
 
+class RayConfig(_Section):
+    address: str | None = Field(
+        None,
+        description="The Ray cluster to join: `ray://host:10001` or `host:6379` (a KubeRay head), `auto` (the cluster "
+        "`ray start` began on this machine); null: a one-machine cluster started for the run and stopped after.",
+    )
+    num_workers: int = Field(
+        2, gt=0, description="Training workers (one process each; DDP across them); scoring tasks (benchmarks split)."
+    )
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs Ray reserves per worker; also its torch threads.")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per worker; > 0 trains over NCCL, else gloo.")
+    max_failures: int = Field(
+        2,
+        ge=0,
+        description="Times Ray replaces a worker group after a worker dies; training continues from the last "
+        "checkpoint in the run directory (which every worker must reach: shared storage on a multi-node cluster).",
+    )
+
+
 class ResourcesConfig(_Section):
     cpu_threads: int | Literal["auto"] = Field(
         "auto",
@@ -525,6 +531,9 @@ class RunConfig(_Section):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     sweep: SweepConfig | None = Field(None, description="The search `qlora sweep` runs; ignored by `qlora run`.")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    ray: RayConfig = Field(
+        default_factory=RayConfig, description="The Ray cluster train.engine / forgetting.engine `ray` run on."
+    )
 
     @field_validator("name")
     @classmethod
@@ -563,6 +572,8 @@ class RunConfig(_Section):
         relevant["data"].pop("processed_dir", None)
         for key in ("data_dir", "cache_dir"):
             relevant["forgetting"].pop(key, None)
+        if self.train.engine == "ray":  # Ray workers make the global batch, as num_processes does
+            relevant["ray_workers"] = self.ray.num_workers
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

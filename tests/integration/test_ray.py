@@ -18,14 +18,14 @@ from mlflow.tracking import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 
 from tasks.io.models import load_base_model, load_tokenizer
-from tasks.io.ray_training import ray_training
+from tasks.io.ray_cluster import ray_training
 from tasks.lib.config import load_config
 from tasks.lib.prepare import prepare_dataset
 from tasks.lib.training import train_adapter
 from tests.conftest import write_tiny_config
 from tests.integration.test_ddp import TOLERANCE, _losses
 
-RAY_OVERRIDES = {"train.engine": "ray", "train.ray.num_workers": 2, "train.ray.cpus_per_worker": 1}
+RAY_OVERRIDES = {"train.engine": "ray", "ray.num_workers": 2, "ray.cpus_per_worker": 1}
 
 
 def _free_port() -> int:
@@ -103,7 +103,7 @@ def test_two_ray_workers_follow_the_single_process_loss_curve(
     on_ray = load_config(
         write_tiny_config(tmp_path, tiny_model_dir, tmp_path / "unused", overrides),
         [f"{key}={value}" for key, value in RAY_OVERRIDES.items()]
-        + [f"train.batch_size={config.train.batch_size // 2}", f"train.ray.address={ray_address}"],
+        + [f"train.batch_size={config.train.batch_size // 2}", f"ray.address={ray_address}"],
     )
     parallel = ray_training(on_ray, data_dir, tmp_path / "two", [])
 
@@ -123,7 +123,7 @@ def test_the_flow_trains_on_ray_through_a_killed_worker_to_a_registered_version(
 
     from flows.finetune import finetune
 
-    overrides = {**RAY_OVERRIDES, "train.batch_size": 4, "train.ray.address": ray_address}
+    overrides = {**RAY_OVERRIDES, "train.batch_size": 4, "ray.address": ray_address}
     config_path = write_tiny_config(tmp_path, tiny_model_dir, benchmark_data_dir, overrides)
     # A worker of this job (a job-level runtime env reaches the workers the head starts) dies once, after step 6
     # and the checkpoint at step 4: Ray replaces the worker group, which resumes from that checkpoint.
@@ -147,3 +147,23 @@ def test_the_flow_trains_on_ray_through_a_killed_worker_to_a_registered_version(
     assert len(steps) == 1, "one training run in MLflow, not one per attempt"
     history = client.get_metric_history(result.train.mlflow_run_id, "train.loss")
     assert max(metric.step for metric in history) == 12
+
+
+def test_benchmarks_scored_on_two_ray_workers_equal_the_local_scorer_item_by_item(
+    tmp_path: Path, tiny_model_dir: Path, benchmark_data_dir: Path, ray_address: str
+) -> None:
+    from tasks.io.models import load_scored_model
+    from tasks.io.ray_cluster import score_on_ray
+    from tasks.lib.benchmarks import score_benchmarks
+
+    overrides = {"forgetting.engine": "ray", "ray.num_workers": 2, "ray.address": ray_address}
+    config = load_config(write_tiny_config(tmp_path, tiny_model_dir, benchmark_data_dir, overrides))
+    on_ray = score_on_ray(config, None)
+    local = score_benchmarks(config, load_scored_model(config, None), load_tokenizer(config.model))
+    assert list(on_ray) == list(local) == list(config.forgetting.benchmarks)
+    for name in local:
+        ray_items, local_items = on_ray[name].pop("items"), local[name].pop("items")
+        assert list(ray_items) == list(local_items) and len(local_items) == local[name]["n"] > 0, name
+        for item, value in local_items.items():  # 0/1 per item, or [log-likelihood, weight] for perplexity
+            assert ray_items[item] == pytest.approx(value, rel=1e-5), (name, item)
+        assert on_ray[name] == pytest.approx(local[name], rel=1e-5), name

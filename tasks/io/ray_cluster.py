@@ -1,11 +1,16 @@
-"""QLoRA training on a Ray cluster (`train.engine: ray`): Ray Train's TorchTrainer runs the training each rank of
+"""Work on a Ray cluster (the config's `ray` section).
+
+Training (`train.engine: ray`): Ray Train's TorchTrainer runs the training each rank of
 torchrun runs (`tasks.io.launch.train_this_rank`: the HF Trainer, 4-bit QLoRA, packing, checkpoints in the run
-directory, early stopping), on `train.ray.num_workers` workers over gloo (CPU) or NCCL (GPUs).
+directory, early stopping), on `ray.num_workers` workers over gloo (CPU) or NCCL (GPUs).
 
 A worker that dies is Ray's to replace (`max_failures`): the new worker group starts the same function, which
 resumes from the last checkpoint in the run directory. That directory must be reachable from every worker: any
 folder on a one-machine cluster, shared storage (NFS, a mounted bucket) on several machines. Rank 0 writes the
 result; the pipeline logs its history to MLflow once, as for torchrun.
+
+Scoring (`forgetting.engine: ray`): the benchmarks are split over `ray.num_workers` Ray tasks; each loads the model
+(the merged folder, or the base) and scores its benchmarks with the local scorer; the results are joined by name.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tasks.io.launch import LaunchError, read_result, train_this_rank
+from tasks.lib.benchmarks import score_benchmarks
 from tasks.lib.config import RunConfig
 from tasks.lib.training import TrainResult
 
@@ -31,14 +37,56 @@ def _train_loop(settings: dict) -> None:
     )
 
 
+def _connect(address: str | None) -> bool:
+    """Join the cluster (a private one-machine cluster when None); True when this call connected."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, include_dashboard=False)
+    return True
+
+
+def _score_share(config_json: str, names: list[str], merged_dir: str | None) -> dict:
+    from tasks.io.models import load_scored_model, load_tokenizer
+
+    config = RunConfig.model_validate_json(config_json)
+    return score_benchmarks(config, load_scored_model(config, merged_dir), load_tokenizer(config.model), names)
+
+
+def score_on_ray(config: RunConfig, merged_dir: str | None) -> dict:
+    """`score_benchmarks` for the merged model (or, None, the base) with the benchmarks split over Ray tasks."""
+    import ray
+
+    settings = config.ray
+    names = list(config.forgetting.benchmarks)
+    shares = [names[worker :: settings.num_workers] for worker in range(settings.num_workers)]
+    resources = {"num_cpus": settings.cpus_per_worker, "num_gpus": settings.gpus_per_worker}
+    remote = ray.remote(**resources)(_score_share)
+    started_here = _connect(settings.address)
+    try:
+        pending = [
+            remote.remote(config.model_dump_json(), share, str(Path(merged_dir).resolve()) if merged_dir else None)
+            for share in shares
+            if share
+        ]
+        results: dict = {}
+        for part in ray.get(pending):
+            results.update(part)
+    finally:
+        if started_here:
+            ray.shutdown()
+    return {name: results[name] for name in names}
+
+
 def ray_training(config: RunConfig, data_dir: Path, run_dir: Path, general_text: list[str]) -> TrainResult:
-    """Train on the Ray cluster `config.train.ray.address` names (a one-machine one started for it when null)."""
+    """Train on the Ray cluster `config.ray.address` names (a one-machine one started for it when null)."""
     import ray
     from ray.train import FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    settings = config.train.ray
+    settings = config.ray
     run_dir = Path(run_dir).resolve()
     launch_dir = run_dir / "launch"
     launch_dir.mkdir(parents=True, exist_ok=True)
@@ -46,9 +94,7 @@ def ray_training(config: RunConfig, data_dir: Path, run_dir: Path, general_text:
     result_file.unlink(missing_ok=True)
     gpu = settings.gpus_per_worker > 0
     resources = {"CPU": settings.cpus_per_worker, **({"GPU": settings.gpus_per_worker} if gpu else {})}
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=settings.address, log_to_driver=True, include_dashboard=False)
+    started_here = _connect(settings.address)
     try:
         trainer = TorchTrainer(
             _train_loop,
