@@ -84,9 +84,11 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             ray.shutdown()
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=30)
+            head.wait(timeout=3)
         except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+            pass
+        os.killpg(head.pid, signal.SIGKILL)  # the head's GCS, raylet and workers share its process group
+        head.wait()
 
 
 def test_two_ray_workers_follow_the_single_process_loss_curve(
