@@ -154,7 +154,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     if config.sweep is None:
-        raise ConfigError(f"{args.config} has no sweep section: say what to search (see README, Sweeps)")
+        raise ConfigError(f"{args.config} has no sweep section: say what to search (see docs/sweeps.md)")
     check_inputs(config)
     _use_local_stack()
     if not os.environ.get("PREFECT_API_URL"):

@@ -111,7 +111,7 @@ def sweep(config_path: str = "configs/demo.yaml", overrides: list[str] | None = 
     overrides = list(overrides or [])
     config = load_config(config_path, overrides)
     if config.sweep is None:
-        raise ConfigError(f"{config_path} has no sweep section: say what to search (see README, Sweeps)")
+        raise ConfigError(f"{config_path} has no sweep section: say what to search (see docs/sweeps.md)")
     check_inputs(config)
     spec = config.sweep
     deployment = deploy_trials(config)
