@@ -380,3 +380,17 @@ def test_the_forgetting_proxy_reads_only_documents_the_gate_never_scores(tmp_pat
     assert proxy_pages({"forgetting.perplexity_limit": None}) == []  # the gate scores them all: no proxy
     assert proxy_pages({"forgetting.benchmarks": ["hellaswag"]}) == pages  # no perplexity row: every page
     assert proxy_pages({"train.forgetting_proxy.enabled": False}) == []
+
+
+def test_resume_passes_over_a_checkpoint_rank_0_did_not_finish_writing(tmp_path: Path) -> None:
+    from tasks.lib.training import last_complete_checkpoint
+
+    assert last_complete_checkpoint(tmp_path) is None
+    for step, complete in ((4, True), (8, True), (12, False)):  # 12: a rank's RNG state, no trainer_state.json
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "rng_state_1.pth").write_bytes(b"")
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-tmp").mkdir()
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-8")
