@@ -340,7 +340,9 @@ class ForgettingConfig(_Section):
         description="General benchmarks the merged model is compared with its base on, item by item.",
     )
     limit: int | None = Field(
-        500, gt=0, description="Items per accuracy benchmark (500: the gate settles a 5-point margin, see docs/pipeline.md)."
+        500,
+        gt=0,
+        description="Items per accuracy benchmark (500: the gate settles a 5-point margin, see docs/pipeline.md).",
     )
     perplexity_limit: int | None = Field(
         5, gt=0, description="Documents per perplexity benchmark (a WikiText article is ~5k tokens); null: all."
