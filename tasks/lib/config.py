@@ -345,7 +345,10 @@ class ForgettingConfig(_Section):
         description="Items per accuracy benchmark (500: the gate settles a 5-point margin, see docs/pipeline.md).",
     )
     perplexity_limit: int | None = Field(
-        5, gt=0, description="Documents per perplexity benchmark (a WikiText article is ~5k tokens); null: all."
+        20,
+        gt=0,
+        description="Documents per perplexity benchmark (a WikiText article is ~5k tokens; the row is a t-test over "
+        "documents, so fewer than ~20 rarely settle a 10% margin); null: all.",
     )
     batch_size: int = Field(16, gt=0, description="Benchmark requests scored at once.")
     max_length: int = Field(
@@ -379,7 +382,6 @@ class GateConfig(_Section):
     on_inconclusive: Literal["fail", "pass"] = Field(
         "fail", description="What a verdict that the items cannot settle does to promotion."
     )
-    bootstrap_draws: int = Field(4000, ge=200, description="Paired bootstrap resamples for perplexity rows.")
 
 
 class MergeConfig(_Section):

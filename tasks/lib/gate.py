@@ -5,8 +5,8 @@ Base and tuned are scored on the same items, so every comparison is paired (task
 - Accuracy benchmarks: per-item right/wrong. Non-inferiority with margin `gate.max_accuracy_drop` (points), and
   forgetting beyond that margin: the two tails of Tango's score test at the margin. A drop of any size (against no
   change): the exact one-sided McNemar test.
-- Perplexity benchmarks: per-document log-likelihoods, paired bootstrap over documents of
-  log(ppl_tuned / ppl_base); margin `gate.max_perplexity_increase` (relative).
+- Perplexity benchmarks: per-document log-likelihoods; log(ppl_tuned / ppl_base) as a ratio estimator over the
+  documents, Student's t with n - 1 degrees of freedom; margin `gate.max_perplexity_increase` (relative).
 - Across benchmarks, each family of p-values is Holm-adjusted, so its family-wise error is `gate.alpha`.
 - Target task: exact one-sided McNemar superiority test of tuned over base on per-item correctness, at alpha.
 
@@ -27,11 +27,9 @@ least as often.
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import BaseModel
 
 from tasks.lib import stats
@@ -159,13 +157,10 @@ def _accuracy_pending(name: str, metric: str, base: list, tuned: list, gate: Gat
 def _perplexity_pending(name: str, metric: str, base: list, tuned: list, gate: GateConfig, k: int) -> _Pending:
     base_ll, weights = [item[0] for item in base], [item[1] for item in base]
     tuned_ll = [item[0] for item in tuned]
-    seed = zlib.crc32(name.encode())
-    observed, resampled = stats.bootstrap_log_ratio(base_ll, tuned_ll, weights, gate.bootstrap_draws, seed)
+    ratio = stats.log_ratio(base_ll, tuned_ll, weights)
     bound = math.log1p(gate.max_perplexity_increase)
-    draws = len(resampled)
     tail = gate.alpha / k
-    low, high = np.quantile(resampled, [tail, 1.0 - tail])
-    se_doc = float(np.std(resampled)) * math.sqrt(len(base))
+    low, high = ratio.interval(tail)
     ppl_base = math.exp(-sum(base_ll) / sum(weights))
     ppl_tuned = math.exp(-sum(tuned_ll) / sum(weights))
     row = GateRow(
@@ -178,18 +173,18 @@ def _perplexity_pending(name: str, metric: str, base: list, tuned: list, gate: G
         n=len(base),
         base=ppl_base,
         tuned=ppl_tuned,
-        delta=100.0 * math.expm1(observed),
+        delta=100.0 * math.expm1(ratio.estimate),
         ci_low=100.0 * math.expm1(low),
         ci_high=100.0 * math.expm1(high),
         margin=100.0 * gate.max_perplexity_increase,
-        detectable_drop=100.0 * math.expm1(stats.detectable_margin(se_doc, len(base), tail)),
-        items_needed=stats.items_needed(se_doc, bound, tail),
+        detectable_drop=100.0 * math.expm1(stats.detectable_margin_t(ratio.se_per_document, len(base), tail)),
+        items_needed=stats.items_needed_t(ratio.se_per_document, bound, tail),
     )
     return _Pending(
         row=row,
-        p_noninferior=(1 + int(np.sum(resampled >= bound))) / (draws + 1),
-        p_beyond_margin=(1 + int(np.sum(resampled <= bound))) / (draws + 1),
-        p_worse=(1 + int(np.sum(resampled <= 0.0))) / (draws + 1),
+        p_noninferior=ratio.p_at_least(bound),
+        p_beyond_margin=ratio.p_at_most(bound),
+        p_worse=ratio.p_at_most(0.0),
     )
 
 
