@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -194,7 +195,13 @@ def log_dataset_inputs(run_id: str, sources: dict[str, str], digest: str, name: 
         dataset = MetaDataset(source=resolve_dataset_source(source), name=f"{name}-{split}", digest=digest[:36])
         tags = [InputTag(key="mlflow.data.context", value=split)]
         inputs.append(DatasetInput(dataset=dataset._to_mlflow_entity(), tags=tags))
-    mlflow.MlflowClient().log_inputs(run_id, datasets=inputs)
+    try:
+        mlflow.MlflowClient().log_inputs(run_id, datasets=inputs)
+    except Exception:
+        # Two runs of one data version starting together can both insert the same dataset row (experiment, name,
+        # digest are unique in the store) and the loser fails; once the row exists, logging only links it.
+        time.sleep(0.5)
+        mlflow.MlflowClient().log_inputs(run_id, datasets=inputs)
 
 
 @contextmanager

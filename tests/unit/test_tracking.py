@@ -205,3 +205,32 @@ def test_secrets_never_reach_the_store(store: tuple[Path, str], monkeypatch: pyt
     stored = b"".join(path.read_bytes() for path in root.glob("mlflow.db*"))
     assert b"db.internal" in stored  # the params did land in this file
     assert [secret for secret in (HF_TOKEN, DB_PASSWORD, env_secret) if secret.encode() in stored] == []
+
+
+def test_dataset_inputs_survive_a_concurrent_run_inserting_the_same_dataset_first(
+    store: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs of one data version start together: both insert the dataset row, and the loser's insert fails
+    (its name and digest are unique in the experiment). Its retry links the row the other run made."""
+    from mlflow.exceptions import MlflowException
+
+    from tasks.io.tracking import log_dataset_inputs
+
+    _, experiment_id = store
+    client = MlflowClient()
+    first, second = (client.create_run(experiment_id).info.run_id for _ in range(2))
+    sources = {"train": "data/raw/sst2/train.tsv"}
+    original, calls = MlflowClient.log_inputs, []
+
+    def loses_the_race_once(self, run_id, datasets=None, models=None):
+        calls.append(run_id)
+        if len(calls) == 2:  # the second run's first insert: the first run's row landed in between
+            raise MlflowException("UNIQUE constraint failed: datasets.experiment_id, datasets.name, datasets.digest")
+        return original(self, run_id, datasets=datasets, models=models)
+
+    monkeypatch.setattr(MlflowClient, "log_inputs", loses_the_race_once)
+    log_dataset_inputs(first, sources, "0123456789abcdef", "race")
+    log_dataset_inputs(second, sources, "0123456789abcdef", "race")
+    for run_id in (first, second):
+        inputs = client.get_run(run_id).inputs.dataset_inputs
+        assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("race-train", "0123456789abcdef")]
