@@ -16,6 +16,7 @@ from tasks.io.versioning import cpu_name, git_commit
 from tasks.lib.config import RunConfig, read_run_config
 from tasks.lib.promotion import CHAMPION
 from tasks.lib.refs import PipelineResult
+from tasks.lib.run_layout import RunLayout
 
 
 @dataclass
@@ -32,7 +33,7 @@ class RunCheck:
 def load_run(run_dir: Path) -> tuple[RunConfig, PipelineResult]:
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
-    result = PipelineResult.model_validate_json((run_dir / "pipeline_result.json").read_text())
+    result = PipelineResult.model_validate_json(RunLayout.of(run_dir).result_file.read_text())
     return config, result
 
 

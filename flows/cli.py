@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from tasks.lib.config import ConfigError, load_config
+from tasks.lib.run_layout import RunLayout
 
 EXIT_OK, EXIT_GATE, EXIT_NOT_REGISTERED = 0, 3, 4
 
@@ -125,9 +126,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def newest_run_dir(path: Path) -> Path:
     """`path` itself when it is a run directory, else its newest subdirectory holding a finished run."""
-    if (path / "pipeline_result.json").is_file():
+    if RunLayout.of(path).result_file.is_file():
         return path
-    runs = sorted((p for p in path.glob("*/pipeline_result.json")), key=lambda p: p.stat().st_mtime)
+    results = (RunLayout.of(folder).result_file for folder in path.iterdir() if folder.is_dir())
+    runs = sorted((p for p in results if p.is_file()), key=lambda p: p.stat().st_mtime)
     if not runs:
         raise FileNotFoundError(f"{path}: no finished pipeline run (pipeline_result.json) in it or below it")
     return runs[-1].parent

@@ -25,6 +25,7 @@ from tasks.lib.refs import (
     TaskEvalRef,
     TrainRef,
 )
+from tasks.lib.run_layout import RunLayout
 
 STEPS = ("evaluate", "merge", "forgetting", "register")
 NEEDS = {
@@ -47,13 +48,14 @@ def open_run(run_dir: Path, overrides: list[str] = ()) -> tuple[RunConfig, RunCo
     from tasks.io.tracking import configure_mlflow
 
     run_dir = Path(run_dir)
-    if not (run_dir / "mlflow_run.json").is_file():
+    layout = RunLayout.of(run_dir)
+    if not layout.mlflow_marker.is_file():
         raise ConfigError(f"{run_dir} is not a pipeline run directory (no mlflow_run.json)")
     config = read_run_config(run_dir)
     if overrides:
         config = config_from_dict(apply_overrides(config.model_dump(mode="json"), list(overrides)), str(run_dir))
     experiment_id = configure_mlflow(config.tracking.uri, config.tracking.experiment, config.tracking.artifact_location)
-    parent = json.loads((run_dir / "mlflow_run.json").read_text())["parent_run_id"]
+    parent = json.loads(layout.mlflow_marker.read_text())["parent_run_id"]
     return config, RunContext(
         run_id=run_dir.name, run_dir=str(run_dir), experiment_id=experiment_id, parent_run_id=parent
     )

@@ -62,8 +62,8 @@ class AskTellGridSampler(optuna.samplers.GridSampler):
 
 def open_study(config: RunConfig) -> optuna.Study:
     spec = config.sweep
-    storage = spec.storage or f"sqlite:///{(config.run_dir() / 'optuna.db').resolve()}"
-    config.run_dir().mkdir(parents=True, exist_ok=True)
+    storage = spec.storage or f"sqlite:///{(config.runs_dir() / 'optuna.db').resolve()}"
+    config.runs_dir().mkdir(parents=True, exist_ok=True)
     if spec.sampler == "grid":
         sampler = AskTellGridSampler(grid_space(spec.parameters), seed=config.seed)
     else:
@@ -135,7 +135,7 @@ def sweep(config_path: str = "configs/demo.yaml", overrides: list[str] | None = 
             trial = study.ask()
             values = suggest(trial, spec.parameters)
             outcome = TrialOutcome(trial.number, values, f"sweep-t{trial.number:03d}-{secrets.token_hex(2)}")
-            outcome.run_dir = str(config.run_dir() / outcome.run_id)
+            outcome.run_dir = str(config.runs_dir() / outcome.run_id)
             flow_run = run_deployment(
                 name=deployment,
                 parameters={

@@ -12,6 +12,7 @@ from tasks.lib.config import RunConfig
 from tasks.lib.merge import adapter_reference, save_reference
 from tasks.lib.promotion import items_fingerprint
 from tasks.lib.refs import DataRef, RunContext, TaskEvalRef, TrainRef
+from tasks.lib.run_layout import RunLayout
 from tasks.lib.task_eval import compare, evaluate_task, load_split, task_markdown, write_predictions
 
 
@@ -19,11 +20,6 @@ def evaluated_items_fingerprint(rows: list[dict], config: RunConfig) -> str:
     """The fingerprint of the test items evaluate_task scores (the first evaluation.max_items)."""
     selected = rows[: config.evaluation.max_items] if config.evaluation.max_items else rows
     return items_fingerprint([(str(row.get("id")), row["messages"]) for row in selected])
-
-
-def merge_reference_path(context: RunContext) -> Path:
-    """Where the evaluation leaves the adapter model's answer log-probs for the merge check."""
-    return Path(context.run_dir) / "merge_reference.safetensors"
 
 
 def run_target_eval(config: RunConfig, context: RunContext, data: DataRef, trained: TrainRef) -> TaskEvalRef:
@@ -35,7 +31,9 @@ def run_target_eval(config: RunConfig, context: RunContext, data: DataRef, train
             base = evaluate_task(model, tokenizer, rows, config.evaluation)
         tuned = evaluate_task(model, tokenizer, rows, config.evaluation)
         fidelity_rows = rows[: config.merge.num_fidelity_prompts]
-        save_reference(adapter_reference(model, fidelity_rows), merge_reference_path(context), len(fidelity_rows))
+        save_reference(
+            adapter_reference(model, fidelity_rows), RunLayout.of(context.run_dir).merge_reference, len(fidelity_rows)
+        )
         comparison = compare(base, tuned)
         tracker.log_metrics(
             {f"{side}.{metric}": values[side] for metric, values in comparison.items() for side in values}

@@ -8,23 +8,24 @@ from prefect import get_run_logger, task
 from transformers import AutoModelForCausalLM
 
 from tasks.common import once, retry_only_transient, step_run
-from tasks.evaluate import merge_reference_path
 from tasks.io.models import load_adapter_model, load_tokenizer, merge_base_loader
 from tasks.lib.config import RunConfig
 from tasks.lib.merge import adapter_reference, check_merge, load_reference, merge_adapter, merge_check
 from tasks.lib.refs import DataRef, MergeRef, RunContext, TrainRef
+from tasks.lib.run_layout import RunLayout
 from tasks.lib.task_eval import load_split
 
 
 def run_merge(config: RunConfig, context: RunContext, data: DataRef, trained: TrainRef) -> MergeRef:
     with step_run(config, context, "merge") as tracker:
         tokenizer = load_tokenizer(config.model)
-        merged_dir = Path(context.run_dir) / "merged"
+        layout = RunLayout.of(context.run_dir)
+        merged_dir = layout.merged_dir
         checked: dict = {}
 
         def verify(folder: Path) -> None:
             rows = load_split(Path(data.processed_dir), "test")[: config.merge.num_fidelity_prompts]
-            reference = load_reference(merge_reference_path(context), len(rows))
+            reference = load_reference(layout.merge_reference, len(rows))
             if reference is None:  # a run evaluated before the evaluation saved it
                 reference = adapter_reference(load_adapter_model(config, trained.adapter_dir), rows)
             merged = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)

@@ -20,6 +20,7 @@ from tasks.lib.gate import VERDICT_CODE
 from tasks.lib.prepare import split_lengths
 from tasks.lib.refs import DataRef, PipelineResult, RunContext
 from tasks.lib.report import data_length_histogram
+from tasks.lib.run_layout import RunLayout
 
 
 def new_run_id() -> str:
@@ -37,10 +38,10 @@ def start_pipeline_run(
     """Creates (or, for a known run id, resumes) the run directory and the parent MLflow run (nested under
     `mlflow_parent_run_id` when given: a sweep's trials sit under the sweep's run)."""
     run_id = run_id or new_run_id()
-    run_dir = config.run_dir() / run_id
+    run_dir = config.runs_dir() / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     experiment_id = configure_mlflow(config.tracking.uri, config.tracking.experiment, config.tracking.artifact_location)
-    marker = run_dir / "mlflow_run.json"
+    marker = RunLayout.of(run_dir).mlflow_marker
     client = mlflow.MlflowClient()
     marker_existed = marker.is_file()
     if marker_existed:
@@ -142,7 +143,7 @@ def headline_metrics(result: PipelineResult) -> dict[str, float]:
 
 def finish_pipeline_run(context: RunContext, result: PipelineResult, failed: bool) -> None:
     client = mlflow.MlflowClient()
-    summary = Path(context.run_dir) / "pipeline_result.json"
+    summary = RunLayout.of(context.run_dir).result_file
     summary.write_text(result.model_dump_json(indent=2))
     client.log_artifact(context.parent_run_id, str(summary))
     client.log_batch(

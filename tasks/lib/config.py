@@ -561,7 +561,8 @@ class RunConfig(_Section):
                 raise ValueError(f"sweep.parameters: {key!r} does not change what a trial learns")
         return self
 
-    def run_dir(self) -> Path:
+    def runs_dir(self) -> Path:
+        """Where this config's runs live: `<output_dir>/<name>/`, one folder per run id below it."""
         return Path(self.output_dir) / self.name
 
     def fingerprint(self) -> str:
@@ -583,7 +584,9 @@ class RunConfig(_Section):
 
 def read_run_config(run_dir: Path | str) -> RunConfig:
     """The config a pipeline run was started with (`RUN_DIR/config.json`, written by the run itself)."""
-    return RunConfig.model_validate(json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8")))
+    from tasks.lib.run_layout import RunLayout
+
+    return RunConfig.model_validate(json.loads(RunLayout.of(run_dir).config_file.read_text(encoding="utf-8")))
 
 
 def _format_errors(error: ValidationError, source: str) -> str:

@@ -1,0 +1,47 @@
+"""A pipeline run directory (`<output_dir>/<name>/<run id>/`): every file that steps, the CLI and the checks find
+there by name is named here, once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    @classmethod
+    def of(cls, run_dir: str | Path) -> RunLayout:
+        return cls(Path(run_dir))
+
+    @property
+    def config_file(self) -> Path:
+        """The config the run was started with (what resumes and single-step reruns read)."""
+        return self.root / "config.json"
+
+    @property
+    def mlflow_marker(self) -> Path:
+        """The parent MLflow run and data fingerprint: written once, when the run starts."""
+        return self.root / "mlflow_run.json"
+
+    @property
+    def result_file(self) -> Path:
+        """The PipelineResult, written when the run ends (finished or failed)."""
+        return self.root / "pipeline_result.json"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.root / "adapter"
+
+    @property
+    def merged_dir(self) -> Path:
+        return self.root / "merged"
+
+    @property
+    def merge_reference(self) -> Path:
+        """The adapter model's answer log-probabilities, left by the evaluation for the merge check."""
+        return self.root / "merge_reference.safetensors"
+
+    def is_pipeline_run(self) -> bool:
+        return self.result_file.is_file() or self.mlflow_marker.is_file()
