@@ -16,6 +16,7 @@ import torch
 
 from tasks.lib.config import RunConfig
 from tasks.lib.errors import UserError
+from tasks.lib.run_layout import RunLayout
 from tasks.lib.training import TrainResult
 
 
@@ -28,9 +29,10 @@ def launch_training(
 ) -> TrainResult:
     """Train with `config.train.num_processes` processes and return rank 0's result."""
     run_dir = Path(run_dir)
-    launch_dir = run_dir / "launch"
+    layout = RunLayout.of(run_dir)
+    launch_dir, result_file = layout.launch_dir, layout.launch_result
     launch_dir.mkdir(parents=True, exist_ok=True)
-    config_file, text_file, result_file = (launch_dir / name for name in ("config.json", "text.json", "result.json"))
+    config_file, text_file = launch_dir / "config.json", launch_dir / "text.json"
     config_file.write_text(config.model_dump_json())
     text_file.write_text(json.dumps(general_text))
     result_file.unlink(missing_ok=True)

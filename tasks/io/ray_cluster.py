@@ -20,6 +20,7 @@ from pathlib import Path
 from tasks.io.launch import LaunchError, read_result, train_this_rank
 from tasks.lib.benchmarks import score_benchmarks
 from tasks.lib.config import RunConfig
+from tasks.lib.run_layout import RunLayout
 from tasks.lib.training import TrainResult
 
 
@@ -88,9 +89,9 @@ def ray_training(config: RunConfig, data_dir: Path, run_dir: Path, general_text:
 
     settings = config.ray
     run_dir = Path(run_dir).resolve()
-    launch_dir = run_dir / "launch"
+    layout = RunLayout.of(run_dir)
+    launch_dir, result_file = layout.launch_dir, layout.launch_result
     launch_dir.mkdir(parents=True, exist_ok=True)
-    result_file = launch_dir / "result.json"
     result_file.unlink(missing_ok=True)
     gpu = settings.gpus_per_worker > 0
     resources = {"CPU": settings.cpus_per_worker, **({"GPU": settings.gpus_per_worker} if gpu else {})}

@@ -43,5 +43,15 @@ class RunLayout:
         """The adapter model's answer log-probabilities, left by the evaluation for the merge check."""
         return self.root / "merge_reference.safetensors"
 
+    @property
+    def launch_dir(self) -> Path:
+        """What a data-parallel launch (torchrun, accelerate, Ray Train) hands its processes, and gets back."""
+        return self.root / "launch"
+
+    @property
+    def launch_result(self) -> Path:
+        """Rank 0's TrainResult."""
+        return self.launch_dir / "result.json"
+
     def is_pipeline_run(self) -> bool:
         return self.result_file.is_file() or self.mlflow_marker.is_file()
