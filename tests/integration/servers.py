@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -97,8 +98,9 @@ def model_server(model_uri: str, env: dict[str, str], log: Path) -> Iterator[str
         wait_for(lambda: httpx.get(f"{url}/ping", timeout=5).status_code == 200, 180, "the model server", [log])
         yield url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and the uvicorn workers it started
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # a server that died on its own has no group left
+            os.killpg(server.pid, signal.SIGTERM)  # the server and the uvicorn workers it started
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)

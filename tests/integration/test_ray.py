@@ -4,6 +4,7 @@ version after one of its workers is killed mid-training (Ray replaces it; traini
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -26,6 +27,12 @@ from tests.conftest import write_tiny_config
 from tests.integration.test_ddp import TOLERANCE, _losses
 
 RAY_OVERRIDES = {"train.engine": "ray", "ray.num_workers": 2, "ray.cpus_per_worker": 1}
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    """Signal a process group that may already be gone (the head exits on SIGTERM, its group with it)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
 
 
 def _free_port() -> int:
@@ -74,7 +81,7 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         if probe.returncode == 0:
             break
         if time.monotonic() > deadline or head.poll() is not None:
-            os.killpg(head.pid, signal.SIGKILL)
+            _kill_group(head.pid, signal.SIGKILL)
             pytest.fail(f"the Ray head did not come up on {address}: {(temp_dir / 'head.log').read_text()[-3000:]}")
         time.sleep(1)
     try:
@@ -82,12 +89,12 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        os.killpg(head.pid, signal.SIGTERM)
+        _kill_group(head.pid, signal.SIGTERM)
         try:
             head.wait(timeout=3)
         except subprocess.TimeoutExpired:
             pass
-        os.killpg(head.pid, signal.SIGKILL)  # the head's GCS, raylet and workers share its process group
+        _kill_group(head.pid, signal.SIGKILL)  # the head's GCS, raylet and workers share its process group
         head.wait()
 
 
