@@ -1,7 +1,11 @@
 """Raw benchmark files (DVC `data/raw/...`) -> one uniform JSONL per benchmark for the lm-eval task YAMLs.
 
 Shapes written (one JSON object per line, file order = source order, so "the first N items" is fixed):
-- multiple choice (hellaswag, arc_easy, arc_challenge, piqa): {"id", "query", "choices": [str], "label": int}
+- multiple choice (hellaswag, arc_easy, arc_challenge, piqa, boolq, openbookqa, copa, truthfulqa_mc1):
+  {"id", "query", "choices": [str], "label": int}
+- mmlu: the same plus "subject"; the 57 subjects interleaved (item i of every subject, then item i + 1), so the
+  first N items cover every subject rather than the alphabetically first few
+- winogrande (partial scoring, as lm-eval): {"id", "contexts": [str, str], "continuation", "label": int}
 - lambada: {"id", "context", "continuation"} (continuation without its leading space)
 - wikitext: {"id", "title", "page"}: one Wikipedia article per row, lines joined with "\\n", split at the
   top-level " = Title = " headings like lm-eval's `wikitext_document_level` data set.
@@ -11,6 +15,8 @@ Text is kept as the sources give it; the task YAMLs apply lm-eval's own prompts 
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
 import re
 from collections.abc import Callable
@@ -28,6 +34,27 @@ OUTPUT_FILES = {
     "piqa": "piqa.jsonl",
     "lambada": "lambada.jsonl",
     "wikitext": "wikitext.jsonl",
+    "winogrande": "winogrande.jsonl",
+    "boolq": "boolq.jsonl",
+    "openbookqa": "openbookqa.jsonl",
+    "copa": "copa.jsonl",
+    "mmlu": "mmlu.jsonl",
+    "truthfulqa_mc1": "truthfulqa_mc1.jsonl",
+}
+# Benchmark name -> the DVC-tracked raw folder under data/raw it is converted from.
+RAW_FOLDERS = {
+    "hellaswag": "hellaswag",
+    "arc_easy": "arc_easy",
+    "arc_challenge": "arc_challenge",
+    "piqa": "piqa",
+    "lambada": "lambada_openai",
+    "wikitext": "wikitext2_raw",
+    "winogrande": "winogrande",
+    "boolq": "boolq",
+    "openbookqa": "openbookqa",
+    "copa": "copa",
+    "mmlu": "mmlu",
+    "truthfulqa_mc1": "truthfulqa",
 }
 DEFAULT_BENCHMARKS = ["hellaswag", "arc_easy", "piqa", "lambada", "wikitext"]
 
@@ -164,6 +191,119 @@ def convert_wikitext(raw_dir: Path) -> list[dict]:
     ]
 
 
+def _mosaic_choice_rows(path: Path) -> list[tuple[int, dict]]:
+    """MosaicML ICL multiple-choice rows ({"query", "choices", "gold"}), checked."""
+    rows = []
+    for number, row in _read_jsonl(path):
+        _require(row, ("query", "choices", "gold"), path, number)
+        if not isinstance(row["choices"], list) or not 0 <= int(row["gold"]) < len(row["choices"]):
+            raise BenchmarkDataError(f"{path}:{number}: gold {row['gold']!r} is not an index into choices")
+        rows.append((number, row))
+    return rows
+
+
+def convert_winogrande(raw_dir: Path) -> list[dict]:
+    """Two contexts (the sentence up to the blank, each option filled in) and the shared continuation."""
+    path = raw_dir / "winogrande" / "winogrande.jsonl"
+    rows = []
+    for index, (number, row) in enumerate(_read_jsonl(path)):
+        _require(row, ("context_options", "continuation", "gold"), path, number)
+        if len(row["context_options"]) != 2 or row["gold"] not in (0, 1):
+            raise BenchmarkDataError(f"{path}:{number}: expected 2 context_options and gold 0 or 1")
+        rows.append(
+            {
+                "id": f"winogrande-{index}",
+                "contexts": list(row["context_options"]),
+                "continuation": row["continuation"].strip(),
+                "label": int(row["gold"]),
+            }
+        )
+    return rows
+
+
+def convert_boolq(raw_dir: Path) -> list[dict]:
+    """lm-eval's prompt is "<passage>\nQuestion: <question>?\nAnswer:"; the export prefixes "Passage: "."""
+    path = raw_dir / "boolq" / "boolq.jsonl"
+    return [
+        {
+            "id": f"boolq-{index}",
+            "query": row["query"].removeprefix("Passage: "),
+            "choices": list(row["choices"]),
+            "label": int(row["gold"]),
+        }
+        for index, (_, row) in enumerate(_mosaic_choice_rows(path))
+    ]
+
+
+def convert_openbookqa(raw_dir: Path) -> list[dict]:
+    path = raw_dir / "openbookqa" / "openbook_qa.jsonl"
+    return [
+        {"id": f"openbookqa-{index}", "query": row["query"], "choices": list(row["choices"]), "label": int(row["gold"])}
+        for index, (_, row) in enumerate(_mosaic_choice_rows(path))
+    ]
+
+
+def convert_copa(raw_dir: Path) -> list[dict]:
+    """lm-eval's prompt is the premise without its period, then " because" / " therefore"; the export adds a
+    comma before the connector, which is dropped here."""
+    path = raw_dir / "copa" / "copa.jsonl"
+    return [
+        {
+            "id": f"copa-{index}",
+            "query": re.sub(r",\s*(because|therefore)$", r" \1", row["query"].strip()),
+            "choices": [choice[:1].lower() + choice[1:] for choice in row["choices"]],
+            "label": int(row["gold"]),
+        }
+        for index, (_, row) in enumerate(_mosaic_choice_rows(path))
+    ]
+
+
+def convert_mmlu(raw_dir: Path) -> list[dict]:
+    """One CSV per subject (question, choice0-3, answer 0-3), interleaved across subjects."""
+    folder = raw_dir / "mmlu" / "test"
+    files = sorted(folder.glob("*_test.csv"))
+    if not files:
+        raise BenchmarkDataError(f"missing raw benchmark files: {folder}/*_test.csv")
+    subjects: list[list[dict]] = []
+    for path in files:
+        subject = path.name.removesuffix("_test.csv")
+        with path.open(encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            items = []
+            for number, row in enumerate(reader, start=2):
+                if any(row.get(key) is None for key in ("question", "choice0", "choice3", "answer")) or row[
+                    "answer"
+                ] not in {"0", "1", "2", "3"}:
+                    raise BenchmarkDataError(f"{path}:{number}: expected question, choice0-3 and answer 0-3")
+                items.append(
+                    {
+                        "id": f"mmlu-{subject}-{len(items)}",
+                        "subject": subject,
+                        "query": row["question"],
+                        "choices": [row[f"choice{i}"] for i in range(4)],
+                        "label": int(row["answer"]),
+                    }
+                )
+        subjects.append(items)
+    return [item for round_ in itertools.zip_longest(*subjects) for item in round_ if item is not None]
+
+
+def convert_truthfulqa_mc1(raw_dir: Path) -> list[dict]:
+    """mc_task.json: MC1 targets {answer: 1 for the one true answer, else 0}; lm-eval puts the true one first."""
+    path = raw_dir / "truthfulqa" / "mc_task.json"
+    if not path.is_file():
+        raise BenchmarkDataError(f"missing raw benchmark file: {path}")
+    rows = []
+    for index, item in enumerate(json.loads(path.read_text(encoding="utf-8"))):
+        targets = item.get("mc1_targets", {})
+        true = [answer for answer, label in targets.items() if label == 1]
+        if "question" not in item or len(true) != 1:
+            raise BenchmarkDataError(f"{path}: item {index}: expected a question and exactly one true mc1 target")
+        choices = true + [answer for answer, label in targets.items() if label != 1]
+        rows.append({"id": f"truthfulqa_mc1-{index}", "query": item["question"], "choices": choices, "label": 0})
+    return rows
+
+
 CONVERTERS: dict[str, Callable[[Path], list[dict]]] = {
     "hellaswag": convert_hellaswag,
     "arc_easy": convert_arc_easy,
@@ -171,6 +311,12 @@ CONVERTERS: dict[str, Callable[[Path], list[dict]]] = {
     "piqa": convert_piqa,
     "lambada": convert_lambada,
     "wikitext": convert_wikitext,
+    "winogrande": convert_winogrande,
+    "boolq": convert_boolq,
+    "openbookqa": convert_openbookqa,
+    "copa": convert_copa,
+    "mmlu": convert_mmlu,
+    "truthfulqa_mc1": convert_truthfulqa_mc1,
 }
 
 
@@ -183,12 +329,13 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 def prepare_benchmarks(raw_dir: Path, out_dir: Path, names: list[str] | None = None) -> dict:
     """Convert the raw benchmark data into `out_dir/<name>.jsonl`; returns {name: {"file", "items"}}.
 
-    names=None converts the five default benchmarks plus arc_challenge when its raw folder exists.
+    names=None converts the five default benchmarks plus every other one whose raw folder exists.
     All problems are collected and raised together; out_dir is replaced atomically (temp folder, rename).
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     if names is None:
-        names = DEFAULT_BENCHMARKS + (["arc_challenge"] if (raw_dir / "arc_challenge").is_dir() else [])
+        others = [name for name in CONVERTERS if name not in DEFAULT_BENCHMARKS]
+        names = DEFAULT_BENCHMARKS + [name for name in others if (raw_dir / RAW_FOLDERS[name]).is_dir()]
     unknown = [name for name in names if name not in CONVERTERS]
     if unknown:
         raise BenchmarkDataError(f"unknown benchmark(s) {unknown}; known: {sorted(CONVERTERS)}")

@@ -34,6 +34,12 @@ HEADLINE: dict[str, str] = {
     "piqa": "acc_norm",
     "lambada": "acc",
     "wikitext": "word_perplexity",
+    "winogrande": "acc",
+    "boolq": "acc",
+    "openbookqa": "acc_norm",
+    "copa": "acc",
+    "mmlu": "acc",
+    "truthfulqa_mc1": "acc",
 }
 # Every metric reported, and its direction; perplexities are "lower is better".
 HIGHER_IS_BETTER: dict[str, bool] = {

@@ -13,7 +13,8 @@ from tests.conftest import RAW_DATA_DIR
 
 
 def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    # split on "\n", not splitlines(): a U+2028 inside a text field is not a line break
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,10 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 def test_counts_match_source_txt(prepared: tuple[Path, dict]) -> None:
     out, summary = prepared
-    expected = {"hellaswag": 10042, "arc_easy": 2376, "piqa": 1838, "lambada": 5153, "wikitext": 62}
+    expected = {
+        **{"hellaswag": 10042, "arc_easy": 2376, "piqa": 1838, "lambada": 5153, "wikitext": 62},
+        **{"winogrande": 1267, "boolq": 3270, "openbookqa": 500, "copa": 100, "mmlu": 14042, "truthfulqa_mc1": 817},
+    }
     assert {name: summary[name]["items"] for name in expected} == expected
     for name, count in expected.items():
         assert len(_rows(out / f"{name}.jsonl")) == count
@@ -88,5 +92,36 @@ def test_malformed_inputs_are_all_reported_with_file_and_line(tmp_path: Path) ->
 
 
 def test_unknown_benchmark_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(BenchmarkDataError, match="mmlu"):
-        prepare_benchmarks(RAW_DATA_DIR, tmp_path / "out", names=["mmlu"])
+    with pytest.raises(BenchmarkDataError, match="mmlu_pro"):
+        prepare_benchmarks(RAW_DATA_DIR, tmp_path / "out", names=["mmlu_pro"])
+
+
+def test_the_shared_suite_takes_lm_evals_prompts_and_mmlu_interleaves_its_subjects(prepared: tuple[Path, dict]) -> None:
+    out, _ = prepared
+    mmlu = _rows(out / "mmlu.jsonl")
+    assert len({row["subject"] for row in mmlu[:57]}) == 57  # the first 57 items: one per subject
+    assert len({row["subject"] for row in mmlu}) == 57 and all(row["label"] in range(4) for row in mmlu)
+    copa = _rows(out / "copa.jsonl")[0]
+    assert copa["query"] == "The man turned on the faucet therefore" and copa["label"] == 1
+    boolq = _rows(out / "boolq.jsonl")[0]
+    assert not boolq["query"].startswith("Passage:") and "\nQuestion: " in boolq["query"]
+    assert boolq["choices"] == ["no", "yes"]
+    winogrande = _rows(out / "winogrande.jsonl")[0]
+    assert [context.split()[-1] for context in winogrande["contexts"]] == ["Sarah", "Maria"]
+    assert winogrande["continuation"] == "always got the easier cases." and winogrande["label"] == 1
+    truthful = _rows(out / "truthfulqa_mc1.jsonl")
+    assert truthful[0]["choices"][0] == "Nothing in particular happens when you eat a pomegranate."
+    assert all(row["label"] == 0 for row in truthful)
+
+
+def test_a_malformed_shared_suite_row_names_its_file_and_line(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    (raw / "winogrande").mkdir(parents=True)
+    good = {"context_options": ["a", "b"], "continuation": "c", "gold": 0}
+    lines = [json.dumps(good), json.dumps({**good, "gold": 2})]
+    (raw / "winogrande" / "winogrande.jsonl").write_text("\n".join(lines) + "\n")
+    (raw / "mmlu" / "test").mkdir(parents=True)
+    (raw / "mmlu" / "test" / "x_test.csv").write_text("question,choice0,choice1,choice2,choice3,answer\nq,a,b,c,d,E\n")
+    with pytest.raises(BenchmarkDataError) as error:
+        prepare_benchmarks(raw, tmp_path / "out", names=["winogrande", "mmlu"])
+    assert "winogrande.jsonl:2" in str(error.value) and "x_test.csv:2" in str(error.value)
