@@ -13,7 +13,7 @@ from tasks.common import once, retry_only_transient, step_run
 from tasks.io.models import load_scored_model, load_tokenizer, model_version
 from tasks.io.ray_cluster import score_on_ray
 from tasks.io.score_cache import benchmark_key_parts, get_or_compute
-from tasks.lib.benchmarks import score_benchmarks
+from tasks.lib.benchmarks import configured_plans, score_benchmarks
 from tasks.lib.config import RunConfig
 from tasks.lib.gate import VERDICT_CODE, GateResult, decide
 from tasks.lib.modeling import resolve_compute_dtype
@@ -55,16 +55,8 @@ def scores_of(config: RunConfig, merged_dir: str | None) -> dict:
 
 def base_scores_for(config: RunConfig, compute: Callable[[], dict]) -> tuple[dict, bool]:
     """The base model's per-item benchmark results from the cache, else `compute()`d and cached."""
-    bench = config.forgetting
-    key = benchmark_key_parts(
-        base_model_version(config),
-        list(bench.benchmarks),
-        Path(bench.data_dir),
-        limit=bench.limit,
-        max_length=bench.max_length,
-        perplexity_limit=bench.perplexity_limit,
-    )
-    return get_or_compute(key, compute, bench.cache_dir)
+    key = benchmark_key_parts(base_model_version(config), configured_plans(config), config.forgetting.max_length)
+    return get_or_compute(key, compute, config.forgetting.cache_dir)
 
 
 def score_base_model(config: RunConfig) -> tuple[dict, bool]:

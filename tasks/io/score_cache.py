@@ -1,7 +1,7 @@
 """Base-model benchmark scores cached on disk, so repeated runs skip re-scoring an unchanged base.
 
 One JSON file per key under `forgetting.cache_dir`. The key hashes everything that changes the scores:
-the base model version, each benchmark's prepared JSONL (md5), its task YAML, the item limit, the
+the base model version, each benchmark's data file (md5), its task YAML, item limit and metric, the
 scoring context length and the lm-eval version. The batch size is deliberately left out: it does not
 change log-likelihood scores.
 """
@@ -16,8 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tasks.lib.benchmark_data import OUTPUT_FILES
-from tasks.lib.benchmarks import task_yaml_texts
+from tasks.lib.benchmarks import BenchmarkPlan
 from tasks.lib.hashing import file_md5
 from tasks.lib.publish import publish_text
 
@@ -25,31 +24,26 @@ logger = logging.getLogger(__name__)
 DEFAULT_CACHE_DIR = Path(".cache/base_scores")
 
 
-def benchmark_key_parts(
-    model_version: str,
-    names: list[str],
-    data_dir: Path,
-    limit: int | None,
-    max_length: int | None = None,
-    perplexity_limit: int | None = None,
-) -> dict[str, Any]:
-    """The cache key inputs for base scores of `names` (reads and hashes the prepared data files)."""
+def benchmark_key_parts(model_version: str, plans: list[BenchmarkPlan], max_length: int | None = None) -> dict:
+    """The cache key inputs for base scores of `plans` (reads and hashes their data files and task YAMLs)."""
     from importlib.metadata import version
 
-    data_dir = Path(data_dir)
-    yamls = task_yaml_texts(names)
+    def digest(text: str | None) -> str | None:
+        return None if text is None else hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+
     return {
         "model_version": model_version,
-        "limit": limit,
         "max_length": max_length,
-        "perplexity_limit": perplexity_limit,
         "lm_eval": version("lm_eval"),
         "benchmarks": {
-            name: {
-                "data_md5": file_md5(data_dir / OUTPUT_FILES[name]),
-                "task_yaml_md5": hashlib.md5(yamls[name].encode(), usedforsecurity=False).hexdigest(),
+            plan.name: {
+                "limit": plan.limit,
+                "metric": plan.metric,
+                "kind": plan.custom_kind,
+                "data_md5": file_md5(Path(plan.data_file)) if plan.data_file else None,
+                "task_yaml_md5": digest(plan.yaml_text),
             }
-            for name in sorted(names)
+            for plan in sorted(plans, key=lambda plan: plan.name)
         },
     }
 

@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from tasks.lib.data_formats import DataError, read_jsonl
+from tasks.lib.data_formats import DataError, load_located_rows, location_word, raise_collected, read_jsonl
 from tasks.lib.errors import UserError
 from tasks.lib.publish import publish_dir
 
@@ -302,6 +302,64 @@ def convert_truthfulqa_mc1(raw_dir: Path) -> list[dict]:
         choices = true + [answer for answer, label in targets.items() if label != 1]
         rows.append({"id": f"truthfulqa_mc1-{index}", "query": item["question"], "choices": choices, "label": 0})
     return rows
+
+
+# A user's benchmark (forgetting.custom): the field names each kind accepts, first match wins.
+CUSTOM_FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "multiple_choice": {
+        "query": ("query", "question", "prompt", "context"),
+        "choices": ("choices", "options"),
+        "label": ("label", "gold", "answer"),
+    },
+    "continuation": {"context": ("context", "prompt"), "continuation": ("continuation", "target", "completion")},
+    "perplexity": {"page": ("text", "page", "document")},
+}
+
+
+def convert_custom(name: str, path: str, kind: str) -> list[dict]:
+    """A user's benchmark file (JSONL, JSON, Parquet) -> the uniform rows its task template reads.
+
+    multiple_choice: a query, a list of choices and the right one (its index, or its text); continuation: a
+    context and the continuation to score after a space; perplexity: a text. Every bad row is named.
+    """
+    located = _located_rows(path)
+    fields, rows, errors = CUSTOM_FIELDS[kind], [], []
+    for number, row in located:
+        where = f"{path} {location_word(path)} {number}"
+        found = {key: next((row[alias] for alias in aliases if alias in row), None) for key, aliases in fields.items()}
+        missing = [" or ".join(fields[key]) for key, value in found.items() if value is None]
+        if missing:
+            errors.append(f"{where}: missing {', '.join(missing)}")
+            continue
+        if kind == "multiple_choice":
+            choices, label = found["choices"], found["label"]
+            if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+                errors.append(f"{where}: choices must be a list of at least 2 strings")
+                continue
+            if isinstance(label, str) and label in choices:
+                label = choices.index(label)
+            if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
+                errors.append(f"{where}: the answer {label!r} is neither an index into choices nor one of them")
+                continue
+            found = {"query": str(found["query"]), "choices": choices, "label": label}
+        elif kind == "continuation":
+            found = {"context": str(found["context"]).rstrip(" "), "continuation": str(found["continuation"]).strip()}
+            if not found["continuation"]:
+                errors.append(f"{where}: empty continuation")
+                continue
+        elif not str(found["page"]).strip():
+            errors.append(f"{where}: empty text")
+            continue
+        rows.append({"id": f"{name}-{len(rows)}", **found})
+    raise_collected(errors, f"{path}: bad benchmark rows for {name!r}")
+    return rows
+
+
+def _located_rows(path: str) -> list[tuple[int, dict]]:
+    try:
+        return load_located_rows(path)
+    except DataError as error:
+        raise BenchmarkDataError(str(error)) from None
 
 
 CONVERTERS: dict[str, Callable[[Path], list[dict]]] = {

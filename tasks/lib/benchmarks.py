@@ -16,45 +16,30 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tasks.lib.benchmark_data import OUTPUT_FILES
-from tasks.lib.config import RunConfig
+from pydantic import BaseModel
+
+from tasks.lib.benchmark_data import OUTPUT_FILES, RAW_FOLDERS, convert_custom
+from tasks.lib.benchmark_names import (
+    HEADLINE,
+    HIGHER_IS_BETTER,
+    default_metric,
+    lm_eval_task_names,
+    task_yaml_dir,
+)
 from tasks.lib.errors import UserError
 
-# The metric each benchmark is judged on (the gate compares these).
-HEADLINE: dict[str, str] = {
-    "hellaswag": "acc_norm",
-    "arc_easy": "acc_norm",
-    "arc_challenge": "acc_norm",
-    "piqa": "acc_norm",
-    "lambada": "acc",
-    "wikitext": "word_perplexity",
-    "winogrande": "acc",
-    "boolq": "acc",
-    "openbookqa": "acc_norm",
-    "copa": "acc",
-    "mmlu": "acc",
-    "truthfulqa_mc1": "acc",
-}
-# Every metric reported, and its direction; perplexities are "lower is better".
-HIGHER_IS_BETTER: dict[str, bool] = {
-    "acc": True,
-    "acc_norm": True,
-    "perplexity": False,
-    "word_perplexity": False,
-    "byte_perplexity": False,
-    "bits_per_byte": False,
-}
+if TYPE_CHECKING:
+    from tasks.lib.config import BenchmarkSettings, CustomBenchmark, RunConfig
+
 # Benchmarks scored as perplexity over whole documents in windows of `max_length` tokens.
-ROLLING_TASKS = frozenset({"wikitext"})
 ROLLING_TOKENS_PER_BATCH = 4096
-PERPLEXITY_METRICS = frozenset(metric for metric, higher in HIGHER_IS_BETTER.items() if not higher)
 DATA_PLACEHOLDER = "__DATA_DIR__"
+NAME_PLACEHOLDER = "__NAME__"
 # Perplexity stderrs are bootstrapped; lm-eval's default 100k draws take minutes on a CPU.
 BOOTSTRAP_ITERS = 1000
 
@@ -63,33 +48,92 @@ class BenchmarkError(UserError, ValueError):
     """Unknown benchmark name or missing prepared data; the message names the file."""
 
 
-def task_yaml_dir() -> Path:
-    """The packaged task YAML folder."""
-    return Path(str(resources.files("tasks.lib") / "benchmark_tasks"))
+class BenchmarkPlan(BaseModel):
+    """One benchmark as it will be scored: its task YAML, its data, its metric and how many items."""
+
+    name: str
+    metric: str | None  # None: lm-eval's own task, judged on the first metric it reports
+    limit: int | None
+    rolling: bool = False  # perplexity over whole documents, in windows
+    yaml_text: str | None = None  # with the placeholders; None: lm-eval's own task of that name
+    data_file: str | None = None  # the prepared JSONL (packaged), or the user's file (custom)
+    custom_kind: str | None = None  # a user's JSONL benchmark, converted when scored
 
 
-def task_yaml_texts(names: list[str]) -> dict[str, str]:
-    """{name: YAML text with the placeholder}, for hashing into cache keys."""
-    return {name: (task_yaml_dir() / f"{name}.yaml").read_text(encoding="utf-8") for name in names}
-
-
-def _check(names: list[str], data_dir: Path) -> None:
-    problems = [f"unknown benchmark {name!r} (known: {sorted(HEADLINE)})" for name in names if name not in HEADLINE]
-    problems += [
-        f"missing prepared benchmark file {data_dir / OUTPUT_FILES[name]} (run `qlora prepare-benchmarks`)"
-        for name in names
-        if name in HEADLINE and not (data_dir / OUTPUT_FILES[name]).is_file()
-    ]
+def plan_benchmarks(
+    names: list[str],
+    data_dir: Path,
+    limit: int | None,
+    perplexity_limit: int | None = None,
+    custom: Mapping[str, CustomBenchmark] | None = None,
+    settings: Mapping[str, BenchmarkSettings] | None = None,
+) -> list[BenchmarkPlan]:
+    """How each named benchmark is scored; a missing data file is named with the command that makes it."""
+    custom, settings = custom or {}, settings or {}
+    plans, problems = [], []
+    for name in names:
+        setting = settings.get(name)
+        metric = (setting.metric if setting else None) or default_metric(name, custom)
+        if name in HEADLINE:
+            text = (task_yaml_dir() / f"{name}.yaml").read_text(encoding="utf-8")
+            data_file, kind = Path(data_dir) / OUTPUT_FILES[name], None
+            if not data_file.is_file():
+                problems.append(
+                    f"missing prepared benchmark file {data_file} (`dvc pull data/raw/{RAW_FOLDERS[name]}.dvc` "
+                    "then `dvc repro prepare_benchmarks`)"
+                )
+        elif name in custom:
+            kind = custom[name].kind
+            data_file = Path(custom[name].path)
+            text = (
+                data_file.read_text(encoding="utf-8")
+                if kind == "lm_eval"
+                else (task_yaml_dir() / "custom" / f"{kind}.yaml").read_text(encoding="utf-8")
+            )
+            kind = None if kind == "lm_eval" else kind
+            if not data_file.is_file():
+                problems.append(f"missing benchmark file {data_file} (forgetting.custom.{name}.path)")
+        else:
+            text, data_file, kind = None, None, None
+            if name not in lm_eval_task_names():
+                problems.append(f"unknown benchmark {name!r} (known: {sorted(HEADLINE)}, lm-eval's tasks, custom)")
+        rolling = text is not None and "output_type: loglikelihood_rolling" in text
+        default_limit = perplexity_limit or limit if rolling else limit
+        plans.append(
+            BenchmarkPlan(
+                name=name,
+                metric=metric,
+                limit=(setting.limit if setting and setting.limit else None) or default_limit,
+                rolling=rolling,
+                yaml_text=text,
+                data_file=str(data_file) if data_file else None,
+                custom_kind=kind,
+            )
+        )
     if problems:
         raise BenchmarkError("; ".join(problems))
+    return plans
 
 
-def write_task_configs(names: list[str], data_dir: Path, out_dir: Path) -> Path:
-    """Copy the YAMLs for `names` into out_dir with the absolute data folder substituted."""
+def _yaml_string(path: Path) -> str:
     # A JSON string body is also a valid YAML double-quoted string body (backslashes, quotes escaped).
-    quoted = json.dumps(str(Path(data_dir).resolve()))[1:-1]
-    for name, text in task_yaml_texts(names).items():
-        (out_dir / f"{name}.yaml").write_text(text.replace(DATA_PLACEHOLDER, quoted), encoding="utf-8")
+    return json.dumps(str(Path(path).resolve()))[1:-1]
+
+
+def write_task_configs(plans: list[BenchmarkPlan], data_dir: Path, out_dir: Path) -> Path:
+    """Each plan's YAML in out_dir with its data folder filled in; a user's rows converted beside it."""
+    for plan in plans:
+        if plan.yaml_text is None:
+            continue
+        folder = Path(data_dir)
+        if plan.custom_kind is not None:
+            rows = convert_custom(plan.name, str(plan.data_file), plan.custom_kind)
+            folder = out_dir / "data"
+            folder.mkdir(exist_ok=True)
+            with (folder / f"{plan.name}.jsonl").open("w", encoding="utf-8") as handle:
+                handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        text = plan.yaml_text.replace(DATA_PLACEHOLDER, _yaml_string(folder)).replace(NAME_PLACEHOLDER, plan.name)
+        (out_dir / f"{plan.name}.yaml").write_text(text, encoding="utf-8")
     return out_dir
 
 
@@ -125,44 +169,82 @@ def per_item_results(samples: list[dict], metric: str) -> dict[str, Any]:
     return dict(sorted(items.items(), key=lambda item: int(item[0]) if item[0].isdigit() else item[0]))
 
 
-def extract_scores(results: dict, names: list[str]) -> dict[str, dict[str, Any]]:
-    """lm-eval results -> {name: {metric: value, metric_stderr: value, "n": items, "items": {doc: result}}}.
+def chance_level(samples: list[dict]) -> float | None:
+    """The accuracy of guessing uniformly among each item's choices (multiple choice only), else None."""
+    counts = [len(sample.get("arguments") or ()) for sample in samples]
+    if not counts or min(counts) < 2:
+        return None
+    return sum(1.0 / count for count in counts) / len(counts)
 
-    Filter suffixes are dropped; "items" holds the per-document results on the HEADLINE metric when lm-eval
-    logged samples.
+
+def item_groups(samples: list[dict]) -> dict[str, str] | None:
+    """{doc id: subject} for benchmarks whose items carry a subject (MMLU), for the per-subject detail."""
+    groups = {str(sample["doc_id"]): sample.get("doc", {}).get("subject") for sample in samples}
+    return groups if groups and all(isinstance(group, str) for group in groups.values()) else None
+
+
+def _headline(row: dict[str, float], wanted: str | None, name: str, reported: list[str]) -> str:
+    if wanted is None:  # lm-eval's own task: the first metric the gate can judge, else the first reported
+        wanted = next((metric for metric in reported if metric in HIGHER_IS_BETTER), reported[0] if reported else "?")
+    if wanted not in row:
+        raise BenchmarkError(f"lm-eval returned no {wanted!r} for {name}: {reported}")
+    return wanted
+
+
+def extract_scores(results: dict, metrics: Mapping[str, str | None]) -> dict[str, dict[str, Any]]:
+    """lm-eval results -> {name: {metric: value, metric_stderr: value, "n": items, "metric": the judged one,
+    "items": {doc: result}, "chance": guessing accuracy, "groups": {doc: subject}}}.
+
+    `metrics` maps each benchmark to the metric it is judged on (None: the first one lm-eval reports). Filter
+    suffixes are dropped; "items" holds the per-document results on that metric when lm-eval logged samples.
     """
     scores: dict[str, dict[str, Any]] = {}
-    for name in names:
+    for name, wanted in metrics.items():
         raw = results["results"][name]
-        row: dict[str, float] = {}
+        row: dict[str, Any] = {}
         for key, value in raw.items():
             metric, _, _filter = key.partition(",")
             number = _number(value)
             if metric != "alias" and number is not None and not math.isnan(number):
                 row[metric] = number
+        reported = [metric for metric in row if not metric.endswith("_stderr")]
         n_samples = results.get("n-samples", {}).get(name, {})
         row["n"] = float(n_samples.get("effective", n_samples.get("original", 0)))
-        if HEADLINE[name] not in row:
-            raise BenchmarkError(f"lm-eval returned no {HEADLINE[name]!r} for {name}: {sorted(raw)}")
+        row["metric"] = _headline(row, wanted, name, reported)
         samples = results.get("samples", {}).get(name)
         if samples:
-            row["items"] = per_item_results(samples, HEADLINE[name])
+            row["items"] = per_item_results(samples, row["metric"])
+            row["chance"] = chance_level(samples)
+            row["groups"] = item_groups(samples)
         scores[name] = row
     return scores
 
 
-def evaluate_lm(lm: Any, names: list[str], data_dir: Path, limit: int | None) -> dict[str, dict[str, Any]]:
-    """Run the benchmark tasks on any lm-eval `LM` (the HF wrapper, or a test double)."""
+def _as_plans(
+    names: list[str] | list[BenchmarkPlan], data_dir: Path, limit: int | None, perplexity_limit: int | None
+) -> list[BenchmarkPlan]:
+    plans = [item for item in names if isinstance(item, BenchmarkPlan)]
+    named = [item for item in names if isinstance(item, str)]
+    return plans + plan_benchmarks(named, data_dir, limit, perplexity_limit) if named else plans
+
+
+def evaluate_lm(
+    lm: Any, names: list[str] | list[BenchmarkPlan], data_dir: Path, limit: int | None
+) -> dict[str, dict[str, Any]]:
+    """Run the benchmark tasks on any lm-eval `LM` (the HF wrapper, or a test double): packaged names, or plans."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    data_dir = Path(data_dir)
-    _check(names, data_dir)
+    plans = _as_plans(names, data_dir, limit, None)
     with tempfile.TemporaryDirectory(prefix="qlora-lm-eval-tasks-") as tmp, _no_bootstrap_pool():
-        manager = TaskManager(include_path=write_task_configs(names, data_dir, Path(tmp)), include_defaults=False)
+        # lm-eval's own tasks need its index of thousands of YAMLs; packaged and custom ones only this folder.
+        own_tasks = any(plan.yaml_text is None for plan in plans)
+        manager = TaskManager(
+            include_path=str(write_task_configs(plans, data_dir, Path(tmp))), include_defaults=own_tasks
+        )
         results = simple_evaluate(
             model=lm,
-            tasks=list(names),
+            tasks=[plan.name for plan in plans],
             task_manager=manager,
             limit=limit,
             bootstrap_iters=BOOTSTRAP_ITERS,
@@ -172,23 +254,23 @@ def evaluate_lm(lm: Any, names: list[str], data_dir: Path, limit: int | None) ->
             numpy_random_seed=None,
             torch_random_seed=None,
         )
-    return extract_scores(results, names)
+    return extract_scores(results, {plan.name: plan.metric for plan in plans})
 
 
 def run_benchmarks(
     model: Any,
     tokenizer: Any,
-    names: list[str],
+    names: list[str] | list[BenchmarkPlan],
     data_dir: Path,
     limit: int | None,
     batch_size: int,
     max_length: int = 1024,
     perplexity_limit: int | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Score an in-memory model (plain, 4-bit, or a PeftModel) on the first `limit` items of each benchmark.
+    """Score an in-memory model (plain, 4-bit, or a PeftModel) on the first items of each benchmark.
 
-    Returns {name: {metric: value, "<metric>_stderr": value, "n": items}}; HEADLINE[name] is always present.
-    Perplexity benchmarks score the first `perplexity_limit` documents (default: `limit`).
+    `names`: packaged benchmark names (scored on `limit` items, perplexity ones on `perplexity_limit` documents,
+    default `limit`), or plans from `plan_benchmarks` that carry their own. Returns `extract_scores`' rows.
     `max_length` (capped by the model's context) bounds every scored sequence. Perplexity tasks score full
     windows of that length, so their batch is cut to ROLLING_TOKENS_PER_BATCH tokens: at batch 16 and an 8k
     context, the logits alone of a 49k-vocabulary model would take 25 GB.
@@ -196,26 +278,39 @@ def run_benchmarks(
     """
     from tasks.lib.shared_context_lm import shared_context_scoring
 
-    _check(names, Path(data_dir))
+    plans = _as_plans(names, data_dir, limit, perplexity_limit)
     context = getattr(getattr(model, "config", None), "max_position_embeddings", None) or max_length
     max_length = min(max_length, context)
     rolling_batch = max(1, min(batch_size, ROLLING_TOKENS_PER_BATCH // max_length))
-    groups = [
-        ([name for name in names if name not in ROLLING_TASKS], batch_size, limit),
-        ([name for name in names if name in ROLLING_TASKS], rolling_batch, perplexity_limit or limit),
-    ]
+    # lm-eval's limit is one per call: one call per (kind, limit).
+    groups: dict[tuple[bool, int | None], list[BenchmarkPlan]] = {}
+    for plan in plans:
+        groups.setdefault((plan.rolling, plan.limit), []).append(plan)
     was_training = getattr(model, "training", False)
     scores: dict[str, dict[str, Any]] = {}
     try:
         with shared_context_scoring(model) as lm_class:
-            for group, size, group_limit in groups:
-                if group:
-                    lm = lm_class(pretrained=model, tokenizer=tokenizer, batch_size=size, max_length=max_length)
-                    scores.update(evaluate_lm(lm, group, Path(data_dir), group_limit))
-        return {name: scores[name] for name in names}
+            for (rolling, group_limit), group in groups.items():
+                size = rolling_batch if rolling else batch_size
+                lm = lm_class(pretrained=model, tokenizer=tokenizer, batch_size=size, max_length=max_length)
+                scores.update(evaluate_lm(lm, group, Path(data_dir), group_limit))
+        return {plan.name: scores[plan.name] for plan in plans}
     finally:
         if was_training:
             model.train()
+
+
+def configured_plans(config: RunConfig, names: list[str] | None = None) -> list[BenchmarkPlan]:
+    """The run's benchmarks (or `names` among them) as they will be scored."""
+    bench = config.forgetting
+    return plan_benchmarks(
+        list(bench.benchmarks) if names is None else names,
+        Path(bench.data_dir),
+        bench.limit,
+        bench.perplexity_limit,
+        bench.custom,
+        bench.settings,
+    )
 
 
 def score_benchmarks(config: RunConfig, model: Any, tokenizer: Any, names: list[str] | None = None) -> dict:
@@ -224,10 +319,9 @@ def score_benchmarks(config: RunConfig, model: Any, tokenizer: Any, names: list[
     return run_benchmarks(
         model,
         tokenizer,
-        list(bench.benchmarks) if names is None else names,
+        configured_plans(config, names),
         Path(bench.data_dir),
         limit=bench.limit,
         batch_size=bench.batch_size,
         max_length=bench.max_length,
-        perplexity_limit=bench.perplexity_limit,
     )

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.lib.benchmark_data import DEFAULT_BENCHMARKS
 from tasks.lib.errors import UserError
 
 
@@ -330,14 +331,35 @@ class EvaluationConfig(_Section):
         return self
 
 
-BenchmarkName = Literal["hellaswag", "arc_easy", "arc_challenge", "piqa", "lambada", "wikitext"]
+class CustomBenchmark(_Section):
+    path: str = Field(description="A local file (JSONL, JSON, Parquet) of items, or an lm-eval task YAML.")
+    kind: Literal["multiple_choice", "continuation", "perplexity", "lm_eval"] = Field(
+        description="multiple_choice: query, choices, answer (index or text); continuation: context and the "
+        "continuation scored after a space; perplexity: a text per row; lm_eval: a task YAML whose `task:` is this "
+        "benchmark's name (its dataset_path pointing at local files for offline use)."
+    )
+
+
+class BenchmarkSettings(_Section):
+    metric: str | None = Field(None, description="The metric the gate judges (default: the benchmark's own).")
+    limit: int | None = Field(None, gt=0, description="Items (documents for perplexity) scored; default the global.")
+    margin: float | None = Field(
+        None, gt=0.0, description="Non-inferiority margin: accuracy points, or a relative perplexity rise (0.1)."
+    )
 
 
 class ForgettingConfig(_Section):
     enabled: bool = Field(True, description="Score the benchmarks and gate on them; false: the task row alone.")
-    benchmarks: list[BenchmarkName] = Field(
-        default_factory=lambda: ["hellaswag", "arc_easy", "piqa", "lambada", "wikitext"],
-        description="General benchmarks the merged model is compared with its base on, item by item.",
+    benchmarks: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_BENCHMARKS),
+        description="Benchmarks the merged model is compared with its base on, item by item: the packaged ones "
+        "(`qlora benchmarks` lists them), names in `custom`, or any lm-eval task name (its data from the hub).",
+    )
+    custom: dict[str, CustomBenchmark] = Field(
+        default_factory=dict, description="Your own benchmarks by name; list each name in `benchmarks` too."
+    )
+    settings: dict[str, BenchmarkSettings] = Field(
+        default_factory=dict, description="Per-benchmark metric, item count and margin, by benchmark name."
     )
     limit: int | None = Field(
         500,
@@ -364,6 +386,15 @@ class ForgettingConfig(_Section):
         description="local: scored in the pipeline's process; ray: the benchmarks split over `ray.num_workers` Ray "
         "tasks, each loading the model (the run directory must be on storage the workers reach).",
     )
+
+    @model_validator(mode="after")
+    def _benchmarks_are_known(self) -> ForgettingConfig:
+        from tasks.lib.benchmark_names import check_benchmark_names
+
+        problems = check_benchmark_names(self.benchmarks, self.custom, self.settings)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class GateConfig(_Section):

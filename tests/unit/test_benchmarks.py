@@ -194,5 +194,6 @@ def test_run_benchmarks_accepts_a_peft_model_on_a_4bit_base(tiny_model_dir: Path
 
 def test_unknown_benchmark_and_missing_data_are_named(tmp_path: Path) -> None:
     with pytest.raises(BenchmarkError) as error:
-        evaluate_lm(TableLM({}, {}), ["mmlu", "piqa"], tmp_path, limit=1)
-    assert "mmlu" in str(error.value) and str(tmp_path / "piqa.jsonl") in str(error.value)
+        evaluate_lm(TableLM({}, {}), ["no_such_task", "piqa", "mmlu"], tmp_path, limit=1)
+    assert "unknown benchmark 'no_such_task'" in str(error.value)
+    assert str(tmp_path / "piqa.jsonl") in str(error.value) and "dvc pull data/raw/mmlu.dvc" in str(error.value)

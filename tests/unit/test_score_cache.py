@@ -9,6 +9,7 @@ import pytest
 
 from tasks.io.score_cache import benchmark_key_parts, cache_key, get_or_compute
 from tasks.lib.benchmark_data import OUTPUT_FILES
+from tasks.lib.benchmarks import plan_benchmarks
 
 NAMES = ["hellaswag", "wikitext"]
 
@@ -36,7 +37,7 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def key_of(data_dir: Path) -> Callable[..., dict]:
     def make(model_version: str = "v1", names: list[str] = NAMES, limit: int | None = 100) -> dict:
-        return benchmark_key_parts(model_version, names, data_dir, limit)
+        return benchmark_key_parts(model_version, plan_benchmarks(names, data_dir, limit))
 
     return make
 
@@ -54,7 +55,7 @@ def test_second_call_with_same_key_is_cached(tmp_path: Path, key_of: Callable[..
 def test_key_records_every_input(key_of: Callable[..., dict]) -> None:
     parts = key_of(names=["wikitext", "hellaswag"])
     assert parts["model_version"] == "v1"
-    assert parts["limit"] == 100
+    assert {item["limit"] for item in parts["benchmarks"].values()} == {100}
     assert parts["lm_eval"]
     assert list(parts["benchmarks"]) == ["hellaswag", "wikitext"]
     assert parts["benchmarks"]["hellaswag"]["data_md5"] != parts["benchmarks"]["wikitext"]["data_md5"]
