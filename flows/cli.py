@@ -7,6 +7,7 @@ qlora clean-data configs/demo.yaml [--all]                              drop oth
 qlora train configs/demo.yaml --run-id ID                               prepare + train only, no Prefect
 qlora fetch-demo-model models/smollm2-135m-instruct                     the embedded default model
 qlora prepare-benchmarks data/raw data/benchmarks                       forgetting benchmark data
+qlora benchmarks [--data-dir data/benchmarks]                           what the gate can score, and its data
 qlora data-updated configs/demo.yaml                                    new data: trigger the retraining deployment
 qlora score-base configs/demo.yaml                                      the base model's benchmark results, cached
 qlora evaluate|merge|forgetting|register runs/demo/<run_id>            re-run one step of a finished run
@@ -329,6 +330,16 @@ def cmd_prepare_benchmarks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmarks(args: argparse.Namespace) -> int:
+    from tasks.lib.benchmark_names import packaged_benchmarks
+
+    print(f"{'benchmark':<15} {'metric':<16} {'items':>6}  data")
+    for row in packaged_benchmarks(Path(args.data_dir)):
+        print(f"{row.name:<15} {row.metric:<16} {row.items or '':>6}  {row.status}")
+    print("\nAlso: any lm-eval task name (its data from the hub); your own: forgetting.custom (docs/benchmarks.md).")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     load_config(args.config)
     from flows.serve import serve_deployments
@@ -397,6 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("raw_dir")
     bench.add_argument("out_dir")
     bench.set_defaults(handler=cmd_prepare_benchmarks)
+
+    listing = verbs.add_parser("benchmarks", help="the benchmarks the gate can score, their metric and data")
+    listing.add_argument("--data-dir", default="data/benchmarks")
+    listing.set_defaults(handler=cmd_benchmarks)
 
     for name, text in [
         ("evaluate", "re-run the target-task evaluation of a run (base and tuned, same items)"),

@@ -111,8 +111,15 @@ def run_forgetting_check(
             # The base is what the adapter was merged into, as dense weights; loaded only when not cached.
             base_scores, cached = base_scores_for(config, lambda: scores_of(config, None))
             tuned_scores = scores_of(config, merge.merged_dir)
+        margins = {name: setting.margin for name, setting in bench.settings.items() if setting.margin is not None}
         gate = decide(
-            base_scores, tuned_scores, config.gate, evaluation.base_correct, evaluation.tuned_correct, "correct"
+            base_scores,
+            tuned_scores,
+            config.gate,
+            evaluation.base_correct,
+            evaluation.tuned_correct,
+            "correct",
+            margins,
         )
         gate.note = note
         for side, scores in (("base", base_scores), ("tuned", tuned_scores)):

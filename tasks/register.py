@@ -115,6 +115,8 @@ def version_tags(
         PIPELINE_RUN_TAG: context.run_id,
         "adapter_model_id": result.train.adapter_model_id,
         "gate.verdict": result.forgetting.gate.get("verdict", ""),
+        # One word per benchmark row, to filter versions by (the reasons are in the card).
+        **{f"gate.{row['name']}": row["verdict"] for row in result.forgetting.gate.get("rows", [])},
         "task.metric": metric,
         "task.base": f"{evaluation.base.get(metric, float('nan')):.4f}",
         "task.tuned": f"{evaluation.tuned.get(metric, float('nan')):.4f}",

@@ -8,11 +8,12 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib.util
+import json
 import re
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 # The metric each packaged benchmark is judged on by default (its lm-eval task's usual headline).
 HEADLINE: dict[str, str] = {
@@ -122,3 +123,26 @@ def _check_task_yaml(name: str, path: Path) -> list[str]:
     if tasks != [name]:
         return [f"custom.{name}.path: {path} must define `task: {name}` (it defines {tasks or 'none'})"]
     return []
+
+
+class PackagedBenchmark(NamedTuple):
+    name: str
+    metric: str
+    items: int | None  # prepared items, None when not prepared
+    status: str
+
+
+def packaged_benchmarks(data_dir: Path) -> list[PackagedBenchmark]:
+    """Each packaged benchmark, its metric, and whether its data is prepared (else the command that prepares it)."""
+    from tasks.lib.benchmark_data import OUTPUT_FILES, RAW_FOLDERS
+
+    manifest_file = Path(data_dir) / "manifest.json"
+    manifest = json.loads(manifest_file.read_text(encoding="utf-8")) if manifest_file.is_file() else {}
+    rows = []
+    for name, metric in HEADLINE.items():
+        if name in manifest and (Path(data_dir) / OUTPUT_FILES[name]).is_file():
+            rows.append(PackagedBenchmark(name, metric, manifest[name]["items"], f"prepared in {data_dir}"))
+        else:
+            how = f"not prepared: dvc pull data/raw/{RAW_FOLDERS[name]}.dvc && dvc repro prepare_benchmarks"
+            rows.append(PackagedBenchmark(name, metric, None, how))
+    return rows

@@ -17,7 +17,13 @@ Each row gets a verdict:
 - drop: a drop is shown against no change (exact McNemar, Holm), but neither beyond the margin nor within it:
   not called forgetting beyond the margin, and never promoted (whatever `gate.on_inconclusive` says);
 - inconclusive: the items cannot tell; the row says the drop it could detect with 80% power and how many
-  items would settle it. `gate.on_inconclusive` decides whether that blocks promotion (default: it does).
+  items would settle it. `gate.on_inconclusive` decides whether that blocks promotion (default: it does);
+- uninformative: a multiple-choice benchmark the base model is not shown to do better than chance on (exact
+  binomial test at alpha): it cannot show forgetting, so it neither passes nor fails, leaves the Holm family,
+  and does not decide the overall verdict.
+
+Each benchmark's margin is `gate.max_accuracy_drop` / `gate.max_perplexity_increase` unless
+`forgetting.settings.<name>.margin` sets its own; the metric is the one the scores say they were judged on.
 
 Each benchmark's interval is two-sided at 1 - 2*alpha/k (its lower end is the one-sided bound at alpha/k), so
 jointly they hold with probability at least 1 - 2*alpha (Bonferroni); the verdicts use Holm, which decides at
@@ -27,7 +33,7 @@ least as often.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -36,9 +42,20 @@ from tasks.lib import stats
 from tasks.lib.benchmarks import HEADLINE, HIGHER_IS_BETTER
 from tasks.lib.config import GateConfig
 
-Verdict = Literal["pass", "fail", "drop", "inconclusive"]
+Verdict = Literal["pass", "fail", "drop", "inconclusive", "uninformative"]
 # How each verdict reads as a number in MLflow (worst 0, best 1): the one map of it.
-VERDICT_CODE: dict[str, float] = {"fail": 0.0, "drop": 0.25, "inconclusive": 0.5, "pass": 1.0}
+VERDICT_CODE: dict[str, float] = {"fail": 0.0, "drop": 0.25, "inconclusive": 0.5, "uninformative": 0.75, "pass": 1.0}
+
+
+class GroupCounts(BaseModel):
+    """One subject of a benchmark made of several (MMLU): its paired counts, which sum to the row's."""
+
+    name: str
+    n: int
+    base: float  # points
+    tuned: float
+    gains: int
+    losses: int
 
 
 class GateRow(BaseModel):
@@ -65,6 +82,9 @@ class GateRow(BaseModel):
     detectable_drop: float | None = None  # smallest margin showable with 80% power at this n (same unit)
     items_needed: int | None = None  # items that would settle an inconclusive row (80% power, no true change)
     alpha: float | None = None  # the family-wise level the adjusted p-values are read at
+    chance: float | None = None  # guessing accuracy in points (multiple choice)
+    p_above_chance: float | None = None  # H0: the base guesses (large: the row is uninformative)
+    groups: list[GroupCounts] = []  # per subject, where the items carry one
 
 
 class GateResult(BaseModel):
@@ -76,6 +96,7 @@ class GateResult(BaseModel):
     max_perplexity_increase: float
     alpha: float
     on_inconclusive: str
+    decided_by: list[str] = []  # the rows whose verdict is the overall one (uninformative rows never decide)
     note: str = ""  # e.g. why the benchmarks were not scored
 
     def failures(self) -> list[GateRow]:
@@ -86,7 +107,7 @@ class GateResult(BaseModel):
 
 
 def _passes(verdict: Verdict, gate: GateConfig) -> bool:
-    return verdict == "pass" or (verdict == "inconclusive" and gate.on_inconclusive == "pass")
+    return verdict in ("pass", "uninformative") or (verdict == "inconclusive" and gate.on_inconclusive == "pass")
 
 
 def _unscorable(name: str, metric: str, kind: str, why: str) -> GateRow:
@@ -129,9 +150,11 @@ def _paired_fields(pairs: stats.BinaryPairs, low: float, high: float) -> dict:
     }
 
 
-def _accuracy_pending(name: str, metric: str, base: list, tuned: list, gate: GateConfig, k: int) -> _Pending:
+def _accuracy_pending(
+    name: str, metric: str, base: list, tuned: list, gate: GateConfig, k: int, margin_points: float
+) -> _Pending:
     pairs = stats.count_pairs(base, tuned)
-    margin = gate.max_accuracy_drop / 100.0
+    margin = margin_points / 100.0
     low, high = stats.difference_interval(pairs, 1.0 - 2.0 * gate.alpha / k)
     sd = stats.per_item_sd(pairs)
     row = GateRow(
@@ -142,7 +165,7 @@ def _accuracy_pending(name: str, metric: str, base: list, tuned: list, gate: Gat
         passed=False,
         reason="",
         **_paired_fields(pairs, low, high),
-        margin=gate.max_accuracy_drop,
+        margin=margin_points,
         detectable_drop=100.0 * stats.detectable_margin(sd, pairs.n, gate.alpha / k),
         items_needed=stats.items_needed(sd, margin, gate.alpha / k),
     )
@@ -154,11 +177,13 @@ def _accuracy_pending(name: str, metric: str, base: list, tuned: list, gate: Gat
     )
 
 
-def _perplexity_pending(name: str, metric: str, base: list, tuned: list, gate: GateConfig, k: int) -> _Pending:
+def _perplexity_pending(
+    name: str, metric: str, base: list, tuned: list, gate: GateConfig, k: int, margin_relative: float
+) -> _Pending:
     base_ll, weights = [item[0] for item in base], [item[1] for item in base]
     tuned_ll = [item[0] for item in tuned]
     ratio = stats.log_ratio(base_ll, tuned_ll, weights)
-    bound = math.log1p(gate.max_perplexity_increase)
+    bound = math.log1p(margin_relative)
     tail = gate.alpha / k
     low, high = ratio.interval(tail)
     ppl_base = math.exp(-sum(base_ll) / sum(weights))
@@ -176,7 +201,7 @@ def _perplexity_pending(name: str, metric: str, base: list, tuned: list, gate: G
         delta=100.0 * math.expm1(ratio.estimate),
         ci_low=100.0 * math.expm1(low),
         ci_high=100.0 * math.expm1(high),
-        margin=100.0 * gate.max_perplexity_increase,
+        margin=100.0 * margin_relative,
         detectable_drop=100.0 * math.expm1(stats.detectable_margin_t(ratio.se_per_document, len(base), tail)),
         items_needed=stats.items_needed_t(ratio.se_per_document, bound, tail),
     )
@@ -208,24 +233,103 @@ def _describe(row: GateRow, unit: str) -> str:
     return f"{change}: {cannot_tell}"
 
 
-def _benchmark_rows(base: dict, tuned: dict, gate: GateConfig) -> list[GateRow]:
+def _kind(metric: str, items: list) -> Literal["accuracy", "perplexity"] | None:
+    """How a metric is compared: right/wrong per item, or [log-likelihood, weight] per document; None: neither."""
+    if all(isinstance(item, list | tuple) and len(item) == 2 for item in items):
+        return "perplexity" if not HIGHER_IS_BETTER.get(metric, True) else None
+    if all(item in (0, 1, True, False) for item in items):
+        return "accuracy"
+    return None
+
+
+def _uninformative(name: str, metric: str, base: list, tuned: list, chance: float, gate: GateConfig) -> GateRow:
+    """The row of a benchmark the base is not shown to do better than guessing on: neither pass nor fail."""
+    pairs = stats.count_pairs(base, tuned)
+    low, high = stats.difference_interval(pairs, 1.0 - 2.0 * gate.alpha)
+    p = stats.p_above_chance(pairs.base_correct, pairs.n, chance)
+    return GateRow(
+        name=name,
+        metric=metric,
+        kind="accuracy",
+        verdict="uninformative",
+        passed=True,
+        reason=f"base {100.0 * pairs.base_correct / pairs.n:.1f}% is not shown above chance ({100.0 * chance:.1f}%, "
+        f"p={p:.2g}): this benchmark cannot show forgetting for this model",
+        **_paired_fields(pairs, low, high),
+        chance=100.0 * chance,
+        p_value=p,
+        p_above_chance=p,
+        alpha=gate.alpha,
+    )
+
+
+def _group_counts(groups: dict[str, str] | None, base_items: dict, tuned_items: dict) -> list[GroupCounts]:
+    if not groups:
+        return []
+    by_group: dict[str, tuple[list, list]] = {}
+    for key in base_items:
+        side = by_group.setdefault(groups.get(key, "?"), ([], []))
+        side[0].append(base_items[key])
+        side[1].append(tuned_items[key])
+    counts = []
+    for name, (base, tuned) in sorted(by_group.items()):
+        pairs = stats.count_pairs(base, tuned)
+        counts.append(
+            GroupCounts(
+                name=name,
+                n=pairs.n,
+                base=100.0 * pairs.base_correct / pairs.n,
+                tuned=100.0 * pairs.tuned_correct / pairs.n,
+                gains=pairs.gains,
+                losses=pairs.losses,
+            )
+        )
+    return counts
+
+
+def _benchmark_rows(base: dict, tuned: dict, gate: GateConfig, margins: Mapping[str, float]) -> list[GateRow]:
     names = list(base) + [name for name in tuned if name not in base]
-    k = max(len(names), 1)
     rows: list[GateRow | None] = []
-    pending: list[tuple[int, _Pending]] = []  # (position in rows, row awaiting the family-wise adjustment)
+    built: list[tuple[int, str, Literal["accuracy", "perplexity"], str, list, list]] = []
     for name in names:
-        metric = HEADLINE.get(name)
+        scores = base.get(name) or tuned.get(name) or {}
+        metric = scores.get("metric") or HEADLINE.get(name)
         if metric is None:
             rows.append(_unscorable(name, "?", "accuracy", f"unknown benchmark {name!r}"))
             continue
-        kind = "accuracy" if HIGHER_IS_BETTER[metric] else "perplexity"
         paired = _paired_items(base.get(name), tuned.get(name))
         if isinstance(paired, str):
+            kind = "perplexity" if not HIGHER_IS_BETTER.get(metric, True) else "accuracy"
             rows.append(_unscorable(name, metric, kind, paired))
             continue
-        build = _accuracy_pending if kind == "accuracy" else _perplexity_pending
-        pending.append((len(rows), build(name, metric, *paired, gate, k)))
+        kind = _kind(metric, paired[0] + paired[1])
+        if kind is None:
+            why = f"{metric} is neither right/wrong per item nor a perplexity: no paired test (set its metric)"
+            rows.append(_unscorable(name, metric, "accuracy", why))
+            continue
+        built.append((len(rows), name, kind, metric, *paired))
         rows.append(None)
+    # Rows the base cannot do leave the family before anything is compared (they depend on the base alone).
+    informative, set_aside, chances = [], {}, {}
+    for position, name, kind, metric, base_items, tuned_items in built:
+        chance = (base.get(name) or {}).get("chance") if kind == "accuracy" else None
+        if chance:
+            correct = int(sum(bool(item) for item in base_items))
+            p_chance = stats.p_above_chance(correct, len(base_items), chance)
+            if p_chance >= gate.alpha:
+                set_aside[position] = _uninformative(name, metric, base_items, tuned_items, chance, gate)
+                continue
+            chances[position] = (100.0 * chance, p_chance)
+        informative.append((position, name, kind, metric, base_items, tuned_items))
+    k = max(len(informative), 1)
+    pending: list[tuple[int, _Pending]] = []
+    for position, name, kind, metric, base_items, tuned_items in informative:
+        if kind == "accuracy":
+            margin = margins.get(name, gate.max_accuracy_drop)
+            pending.append((position, _accuracy_pending(name, metric, base_items, tuned_items, gate, k, margin)))
+        else:
+            margin = margins.get(name, gate.max_perplexity_increase)
+            pending.append((position, _perplexity_pending(name, metric, base_items, tuned_items, gate, k, margin)))
     adjusted_ni = stats.holm([item.p_noninferior for _, item in pending])
     adjusted_beyond = stats.holm([item.p_beyond_margin for _, item in pending])
     adjusted_worse = stats.holm([item.p_worse for _, item in pending])
@@ -251,7 +355,15 @@ def _benchmark_rows(base: dict, tuned: dict, gate: GateConfig) -> list[GateRow]:
             }
         )
         row.reason = _describe(row, " pts" if row.kind == "accuracy" else "%")
+        if position in chances:
+            row.chance, row.p_above_chance = chances[position]
         rows[position] = row
+    rows = [set_aside.get(position, row) for position, row in enumerate(rows)]
+    for position, name, kind, _metric, _base_items, _tuned_items in built:
+        groups = (base.get(name) or {}).get("groups")
+        if kind == "accuracy" and groups:
+            counts = _group_counts(groups, base[name]["items"], tuned[name]["items"])
+            rows[position] = rows[position].model_copy(update={"groups": counts})
     return [row for row in rows if row is not None]
 
 
@@ -293,8 +405,9 @@ def task_row(
 
 
 def overall_verdict(rows: Sequence[GateRow]) -> Verdict:
-    """The worst row's verdict."""
-    return min((row.verdict for row in rows), key=VERDICT_CODE.__getitem__, default="pass")
+    """The worst verdict among the rows that can decide (an uninformative row cannot)."""
+    deciding = [row.verdict for row in rows if row.verdict != "uninformative"]
+    return min(deciding, key=VERDICT_CODE.__getitem__, default="pass")
 
 
 def decide(
@@ -304,12 +417,14 @@ def decide(
     task_base_correct: Sequence[bool] | None = None,
     task_tuned_correct: Sequence[bool] | None = None,
     task_metric: str = "correct",
+    margins: Mapping[str, float] | None = None,
 ) -> GateResult:
     """Compare base and tuned benchmark results ({name: {metric: value, "items": {doc: result}}}) and the task.
 
     `task_*_correct` are the per-item correctness of base and tuned on the same test items, in the same order.
+    `margins`: a benchmark's own margin (accuracy points, or a relative perplexity rise) instead of the gate's.
     """
-    rows = _benchmark_rows(base, tuned, gate)
+    rows = _benchmark_rows(base, tuned, gate, margins or {})
     task = task_row(task_base_correct, task_tuned_correct, gate, task_metric)
     verdict = overall_verdict([*rows, task])
     return GateResult(
@@ -321,4 +436,5 @@ def decide(
         max_perplexity_increase=gate.max_perplexity_increase,
         alpha=gate.alpha,
         on_inconclusive=gate.on_inconclusive,
+        decided_by=[row.name for row in [*rows, task] if row.verdict == verdict],
     )

@@ -16,7 +16,13 @@ def _num(value: float | None, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
-_MARK = {"pass": "✅ pass", "fail": "❌ fail", "drop": "⚠️ drop", "inconclusive": "❔ inconclusive"}
+_MARK = {
+    "pass": "✅ pass",
+    "fail": "❌ fail",
+    "drop": "⚠️ drop",
+    "inconclusive": "❔ inconclusive",
+    "uninformative": "➖ uninformative",
+}
 
 
 def _p(value: float | None) -> str:
@@ -27,7 +33,8 @@ def _line(row: GateRow, label: str) -> str:
     unit = "%" if row.kind == "perplexity" else " pts"
     interval = "n/a" if row.ci_low is None else f"[{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
     discordant = "n/a" if row.gains is None else f"+{row.gains} / -{row.losses}"
-    verdict = _MARK[row.verdict] + ("" if row.passed == (row.verdict == "pass") else " (counts as pass)")
+    counts_as_pass = row.passed and row.verdict not in ("pass", "uninformative")
+    verdict = _MARK[row.verdict] + (" (counts as pass)" if counts_as_pass else "")
     cells = [
         label,
         row.metric,
@@ -71,7 +78,7 @@ def forgetting_markdown(result: GateResult, task_metrics: dict | None = None) ->
     task_metrics, optional: {"base": {metric: v}, "tuned": {metric: v}} or a flat {metric: v}.
     Accuracies are in points (0-100); perplexities as measured, their change in percent.
     """
-    k = max(len(result.rows), 1)
+    k = max(len([row for row in result.rows if row.verdict != "uninformative"]), 1)
     lines = [
         "## Catastrophic-forgetting check",
         "",
@@ -81,7 +88,9 @@ def forgetting_markdown(result: GateResult, task_metrics: dict | None = None) ->
         f"(jointly at least {100 * (1 - 2 * result.alpha):.0f}%, Bonferroni); the task interval is "
         f"{100 * (1 - 2 * result.alpha):.0f}%. p: non-inferiority for a pass or an inconclusive row, forgetting "
         f"beyond the margin for a fail, a drop against no change for a drop, superiority for the task. "
-        f"Detectable: the smallest margin these items can show with 80% power. "
+        f"Detectable: the smallest margin these items can show with 80% power. Uninformative: the base is not "
+        f"shown above chance, so the row cannot show forgetting; it neither passes nor fails. A benchmark's own "
+        f"margin (`forgetting.settings`) is in its row. "
         f"Inconclusive counts as **{result.on_inconclusive}** (`gate.on_inconclusive`).",
         "",
         "| benchmark | metric | n | base | tuned | delta | interval | p | gained / lost | detectable | verdict |",
@@ -102,17 +111,49 @@ def forgetting_markdown(result: GateResult, task_metrics: dict | None = None) ->
             + ", ".join(f"{row.name} ({row.verdict})" for row in failed)
             + "."
         )
+    if result.decided_by:
+        summary += f" Decided by: {', '.join(result.decided_by)}."
+    aside = [row.name for row in result.rows if row.verdict == "uninformative"]
+    if aside:
+        summary += f" Uninformative (not counted): {', '.join(aside)}."
     lines += ["", summary, ""]
+    lines += _group_tables(result.rows)
     if result.note:
         lines += [result.note, ""]
     return "\n".join(lines)
+
+
+def _group_tables(rows: list[GateRow]) -> list[str]:
+    """Per-subject paired counts of the rows made of subjects (MMLU); they sum to the row's."""
+    lines = []
+    for row in rows:
+        if not row.groups:
+            continue
+        lines += [
+            f"### {row.name} by subject ({len(row.groups)} subjects, {row.n} items)",
+            "",
+            "| subject | n | base | tuned | gained / lost |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {group.name} | {group.n} | {group.base:.1f} | {group.tuned:.1f} | +{group.gains} / -{group.losses} |"
+            for group in row.groups
+        ]
+        lines.append("")
+    return lines
 
 
 def forgetting_delta_chart(result: GateResult, path: Path) -> Path:
     """PNG: each row's delta with its interval and the margin (accuracy in points, perplexity in percent)."""
     plt = pyplot()
     rows = [row for row in [*result.rows, result.task] if row.delta is not None]
-    colours = {"pass": "#1e8449", "fail": "#c0392b", "drop": "#ca6f1e", "inconclusive": "#d68910"}
+    colours = {
+        "pass": "#1e8449",
+        "fail": "#c0392b",
+        "drop": "#ca6f1e",
+        "inconclusive": "#d68910",
+        "uninformative": "#7f8c8d",
+    }
     figure, axis = plt.subplots(figsize=(7, 1.2 + 0.55 * max(len(rows), 1)))
     for index, row in enumerate(rows):
         # Perplexity rises are forgetting: plotted as a negative change so "left is worse" for every row.

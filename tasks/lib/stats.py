@@ -16,6 +16,8 @@ Accuracy-type items are binary (right/wrong for each model), so a comparison red
   excess over the bound held its level too but, with document lengths varying, could not fail even a collapse).
   A percentile bootstrap of 5 documents, used before, could not fail a row whose documents all rose less than
   the margin, however spread they were.
+- A benchmark the base cannot do (MMLU for a 135M model): the exact binomial test of the base's correct items
+  against the mean chance of its items; not shown above chance, the row cannot show forgetting.
 - Several benchmarks at once: Holm's step-down adjustment keeps the family-wise error at alpha.
 """
 
@@ -129,6 +131,13 @@ def p_better(pairs: BinaryPairs) -> float:
     if pairs.discordant == 0:
         return 1.0
     return float(binomtest(pairs.gains, pairs.discordant, 0.5, alternative="greater").pvalue)
+
+
+def p_above_chance(correct: int, n: int, chance: float) -> float:
+    """Exact binomial p-value of H0 "the model guesses" (accuracy = chance) against "it does better"."""
+    if n == 0:
+        return 1.0
+    return float(binomtest(correct, n, chance, alternative="greater").pvalue)
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

@@ -92,7 +92,18 @@ def test_flow_trains_evaluates_registers_and_reuses_base_scores(
 ) -> None:
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", FAKE_PASSWORD)  # where credentials belong: the environment
-    config_path = write_tiny_config(tmp_path, tiny_model_dir, benchmark_data_dir)
+    # A user's own multiple-choice benchmark scored beside the packaged ones.
+    own = tmp_path / "regression.jsonl"
+    items = [
+        {"question": f"{a} plus {b} is", "choices": [str(a + b), str(a + b + 1)], "answer": str(a + b)}
+        for a in range(6)
+        for b in (1, 2)
+    ]
+    own.write_text("".join(json.dumps(item) + "\n" for item in items))
+    benchmarks = ["hellaswag", "arc_easy", "piqa", "lambada", "wikitext", "regression"]
+    custom = {"regression": {"path": str(own), "kind": "multiple_choice"}}
+    overrides = {"forgetting.benchmarks": benchmarks, "forgetting.custom": custom}
+    config_path = write_tiny_config(tmp_path, tiny_model_dir, benchmark_data_dir, overrides)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
     first = finetune(config_path=str(config_path), overrides=["lora.r=4"])
@@ -130,8 +141,11 @@ def test_flow_trains_evaluates_registers_and_reuses_base_scores(
     gate_metrics = {"gate_verdict", "gate.hellaswag.delta", "gate.hellaswag.ci_low", "gate.hellaswag.p_value"}
     assert gate_metrics <= set(forgetting_run.data.metrics)
     assert forgetting_run.data.metrics["gate.wikitext.n"] == 2  # documents, paired
+    assert forgetting_run.data.metrics["gate.regression.n"] == 4  # forgetting.limit items of the user's file
+    assert "| regression | acc | 4 |" in first.forgetting.markdown
     version = client.get_model_version("tiny-sst2", "1")
     assert version.tags["gate.verdict"] == first.forgetting.gate["verdict"]
+    assert version.tags["gate.regression"] == first.forgetting.gate["rows"][-1]["verdict"] != "fail"
     assert version.tags["round_trip"] == "verified" and version.tags["pipeline_run_id"] == first.run_id
     assert version.tags["test_fingerprint"] == first.evaluation.test_fingerprint
     assert version.tags["adapter_model_id"] == adapter.model_id
@@ -142,7 +156,10 @@ def test_flow_trains_evaluates_registers_and_reuses_base_scores(
     register_run = next(run for run in children if run.data.tags["step"] == "register")
     details_file = client.download_artifacts(register_run.info.run_id, "registration/version_details.json")
     details = json.loads(Path(details_file).read_text())
-    assert details["gate.hellaswag"].split(":")[0] in {"pass", "inconclusive"} and "version.torch" in details
+    assert (
+        details["gate.hellaswag"].split(":")[0] in {"pass", "inconclusive", "uninformative"}
+        and "version.torch" in details
+    )
     # The pipeline's run leads to its model: the logged model's source run and the version's run.
     assert version.run_id == first.mlflow_run_id
     logged = client.search_logged_models(

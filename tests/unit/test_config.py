@@ -202,3 +202,40 @@ def test_every_config_field_says_what_it_does():
 
     walk(RunConfig, "")
     assert undocumented == [], undocumented
+
+
+def test_benchmark_names_are_checked_with_suggestions_and_custom_ones_must_be_scored(tmp_path):
+    import time
+
+    items = tmp_path / "mine.jsonl"
+    items.write_text('{"query": "2+2=", "choices": ["4", "5"], "label": 0}\n')
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(
+            minimal(
+                forgetting={
+                    "benchmarks": ["hellaswag", "mmluu", "winogrand", "hellaswag"],
+                    "custom": {"mine": {"path": str(items), "kind": "multiple_choice"}},
+                    "settings": {"boolq": {"limit": 10}, "hellaswag": {"metric": "f1"}},
+                }
+            )
+        )
+    message = str(error.value)
+    assert time.monotonic() - started < 3.0
+    assert "unknown benchmark 'mmluu'; did you mean 'mmlu'" in message
+    assert "'winogrand'; did you mean 'winogrande'" in message
+    assert "'hellaswag' is listed twice" in message
+    assert "custom.mine: defined but not scored" in message
+    assert "settings.boolq: 'boolq' is not among forgetting.benchmarks" in message
+    assert "settings.hellaswag.metric: hellaswag reports ['acc', 'acc_norm'], not 'f1'" in message
+    # lm-eval's own task names are accepted (scored from the hub where it is reachable).
+    config = config_from_dict(
+        minimal(
+            forgetting={
+                "benchmarks": ["mmlu", "sciq", "mine"],
+                "custom": {"mine": {"path": str(items), "kind": "multiple_choice"}},
+                "settings": {"mmlu": {"margin": 3.0, "limit": 1000}},
+            }
+        )
+    )
+    assert config.forgetting.settings["mmlu"].margin == 3.0

@@ -292,3 +292,42 @@ def test_the_perplexity_row_holds_its_level_at_the_margin_simulated(alpha: float
     assert perplexity_pass_rate(20, alpha, "normal", 0.10, 0.10, reps, seed=11) <= alpha + tolerance
     assert perplexity_pass_rate(20, alpha, "skewed", 0.10, 0.10, reps, seed=12) <= 6 * alpha
     assert perplexity_pass_rate(20, alpha, "normal", 0.0, 0.10, 500, seed=13) >= 0.95  # unchanged: it passes
+
+
+def test_a_benchmark_the_base_only_guesses_on_is_uninformative_and_decides_nothing() -> None:
+    rng = np.random.default_rng(7)
+    guessing = [int(x) for x in rng.random(400) < 0.25]  # a 4-choice benchmark at chance
+    collapsed = [0] * 400  # whatever the tuned model does there cannot be called forgetting
+    able = [1] * 300 + [0] * 100
+    base = {"mmlu": {**_accuracy(guessing), "metric": "acc", "chance": 0.25}, "arc_easy": _accuracy(able)}
+    base["arc_easy"]["chance"] = 0.25
+    tuned = {"mmlu": {**_accuracy(collapsed), "metric": "acc"}, "arc_easy": _accuracy(able)}
+    result = decide(base, tuned, GATE, [0, 0, 1, 1] * 10, [1, 1, 1, 1] * 10)
+    mmlu, arc = _row(result, "mmlu"), _row(result, "arc_easy")
+    assert mmlu.verdict == "uninformative" and mmlu.passed and mmlu.p_above_chance >= GATE.alpha
+    assert mmlu.delta < -20  # reported, not judged
+    assert arc.verdict == "pass" and arc.p_above_chance < GATE.alpha and arc.chance == pytest.approx(25.0)
+    assert result.passed and result.verdict == "pass" and "mmlu" not in result.decided_by
+    # The same base accuracy well above chance is judged: the collapse fails.
+    base["mmlu"]["chance"] = 0.05
+    assert _row(decide(base, tuned, GATE, [0, 1], [1, 1]), "mmlu").verdict == "fail"
+
+
+def test_a_benchmarks_own_margin_and_metric_are_used_and_subjects_sum_to_the_row() -> None:
+    base_items, tuned_items = _pairs(400, gains=10, losses=26, both=300)
+    base = {"mmlu": {**_accuracy(base_items), "metric": "acc"}}
+    tuned = {"mmlu": {**_accuracy(tuned_items), "metric": "acc"}}
+    base["mmlu"]["groups"] = {str(i): ("algebra", "anatomy", "law")[i % 3] for i in range(400)}
+    wide = decide(base, tuned, GATE, [0, 1], [1, 1], margins={"mmlu": 12.0})
+    narrow = decide(base, tuned, GATE, [0, 1], [1, 1], margins={"mmlu": 1.0})
+    assert _row(wide, "mmlu").margin == 12.0 and _row(wide, "mmlu").verdict == "pass"
+    assert _row(narrow, "mmlu").verdict in ("fail", "drop") and _row(narrow, "mmlu").metric == "acc"
+    row = _row(wide, "mmlu")
+    assert [group.name for group in row.groups] == ["algebra", "anatomy", "law"]
+    assert sum(group.gains for group in row.groups) == row.gains == 10
+    assert sum(group.losses for group in row.groups) == row.losses == 26
+    assert sum(group.n for group in row.groups) == row.n
+    from tasks.lib.report import forgetting_markdown
+
+    markdown = forgetting_markdown(wide)
+    assert "### mmlu by subject (3 subjects, 400 items)" in markdown and "| law |" in markdown
