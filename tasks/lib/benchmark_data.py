@@ -23,7 +23,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tasks.lib.data_formats import DataError, load_located_rows, location_word, raise_collected, read_jsonl
-from tasks.lib.errors import UserError
 from tasks.lib.publish import publish_dir
 
 # Benchmark name -> output file name inside out_dir.
@@ -61,7 +60,7 @@ DEFAULT_BENCHMARKS = ["hellaswag", "arc_easy", "piqa", "lambada", "wikitext"]
 _TOP_HEADING = re.compile(r"^ = [^=].* = $")
 
 
-class BenchmarkDataError(UserError, ValueError):
+class BenchmarkDataError(DataError):
     """A raw benchmark file is missing or malformed; the message names the file and line."""
 
 

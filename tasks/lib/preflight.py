@@ -35,13 +35,31 @@ def check_inputs(config: RunConfig, benchmarks: bool = True) -> None:
             "nor merged into the one shared matrix. Leave lm_head out."
         )
     problems += _launch_problems(config)
-    if benchmarks and config.forgetting.enabled and not Path(config.forgetting.data_dir).is_dir():
-        problems.append(
-            f"forgetting.data_dir: {config.forgetting.data_dir} does not exist "
-            "(run `dvc repro prepare_benchmarks`, or set forgetting.enabled=false)"
-        )
+    if benchmarks and config.forgetting.enabled:
+        problems += _benchmark_problems(config)
     if problems:
         raise ConfigError("config refused before any work:\n  " + "\n  ".join(problems))
+
+
+def _benchmark_problems(config: RunConfig) -> list[str]:
+    """Missing prepared data, and every bad row of a user's own benchmark files (named by file and line)."""
+    from tasks.lib.benchmark_data import OUTPUT_FILES, convert_custom
+    from tasks.lib.data_formats import DataError
+
+    bench = config.forgetting
+    if any(name in OUTPUT_FILES for name in bench.benchmarks) and not Path(bench.data_dir).is_dir():
+        return [
+            f"forgetting.data_dir: {bench.data_dir} does not exist "
+            "(run `dvc repro prepare_benchmarks`, or set forgetting.enabled=false)"
+        ]
+    problems = []
+    for name, spec in bench.custom.items():
+        if spec.kind != "lm_eval" and Path(spec.path).is_file():
+            try:
+                convert_custom(name, spec.path, spec.kind)
+            except DataError as error:
+                problems.append(f"forgetting.custom.{name}: {error}")
+    return problems
 
 
 def _launch_problems(config: RunConfig) -> list[str]:

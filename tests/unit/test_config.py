@@ -239,3 +239,27 @@ def test_benchmark_names_are_checked_with_suggestions_and_custom_ones_must_be_sc
         )
     )
     assert config.forgetting.settings["mmlu"].margin == 3.0
+
+
+def test_bad_rows_of_a_custom_benchmark_are_refused_before_work_naming_file_and_line(tmp_path):
+    items = tmp_path / "mine.jsonl"
+    good = '{"query": "2+2=", "choices": ["4", "5"], "label": 0}'
+    items.write_text("\n".join([good, '{"query": "x", "choices": ["a"], "label": 0}', good, '{"query": "y"}']) + "\n")
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n')
+    config = config_from_dict(
+        minimal(
+            model={"name_or_path": "org/model"},
+            data={"path": str(data)},
+            forgetting={
+                "benchmarks": ["mine"],
+                "custom": {"mine": {"path": str(items), "kind": "multiple_choice"}},
+            },
+        )
+    )
+    with pytest.raises(ConfigError) as error:
+        check_inputs(config)
+    message = str(error.value)
+    assert "forgetting.custom.mine" in message
+    assert f"{items} line 2: choices must be a list of at least 2 strings" in message
+    assert f"{items} line 4: missing choices or options, label or gold or answer" in message
