@@ -1,8 +1,10 @@
 """General-ability benchmarks (catastrophic-forgetting probes) run in-process with lm-eval.
 
-The task definitions are the YAML files in `tasks/lib/benchmark_tasks/`, which mirror lm-eval's own
-hellaswag / arc / piqa / lambada_openai / wikitext tasks but read the local JSONL made by
-`benchmark_data.prepare_benchmarks`. Their `data_files` hold a `__DATA_DIR__` placeholder: at run time
+The packaged task definitions are the YAML files in `tasks/lib/benchmark_tasks/`, which mirror lm-eval's own
+tasks (hellaswag, arc, piqa, lambada_openai, wikitext, winogrande, boolq, openbookqa, copa, mmlu,
+truthfulqa_mc1) but read the local JSONL made by `benchmark_data.prepare_benchmarks`; a user's own JSONL
+benchmark uses a template of `benchmark_tasks/custom/`, a user's lm-eval YAML is loaded from its own folder,
+and any other name is lm-eval's own task. Their `data_files` hold a `__DATA_DIR__` placeholder: at run time
 the YAMLs are copied into a temporary folder with the absolute data path filled in and loaded with
 `TaskManager(include_path=..., include_defaults=False)`. That is lm-eval 0.4.13's public way to load
 task folders; it also skips indexing the thousands of built-in tasks, and keeps the YAMLs readable and
@@ -58,6 +60,7 @@ class BenchmarkPlan(BaseModel):
     yaml_text: str | None = None  # with the placeholders; None: lm-eval's own task of that name
     data_file: str | None = None  # the prepared JSONL (packaged), or the user's file (custom)
     custom_kind: str | None = None  # a user's JSONL benchmark, converted when scored
+    yaml_dir: str | None = None  # a user's lm-eval YAML: loaded where it is (its `!function`s resolve there)
 
 
 def plan_benchmarks(
@@ -83,14 +86,9 @@ def plan_benchmarks(
                     "then `dvc repro prepare_benchmarks`)"
                 )
         elif name in custom:
-            kind = custom[name].kind
-            data_file = Path(custom[name].path)
-            text = (
-                data_file.read_text(encoding="utf-8")
-                if kind == "lm_eval"
-                else (task_yaml_dir() / "custom" / f"{kind}.yaml").read_text(encoding="utf-8")
-            )
-            kind = None if kind == "lm_eval" else kind
+            data_file, kind = Path(custom[name].path), custom[name].kind
+            template = data_file if kind == "lm_eval" else task_yaml_dir() / "custom" / f"{kind}.yaml"
+            text = template.read_text(encoding="utf-8") if template.is_file() else None
             if not data_file.is_file():
                 problems.append(f"missing benchmark file {data_file} (forgetting.custom.{name}.path)")
         else:
@@ -107,7 +105,8 @@ def plan_benchmarks(
                 rolling=rolling,
                 yaml_text=text,
                 data_file=str(data_file) if data_file else None,
-                custom_kind=kind,
+                custom_kind=kind if kind != "lm_eval" else None,
+                yaml_dir=str(data_file.parent.resolve()) if kind == "lm_eval" else None,
             )
         )
     if problems:
@@ -123,7 +122,7 @@ def _yaml_string(path: Path) -> str:
 def write_task_configs(plans: list[BenchmarkPlan], data_dir: Path, out_dir: Path) -> Path:
     """Each plan's YAML in out_dir with its data folder filled in; a user's rows converted beside it."""
     for plan in plans:
-        if plan.yaml_text is None:
+        if plan.yaml_text is None or plan.yaml_dir is not None:
             continue
         folder = Path(data_dir)
         if plan.custom_kind is not None:
@@ -239,9 +238,9 @@ def evaluate_lm(
     with tempfile.TemporaryDirectory(prefix="qlora-lm-eval-tasks-") as tmp, _no_bootstrap_pool():
         # lm-eval's own tasks need its index of thousands of YAMLs; packaged and custom ones only this folder.
         own_tasks = any(plan.yaml_text is None for plan in plans)
-        manager = TaskManager(
-            include_path=str(write_task_configs(plans, data_dir, Path(tmp))), include_defaults=own_tasks
-        )
+        folders = [str(write_task_configs(plans, data_dir, Path(tmp)))]
+        folders += sorted({plan.yaml_dir for plan in plans if plan.yaml_dir})
+        manager = TaskManager(include_path=folders, include_defaults=own_tasks)
         results = simple_evaluate(
             model=lm,
             tasks=[plan.name for plan in plans],

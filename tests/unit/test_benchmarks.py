@@ -197,3 +197,57 @@ def test_unknown_benchmark_and_missing_data_are_named(tmp_path: Path) -> None:
         evaluate_lm(TableLM({}, {}), ["no_such_task", "piqa", "mmlu"], tmp_path, limit=1)
     assert "unknown benchmark 'no_such_task'" in str(error.value)
     assert str(tmp_path / "piqa.jsonl") in str(error.value) and "dvc pull data/raw/mmlu.dvc" in str(error.value)
+
+
+def test_a_users_own_benchmarks_of_every_kind_score_with_their_settings(
+    tmp_path: Path, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tasks.lib.benchmarks import plan_benchmarks
+    from tasks.lib.config import BenchmarkSettings, CustomBenchmark
+
+    def write(name: str, rows: list[dict]) -> str:
+        (tmp_path / name).write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        return str(tmp_path / name)
+
+    choice = write(
+        "mc.jsonl", [{"question": f"{i} + 1 =", "options": [str(i + 1), "x", "y"], "gold": 0} for i in range(6)]
+    )
+    cont = write("cont.jsonl", [{"prompt": "The capital of France is", "target": " Paris"}] * 3)
+    text = write("text.jsonl", [{"text": "A plain paragraph of text. " * 20}, {"text": "Another one, shorter."}])
+    # An lm-eval task YAML of the user's, its data on local files (how any lm-eval task runs offline).
+    write("sciq_local.jsonl", [{"question": "Water boils at", "a": "100 C", "b": "10 C", "label": 0}] * 5)
+    (tmp_path / "sciq_local.yaml").write_text(
+        "task: sciq_local\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f'    test: "{tmp_path / "sciq_local.jsonl"}"\noutput_type: multiple_choice\ntest_split: test\n'
+        'doc_to_text: "{{question}}"\ndoc_to_target: "{{label}}"\ndoc_to_choice: "{{[a, b]}}"\n'
+        "metric_list:\n  - metric: acc\n",
+        encoding="utf-8",
+    )
+    custom = {
+        "mine_mc": CustomBenchmark(path=choice, kind="multiple_choice"),
+        "mine_cont": CustomBenchmark(path=cont, kind="continuation"),
+        "mine_text": CustomBenchmark(path=text, kind="perplexity"),
+        "sciq_local": CustomBenchmark(path=str(tmp_path / "sciq_local.yaml"), kind="lm_eval"),
+    }
+    settings = {"mine_mc": BenchmarkSettings(limit=5, metric="acc_norm"), "piqa": BenchmarkSettings(limit=3)}
+    names = ["piqa", *custom]
+    plans = plan_benchmarks(names, tiny_data_dir, 4, 2, custom, settings)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    scores = run_benchmarks(model, tokenizer, plans, tiny_data_dir, limit=4, batch_size=8)
+
+    assert {name: scores[name]["n"] for name in names} == {
+        "piqa": 3,
+        "mine_mc": 5,
+        "mine_cont": 3,
+        "mine_text": 2,
+        "sciq_local": 4,
+    }
+    assert scores["mine_mc"]["metric"] == "acc_norm" and scores["mine_mc"]["chance"] == pytest.approx(1 / 3)
+    assert set(scores["mine_mc"]["items"].values()) <= {0.0, 1.0}
+    assert scores["mine_cont"]["metric"] == "acc" and scores["mine_cont"]["chance"] is None
+    assert scores["mine_text"]["metric"] == "word_perplexity"
+    assert all(len(item) == 2 for item in scores["mine_text"]["items"].values())  # [log-likelihood, words]
+    assert scores["sciq_local"]["metric"] == "acc" and len(scores["sciq_local"]["items"]) == 4
