@@ -251,3 +251,22 @@ def test_a_users_own_benchmarks_of_every_kind_score_with_their_settings(
     assert scores["mine_text"]["metric"] == "word_perplexity"
     assert all(len(item) == 2 for item in scores["mine_text"]["items"].values())  # [log-likelihood, words]
     assert scores["sciq_local"]["metric"] == "acc" and len(scores["sciq_local"]["items"]) == 4
+
+
+def test_mmlu_items_carry_their_subject_and_the_gate_sums_subjects_to_the_row(
+    tiny_model_dir: Path, benchmark_data_dir: Path
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tasks.lib.config import GateConfig
+    from tasks.lib.gate import decide
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    base = run_benchmarks(model, tokenizer, ["mmlu"], benchmark_data_dir, limit=60, batch_size=16)
+    assert len(set(base["mmlu"]["groups"].values())) == 57  # interleaved: the first 57 items span every subject
+    assert set(base["mmlu"]["groups"]) == set(base["mmlu"]["items"]) and base["mmlu"]["chance"] == 0.25
+    flipped = {"mmlu": {**base["mmlu"], "items": {k: 1.0 - v for k, v in base["mmlu"]["items"].items()}}}
+    row = decide(base, flipped, GateConfig(), [0, 1], [1, 1]).rows[0]
+    assert sum(group.gains for group in row.groups) == row.gains and sum(g.losses for g in row.groups) == row.losses
+    assert row.gains + row.losses == 60 and sum(group.n for group in row.groups) == 60
