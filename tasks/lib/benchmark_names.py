@@ -30,8 +30,14 @@ HEADLINE: dict[str, str] = {
     "mmlu": "acc",
     "truthfulqa_mc1": "acc",
 }
-# The metric a user's benchmark is judged on by default, by kind.
-CUSTOM_HEADLINE = {"multiple_choice": "acc", "continuation": "acc", "perplexity": "word_perplexity"}
+# The metrics a user's benchmark can be judged on, by kind; the first is the default.
+CUSTOM_METRICS = {
+    "multiple_choice": ["acc", "acc_norm"],
+    "continuation": ["acc"],
+    "perplexity": ["word_perplexity", "byte_perplexity", "bits_per_byte"],
+}
+# Reported per item as one log-likelihood (LAMBADA's perplexity): no paired test judges it.
+UNGATEABLE = frozenset({"perplexity"})
 # Every metric the gate can judge, and its direction; perplexities are "lower is better".
 HIGHER_IS_BETTER: dict[str, bool] = {
     "acc": True,
@@ -73,8 +79,19 @@ def lm_eval_task_names() -> frozenset[str]:
 def default_metric(name: str, custom: Mapping[str, Any]) -> str | None:
     """The metric `name` is judged on unless its settings say otherwise; None: lm-eval's first reported one."""
     if name in custom:
-        return CUSTOM_HEADLINE.get(custom[name].kind)
+        return CUSTOM_METRICS.get(custom[name].kind, [None])[0]
     return HEADLINE.get(name)
+
+
+def gateable_metrics(name: str, custom: Mapping[str, Any]) -> list[str] | None:
+    """The metrics the gate can judge `name` on; None: not known before scoring (lm-eval's own tasks)."""
+    if name in custom:
+        kind = custom[name].kind
+        return CUSTOM_METRICS[kind] if kind in CUSTOM_METRICS else None
+    if name in HEADLINE:
+        text = (task_yaml_dir() / f"{name}.yaml").read_text(encoding="utf-8")
+        return [metric for metric in yaml_metrics(text) if metric not in UNGATEABLE]
+    return None
 
 
 def _closest(name: str, candidates: list[str]) -> str:
@@ -109,10 +126,10 @@ def check_benchmark_names(benchmarks: list[str], custom: Mapping[str, Any], sett
     for name, setting in settings.items():
         if name not in benchmarks:
             problems.append(f"settings.{name}: {name!r} is not among forgetting.benchmarks")
-        elif setting.metric and name in HEADLINE:
-            known = yaml_metrics((task_yaml_dir() / f"{name}.yaml").read_text(encoding="utf-8"))
-            if setting.metric not in known:
-                problems.append(f"settings.{name}.metric: {name} reports {known}, not {setting.metric!r}")
+        elif setting.metric:
+            known = gateable_metrics(name, custom)
+            if known is not None and setting.metric not in known:
+                problems.append(f"settings.{name}.metric: {name} can be judged on {known}, not {setting.metric!r}")
     return problems
 
 

@@ -214,9 +214,14 @@ def test_benchmark_names_are_checked_with_suggestions_and_custom_ones_must_be_sc
         config_from_dict(
             minimal(
                 forgetting={
-                    "benchmarks": ["hellaswag", "mmluu", "winogrand", "hellaswag"],
+                    "benchmarks": ["hellaswag", "mmluu", "winogrand", "hellaswag", "lambada"],
                     "custom": {"mine": {"path": str(items), "kind": "multiple_choice"}},
-                    "settings": {"boolq": {"limit": 10}, "hellaswag": {"metric": "f1"}},
+                    "settings": {
+                        "boolq": {"limit": 10},
+                        "hellaswag": {"metric": "f1"},
+                        "lambada": {"metric": "perplexity"},
+                        "mine": {"metric": "word_perplexity"},
+                    },
                 }
             )
         )
@@ -227,7 +232,9 @@ def test_benchmark_names_are_checked_with_suggestions_and_custom_ones_must_be_sc
     assert "'hellaswag' is listed twice" in message
     assert "custom.mine: defined but not scored" in message
     assert "settings.boolq: 'boolq' is not among forgetting.benchmarks" in message
-    assert "settings.hellaswag.metric: hellaswag reports ['acc', 'acc_norm'], not 'f1'" in message
+    assert "settings.hellaswag.metric: hellaswag can be judged on ['acc', 'acc_norm'], not 'f1'" in message
+    assert "settings.lambada.metric: lambada can be judged on ['acc'], not 'perplexity'" in message
+    assert "settings.mine: 'mine' is not among forgetting.benchmarks" in message
     # lm-eval's own task names are accepted (scored from the hub where it is reachable).
     config = config_from_dict(
         minimal(
