@@ -13,6 +13,7 @@ from tasks.io.ray_cluster import ray_training
 from tasks.io.tracking import flatten
 from tasks.io.versioning import provenance
 from tasks.lib.benchmark_data import OUTPUT_FILES
+from tasks.lib.benchmarks import configured_plans
 from tasks.lib.config import RunConfig
 from tasks.lib.data_formats import read_jsonl
 from tasks.lib.refs import DataRef, RunContext, TrainRef
@@ -22,16 +23,18 @@ UNPREFIXED = ("eval_loss", "forgetting_proxy.")
 
 
 def general_text_pages(config: RunConfig) -> list[str]:
-    """WikiText pages for the in-training forgetting proxy, from documents the forgetting gate never scores (it
-    scores the first `forgetting.perplexity_limit`): the proxy can stop training, and what selects a model must
-    not be what confirms it. [] when there are none (the gate scores every document) or no data."""
+    """WikiText pages for the in-training forgetting proxy, from documents the forgetting gate never scores: the
+    proxy can stop training, and what selects a model must not be what confirms it. [] when there are none (the
+    gate scores every document) or no data."""
     path = Path(config.forgetting.data_dir) / OUTPUT_FILES["wikitext"]
     if not config.train.forgetting_proxy.enabled or not path.is_file():
         return []
     pages = [row["page"] for _, row in read_jsonl(path)]
-    forgetting = config.forgetting
-    scored_by_gate = 0 if "wikitext" not in forgetting.benchmarks else forgetting.perplexity_limit or len(pages)
-    return pages[scored_by_gate:]
+    if "wikitext" not in config.forgetting.benchmarks:
+        return pages
+    (gate,) = configured_plans(config, ["wikitext"])
+    scored = set(gate.drawn) if gate.drawn is not None else set(range(gate.limit or len(pages)))
+    return [page for index, page in enumerate(pages) if index not in scored]
 
 
 def run_training(config: RunConfig, context: RunContext, data: DataRef) -> TrainRef:

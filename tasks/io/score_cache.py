@@ -38,6 +38,7 @@ def benchmark_key_parts(model_version: str, plans: list[BenchmarkPlan], max_leng
         "benchmarks": {
             plan.name: {
                 "limit": plan.limit,
+                "drawn": digest(json.dumps(plan.drawn)) if plan.drawn is not None else None,
                 "metric": plan.metric,
                 "kind": plan.custom_kind,
                 "data_md5": file_md5(Path(plan.data_file)) if plan.data_file else None,

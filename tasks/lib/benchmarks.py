@@ -18,11 +18,13 @@ import json
 import math
 import os
 import tempfile
+import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from pydantic import BaseModel
 
 from tasks.lib.benchmark_data import OUTPUT_FILES, RAW_FOLDERS, convert_custom
@@ -61,6 +63,21 @@ class BenchmarkPlan(BaseModel):
     data_file: str | None = None  # the prepared JSONL (packaged), or the user's file (custom)
     custom_kind: str | None = None  # a user's JSONL benchmark, converted when scored
     yaml_dir: str | None = None  # a user's lm-eval YAML: loaded where it is (its `!function`s resolve there)
+    drawn: list[int] | None = None  # the item indices scored (a seeded sample); None: the first `limit`
+
+
+def draw_items(name: str, total: int, limit: int | None, seed: int) -> list[int] | None:
+    """A seeded random sample of `limit` of a benchmark's `total` item indices, in file order; None when every item
+    is scored. Seeded by the benchmark's name too, so two benchmarks of equal size get different positions."""
+    if limit is None or limit >= total:
+        return None
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    return sorted(int(index) for index in rng.choice(total, size=limit, replace=False))
+
+
+def _row_count(path: Path) -> int:
+    with path.open("rb") as handle:  # JSON escapes newlines inside strings: one per item
+        return sum(1 for line in handle if line.strip())
 
 
 def plan_benchmarks(
@@ -70,8 +87,13 @@ def plan_benchmarks(
     perplexity_limit: int | None = None,
     custom: Mapping[str, CustomBenchmark] | None = None,
     settings: Mapping[str, BenchmarkSettings] | None = None,
+    sample: str = "first",
+    seed: int = 0,
 ) -> list[BenchmarkPlan]:
-    """How each named benchmark is scored; a missing data file is named with the command that makes it."""
+    """How each named benchmark is scored; a missing data file is named with the command that makes it.
+
+    sample="random" draws each benchmark's items (`draw_items`) where its size is known before scoring (packaged
+    and a user's files); lm-eval's own tasks and a user's lm-eval YAML take their first items."""
     custom, settings = custom or {}, settings or {}
     plans, problems = [], []
     for name in names:
@@ -96,12 +118,18 @@ def plan_benchmarks(
             if name not in lm_eval_task_names():
                 problems.append(f"unknown benchmark {name!r} (known: {sorted(HEADLINE)}, lm-eval's tasks, custom)")
         rolling = text is not None and "output_type: loglikelihood_rolling" in text
-        default_limit = perplexity_limit or limit if rolling else limit
+        default_limit = perplexity_limit if rolling else limit  # perplexity_limit None: every document
+        own_limit = (setting.limit if setting and setting.limit else None) or default_limit
+        drawn = None
+        if sample == "random" and data_file is not None and data_file.is_file() and kind != "lm_eval":
+            total = len(convert_custom(name, str(data_file), kind)) if kind else _row_count(data_file)
+            drawn = draw_items(name, total, own_limit, seed)
         plans.append(
             BenchmarkPlan(
                 name=name,
                 metric=metric,
-                limit=(setting.limit if setting and setting.limit else None) or default_limit,
+                limit=own_limit,
+                drawn=drawn,
                 rolling=rolling,
                 yaml_text=text,
                 data_file=str(data_file) if data_file else None,
@@ -234,18 +262,22 @@ def evaluate_lm(
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    plans = _as_plans(names, data_dir, limit, None)
+    plans = _as_plans(names, data_dir, limit, limit)
     with tempfile.TemporaryDirectory(prefix="qlora-lm-eval-tasks-") as tmp, _no_bootstrap_pool():
         # lm-eval's own tasks need its index of thousands of YAMLs; packaged and custom ones only this folder.
         own_tasks = any(plan.yaml_text is None for plan in plans)
         folders = [str(write_task_configs(plans, data_dir, Path(tmp)))]
         folders += sorted({plan.yaml_dir for plan in plans if plan.yaml_dir})
         manager = TaskManager(include_path=folders, include_defaults=own_tasks)
+        drawn = {plan.name: plan.drawn for plan in plans if plan.drawn is not None}
+        if drawn and len(drawn) < len(plans):
+            raise ValueError("drawn and first-N benchmarks are scored in separate calls")
         results = simple_evaluate(
             model=lm,
             tasks=[plan.name for plan in plans],
             task_manager=manager,
-            limit=limit,
+            limit=None if drawn else limit,
+            samples=drawn or None,
             bootstrap_iters=BOOTSTRAP_ITERS,
             log_samples=True,  # per-item results: the gate compares base and tuned item by item
             # Zero-shot log-likelihood scoring is deterministic; leave the caller's RNGs alone.
@@ -277,14 +309,14 @@ def run_benchmarks(
     """
     from tasks.lib.shared_context_lm import shared_context_scoring
 
-    plans = _as_plans(names, data_dir, limit, perplexity_limit)
+    plans = _as_plans(names, data_dir, limit, perplexity_limit or limit)
     context = getattr(getattr(model, "config", None), "max_position_embeddings", None) or max_length
     max_length = min(max_length, context)
     rolling_batch = max(1, min(batch_size, ROLLING_TOKENS_PER_BATCH // max_length))
-    # lm-eval's limit is one per call: one call per (kind, limit).
-    groups: dict[tuple[bool, int | None], list[BenchmarkPlan]] = {}
+    # lm-eval takes one limit per call, or drawn items (never both): one call per (kind, limit or drawn).
+    groups: dict[tuple[bool, int | str | None], list[BenchmarkPlan]] = {}
     for plan in plans:
-        groups.setdefault((plan.rolling, plan.limit), []).append(plan)
+        groups.setdefault((plan.rolling, "drawn" if plan.drawn is not None else plan.limit), []).append(plan)
     was_training = getattr(model, "training", False)
     scores: dict[str, dict[str, Any]] = {}
     try:
@@ -292,7 +324,7 @@ def run_benchmarks(
             for (rolling, group_limit), group in groups.items():
                 size = rolling_batch if rolling else batch_size
                 lm = lm_class(pretrained=model, tokenizer=tokenizer, batch_size=size, max_length=max_length)
-                scores.update(evaluate_lm(lm, group, Path(data_dir), group_limit))
+                scores.update(evaluate_lm(lm, group, Path(data_dir), None if group_limit == "drawn" else group_limit))
         return {plan.name: scores[plan.name] for plan in plans}
     finally:
         if was_training:
@@ -309,6 +341,8 @@ def configured_plans(config: RunConfig, names: list[str] | None = None) -> list[
         bench.perplexity_limit,
         bench.custom,
         bench.settings,
+        bench.sample,
+        bench.sample_seed,
     )
 
 

@@ -361,6 +361,12 @@ class ForgettingConfig(_Section):
     settings: dict[str, BenchmarkSettings] = Field(
         default_factory=dict, description="Per-benchmark metric, item count and margin, by benchmark name."
     )
+    sample: Literal["random", "first"] = Field(
+        "random",
+        description="random: each benchmark's `limit` items (documents) drawn at random, seeded, the same every "
+        "run; first: the first `limit` (adjacent items share a source, e.g. HellaSwag's activities).",
+    )
+    sample_seed: int = Field(0, description="Seed of the drawn items; another seed draws (and scores) other items.")
     limit: int | None = Field(
         500,
         gt=0,

@@ -270,3 +270,26 @@ def test_mmlu_items_carry_their_subject_and_the_gate_sums_subjects_to_the_row(
     row = decide(base, flipped, GateConfig(), [0, 1], [1, 1]).rows[0]
     assert sum(group.gains for group in row.groups) == row.gains and sum(g.losses for g in row.groups) == row.losses
     assert row.gains + row.losses == 60 and sum(group.n for group in row.groups) == 60
+
+
+def test_items_are_drawn_seeded_per_benchmark_and_scored_where_drawn(
+    tiny_model_dir: Path, benchmark_data_dir: Path
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tasks.lib.benchmarks import draw_items, plan_benchmarks
+
+    first = draw_items("hellaswag", 10042, 400, seed=0)
+    assert first == draw_items("hellaswag", 10042, 400, seed=0) and first == sorted(set(first)) and len(first) == 400
+    assert first != draw_items("hellaswag", 10042, 400, seed=1) and first != draw_items("piqa", 10042, 400, seed=0)
+    assert draw_items("copa", 100, 100, seed=0) is None and draw_items("copa", 100, None, seed=0) is None
+    # Spread over the file (HellaSwag's activities run in blocks), not its first 4%.
+    assert len({index // 1000 for index in first if index < 10000}) == 10  # in every 1,000-item block
+
+    plans = plan_benchmarks(["piqa", "wikitext"], benchmark_data_dir, 6, 2, sample="random", seed=3)
+    assert [len(plan.drawn) for plan in plans] == [6, 2]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    scores = run_benchmarks(model, tokenizer, plans, benchmark_data_dir, limit=6, batch_size=8)
+    for plan in plans:
+        assert list(scores[plan.name]["items"]) == [str(index) for index in plan.drawn], plan.name

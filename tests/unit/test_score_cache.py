@@ -37,7 +37,7 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def key_of(data_dir: Path) -> Callable[..., dict]:
     def make(model_version: str = "v1", names: list[str] = NAMES, limit: int | None = 100) -> dict:
-        return benchmark_key_parts(model_version, plan_benchmarks(names, data_dir, limit))
+        return benchmark_key_parts(model_version, plan_benchmarks(names, data_dir, limit, limit))
 
     return make
 

@@ -376,7 +376,10 @@ def test_the_forgetting_proxy_reads_only_documents_the_gate_never_scores(tmp_pat
     def proxy_pages(overrides: dict) -> list[str]:
         return general_text_pages(load_config(write_tiny_config(tmp_path, tiny_model_dir, benchmarks, overrides)))
 
-    assert proxy_pages({"forgetting.perplexity_limit": 2}) == pages[2:]  # the gate scores the first two
+    first = {"forgetting.sample": "first"}
+    assert proxy_pages({**first, "forgetting.perplexity_limit": 2}) == pages[2:]  # the gate scores the first two
+    drawn = proxy_pages({"forgetting.perplexity_limit": 2})  # the gate scores two drawn documents
+    assert len(drawn) == 4 and drawn != pages[2:] and set(drawn) < set(pages)
     assert proxy_pages({"forgetting.perplexity_limit": None}) == []  # the gate scores them all: no proxy
     assert proxy_pages({"forgetting.benchmarks": ["hellaswag"]}) == pages  # no perplexity row: every page
     assert proxy_pages({"train.forgetting_proxy.enabled": False}) == []
