@@ -31,7 +31,7 @@ from tasks.train import train
 
 
 def task_row_passes(config, evaluation) -> bool:
-    return task_row(evaluation.base_correct, evaluation.tuned_correct, config.gate, "correct").passed
+    return task_row(*evaluation.paired_scores(), config.gate, evaluation.primary_metric).passed
 
 
 @flow(name="qlora-finetune", persist_result=True)

@@ -55,6 +55,8 @@ def run_target_eval(config: RunConfig, context: RunContext, data: DataRef, train
             test_fingerprint=evaluated_items_fingerprint(rows, config),
             base_correct=[record.correct for record in base.predictions],
             tuned_correct=[record.correct for record in tuned.predictions],
+            base_scores=[record.score for record in base.predictions],
+            tuned_scores=[record.score for record in tuned.predictions],
         )
 
 

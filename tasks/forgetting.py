@@ -116,9 +116,8 @@ def run_forgetting_check(
             base_scores,
             tuned_scores,
             config.gate,
-            evaluation.base_correct,
-            evaluation.tuned_correct,
-            "correct",
+            *evaluation.paired_scores(),
+            evaluation.primary_metric,
             margins,
         )
         gate.note = note

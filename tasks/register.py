@@ -21,21 +21,23 @@ from tasks.io.registry import (
 from tasks.io.tracking import scrub_mapping
 from tasks.io.versioning import provenance
 from tasks.lib.config import RunConfig
-from tasks.lib.promotion import decide_promotion, decode_correct, encode_correct
+from tasks.lib.promotion import decide_promotion, decode_correct, decode_scores, encode_correct, encode_scores
 from tasks.lib.publish import publish_text
 from tasks.lib.refs import DataRef, PipelineResult, RegistrationRef, RunContext, TaskEvalRef
+from tasks.lib.stats import is_binary
 from tasks.lib.task_eval import evaluate_task, load_split
 from tasks.report import model_card_markdown
 
 TEST_FINGERPRINT_TAG = "test_fingerprint"
 TEST_CORRECT_TAG = "test_items_correct"
-MAX_TAG_ITEMS = 4000  # MLflow tag values hold 5,000 characters; larger test sets are re-scored instead
+TEST_SCORES_TAG = "test_item_scores"
+MAX_TAG_CHARS = 5000  # MLflow's limit on a tag value; larger test sets are re-scored instead
 
 
-def champion_correct_on(
+def champion_scores_on(
     config: RunConfig, evaluation: TaskEvalRef, rows: list[dict], logger=None
-) -> tuple[list[bool] | None, str]:
-    """The champion's per-item correctness on this run's test items, and where it came from.
+) -> tuple[list[float] | None, str]:
+    """The champion's per-item results (right/wrong, or graded scores) on this run's test items, and their source.
 
     Reused from the champion's tags when it was scored on the same items; otherwise the champion
     (`models:/<name>@champion`) is loaded and scored on them now.
@@ -44,13 +46,17 @@ def champion_correct_on(
     if current is None:
         return None, "no champion"
     version, tags = current
-    if tags.get(TEST_FINGERPRINT_TAG) == evaluation.test_fingerprint and TEST_CORRECT_TAG in tags:
-        return decode_correct(tags[TEST_CORRECT_TAG]), f"v{version}'s stored results on the same items"
+    if tags.get(TEST_FINGERPRINT_TAG) == evaluation.test_fingerprint:
+        stored = f"v{version}'s stored results on the same items"
+        if TEST_SCORES_TAG in tags:
+            return decode_scores(tags[TEST_SCORES_TAG]), stored
+        if TEST_CORRECT_TAG in tags:
+            return [float(correct) for correct in decode_correct(tags[TEST_CORRECT_TAG])], stored
     if logger:
         logger.info("champion v%s was scored on other test items: scoring it on this run's items", version)
     model, tokenizer = load_registered(f"models:/{config.registry.model_name}/{version}")
     scored = evaluate_task(model, tokenizer, rows, config.evaluation)
-    by_id = {record.id: record.correct for record in scored.predictions}
+    by_id = {record.id: record.score for record in scored.predictions}
     return [by_id[item] for item in evaluation.item_ids], f"v{version} re-scored on this run's items"
 
 
@@ -66,15 +72,18 @@ def run_registration(config: RunConfig, context: RunContext, data: DataRef, resu
     with step_run(config, context, "register") as tracker, registry_lock(name):
         # Under the lock: the champion is read, compared and replaced by one run at a time.
         rows = load_split(Path(data.processed_dir), "test")
-        champion_items, source = champion_correct_on(config, evaluation, rows, get_run_logger_or_none())
-        decision = decide_promotion(True, evaluation.tuned_correct, champion_items, config.gate.alpha)
+        champion_items, source = champion_scores_on(config, evaluation, rows, get_run_logger_or_none())
+        _, challenger_items = evaluation.paired_scores()
+        decision = decide_promotion(True, challenger_items, champion_items, config.gate.alpha)
 
         provenance_tags = provenance(config, data)
         card = model_card_markdown(config, result, provenance_tags, promotion=decision.reason)
         publish_text(Path(result.merge.merged_dir) / "README.md", card)  # beside the weights, as on the HF hub
         tags = version_tags(config, context, result, provenance_tags, source)
-        if len(evaluation.tuned_correct) <= MAX_TAG_ITEMS:
-            tags[TEST_CORRECT_TAG] = encode_correct(evaluation.tuned_correct)
+        binary = is_binary(challenger_items)
+        stored = encode_correct(challenger_items) if binary else encode_scores(challenger_items)
+        if len(stored) <= MAX_TAG_CHARS:
+            tags[TEST_CORRECT_TAG if binary else TEST_SCORES_TAG] = stored
         # Everything the trimmed tags leave out, beside the card, in the step run.
         details = {**provenance_tags, **result.forgetting.tags, **tags, "promotion_reason": decision.reason}
         details_json = json.dumps(scrub_mapping(details), indent=2, sort_keys=True)

@@ -36,6 +36,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel
 
 from tasks.lib import stats
@@ -368,13 +369,17 @@ def _benchmark_rows(base: dict, tuned: dict, gate: GateConfig, margins: Mapping[
 
 
 def task_row(
-    base_correct: Sequence[bool] | None, tuned_correct: Sequence[bool] | None, gate: GateConfig, metric: str
+    base_scores: Sequence[float] | None, tuned_scores: Sequence[float] | None, gate: GateConfig, metric: str
 ) -> GateRow:
-    if not base_correct or not tuned_correct:
+    """Tuned against base on the same test items: per-item right/wrong (exact McNemar), or graded per-item scores
+    such as ROUGE-L (a sign-flip permutation test of the mean difference)."""
+    if not base_scores or not tuned_scores:
         if not gate.require_task_improvement:
             return GateRow(name="task", metric=metric, kind="task", verdict="pass", passed=True, reason="not required")
         return _unscorable("task", metric, "task", "no per-item task results for base and tuned")
-    pairs = stats.count_pairs(base_correct, tuned_correct)
+    if not (stats.is_binary(base_scores) and stats.is_binary(tuned_scores)):
+        return _graded_task_row(base_scores, tuned_scores, gate, metric)
+    pairs = stats.count_pairs(base_scores, tuned_scores)
     low, high = stats.difference_interval(pairs, 1.0 - 2.0 * gate.alpha)
     p_better = stats.p_better(pairs)
     sd = stats.per_item_sd(pairs)
@@ -404,6 +409,43 @@ def task_row(
     )
 
 
+def _graded_task_row(base: Sequence[float], tuned: Sequence[float], gate: GateConfig, metric: str) -> GateRow:
+    paired = stats.PairedScores(tuple(base), tuple(tuned))
+    low, high = paired.interval(1.0 - 2.0 * gate.alpha)
+    p_better = paired.p_better()
+    change = f"{100 * paired.delta:+.1f} pts [{100 * low:+.1f}, {100 * high:+.1f}] mean {metric} ({paired.gains} items "
+    change += f"better, {paired.losses} worse of {paired.n})"
+    if p_better < gate.alpha:
+        verdict, reason = "pass", f"{change}: better than base (sign-flip p={p_better:.2g})"
+    elif paired.delta <= 0:
+        verdict, reason = "fail", f"{change}: no gain over base"
+    else:
+        verdict, reason = "inconclusive", f"{change}: a gain the items cannot confirm (sign-flip p={p_better:.2g})"
+    if not gate.require_task_improvement:
+        verdict, reason = "pass", f"{reason} (improvement not required)"
+    sd = max(paired.sd, 0.05)
+    return GateRow(
+        name="task",
+        metric=metric,
+        kind="task",
+        verdict=verdict,
+        passed=_passes(verdict, gate),
+        reason=reason,
+        n=paired.n,
+        base=100.0 * float(np.mean(base)),
+        tuned=100.0 * float(np.mean(tuned)),
+        delta=100.0 * paired.delta,
+        ci_low=100.0 * low,
+        ci_high=100.0 * high,
+        gains=paired.gains,
+        losses=paired.losses,
+        p_value=p_better,
+        p_better=p_better,
+        detectable_drop=100.0 * stats.detectable_margin(sd, paired.n, gate.alpha),
+        items_needed=stats.items_needed(sd, paired.delta, gate.alpha) if paired.delta > 0 else None,
+    )
+
+
 def overall_verdict(rows: Sequence[GateRow]) -> Verdict:
     """The worst verdict among the rows that can decide (an uninformative row cannot)."""
     deciding = [row.verdict for row in rows if row.verdict != "uninformative"]
@@ -414,18 +456,19 @@ def decide(
     base: dict[str, dict[str, Any]],
     tuned: dict[str, dict[str, Any]],
     gate: GateConfig,
-    task_base_correct: Sequence[bool] | None = None,
-    task_tuned_correct: Sequence[bool] | None = None,
+    task_base_scores: Sequence[float] | None = None,
+    task_tuned_scores: Sequence[float] | None = None,
     task_metric: str = "correct",
     margins: Mapping[str, float] | None = None,
 ) -> GateResult:
     """Compare base and tuned benchmark results ({name: {metric: value, "items": {doc: result}}}) and the task.
 
-    `task_*_correct` are the per-item correctness of base and tuned on the same test items, in the same order.
+    `task_*_scores` are base's and tuned's per-item results on the same test items, in the same order: right/wrong
+    (0/1) or graded scores in [0, 1].
     `margins`: a benchmark's own margin (accuracy points, or a relative perplexity rise) instead of the gate's.
     """
     rows = _benchmark_rows(base, tuned, gate, margins or {})
-    task = task_row(task_base_correct, task_tuned_correct, gate, task_metric)
+    task = task_row(task_base_scores, task_tuned_scores, gate, task_metric)
     verdict = overall_verdict([*rows, task])
     return GateResult(
         verdict=verdict,

@@ -5,7 +5,8 @@
   its metrics and its adapter stay in MLflow tracking for diagnosis.
 - Gate passed: the new version becomes `challenger`. It also becomes `champion` when there is no champion
   yet, or when it is shown better than the champion on the same test items: an exact one-sided McNemar test
-  of per-item correctness at `alpha`. A tie, or a gain the items cannot confirm, keeps the incumbent (no
+  of per-item correctness at `alpha`, or for graded per-item scores (free text: ROUGE-L) a sign-flip
+  permutation test of the mean difference. A tie, or a gain the items cannot confirm, keeps the incumbent (no
   churn without evidence). Aliases move: the previous champion keeps its version number and tags.
 """
 
@@ -45,38 +46,65 @@ def decode_correct(text: str) -> list[bool]:
     return [char == "1" for char in text]
 
 
+def encode_scores(scores: Sequence[float]) -> str:
+    """Graded per-item scores as a tag value: 3 decimals, comma-separated (right/wrong: `encode_correct`)."""
+    return ",".join(f"{score:.3f}" for score in scores)
+
+
+def decode_scores(text: str) -> list[float]:
+    return [float(value) for value in text.split(",")] if text else []
+
+
 def decide_promotion(
     gate_passed: bool,
-    challenger_correct: Sequence[bool],
-    champion_correct: Sequence[bool] | None,
+    challenger_scores: Sequence[float],
+    champion_scores: Sequence[float] | None,
     alpha: float = 0.05,
 ) -> PromotionDecision:
-    """Apply the policy above; `champion_correct` is None when there is no champion, else the champion's
-    per-item correctness on the challenger's own test items (same order)."""
+    """Apply the policy above; `champion_scores` is None when there is no champion, else the champion's per-item
+    results (right/wrong, or graded in [0, 1]) on the challenger's own test items (same order)."""
     if not gate_passed:
         return PromotionDecision(register=False, reason="forgetting/quality gate failed: not registered")
     tags = {"gate": "passed"}
-    if champion_correct is None:
+    if champion_scores is None:
         promoted, reason = True, "no champion yet: promoted"
     else:
-        pairs = stats.count_pairs(champion_correct, challenger_correct)
-        low, high = stats.difference_interval(pairs, 1.0 - 2.0 * alpha)
-        p_value = stats.p_better(pairs)
+        comparison = _compare(champion_scores, challenger_scores, alpha)
+        delta, low, high, p_value, n, summary = comparison
         promoted = p_value < alpha
-        summary = (
-            f"{100 * pairs.delta:+.1f} pts [{100 * low:+.1f}, {100 * high:+.1f}] vs the champion on the same "
-            f"{pairs.n} items ({pairs.gains} gained, {pairs.losses} lost), p={p_value:.2g}"
-        )
         reason = f"{summary}: {'promoted' if promoted else 'not shown better, stays challenger'}"
         tags.update(
             {
-                "promotion.delta_pts": f"{100 * pairs.delta:.2f}",
+                "promotion.delta_pts": f"{100 * delta:.2f}",
                 "promotion.ci_pts": f"[{100 * low:.2f}, {100 * high:.2f}]",
                 "promotion.p_value": f"{p_value:.4g}",
-                "promotion.n": str(pairs.n),
+                "promotion.n": str(n),
             }
         )
     tags.update({"promoted": str(promoted).lower(), "promotion_reason": reason})
     return PromotionDecision(
         register=True, aliases=[CHALLENGER, CHAMPION] if promoted else [CHALLENGER], tags=tags, reason=reason
     )
+
+
+def _compare(
+    champion: Sequence[float], challenger: Sequence[float], alpha: float
+) -> tuple[float, float, float, float, int, str]:
+    """(delta, interval low, high, p that the challenger is better, n, a one-line summary) on the same items."""
+    if stats.is_binary(champion) and stats.is_binary(challenger):
+        pairs = stats.count_pairs(champion, challenger)
+        low, high = stats.difference_interval(pairs, 1.0 - 2.0 * alpha)
+        p_value = stats.p_better(pairs)
+        summary = (
+            f"{100 * pairs.delta:+.1f} pts [{100 * low:+.1f}, {100 * high:+.1f}] vs the champion on the same "
+            f"{pairs.n} items ({pairs.gains} gained, {pairs.losses} lost), p={p_value:.2g}"
+        )
+        return pairs.delta, low, high, p_value, pairs.n, summary
+    paired = stats.PairedScores(tuple(champion), tuple(challenger))
+    low, high = paired.interval(1.0 - 2.0 * alpha)
+    p_value = paired.p_better()
+    summary = (
+        f"{100 * paired.delta:+.1f} pts [{100 * low:+.1f}, {100 * high:+.1f}] mean score vs the champion on the same "
+        f"{paired.n} items ({paired.gains} better, {paired.losses} worse), sign-flip p={p_value:.2g}"
+    )
+    return paired.delta, low, high, p_value, paired.n, summary

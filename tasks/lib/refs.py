@@ -45,8 +45,16 @@ class TaskEvalRef(BaseModel):
     mlflow_run_id: str
     item_ids: list[str] = Field(default_factory=list)  # the test items, in order
     test_fingerprint: str = ""  # identifies those items (ids and conversations): champion comparisons pair on it
-    base_correct: list[bool] = Field(default_factory=list)  # per item, for the paired task test
+    base_correct: list[bool] = Field(default_factory=list)  # per item: the answer is the reference
     tuned_correct: list[bool] = Field(default_factory=list)
+    base_scores: list[float] = Field(default_factory=list)  # per item, the primary metric: the paired task test
+    tuned_scores: list[float] = Field(default_factory=list)
+
+    def paired_scores(self) -> tuple[list[float], list[float]]:
+        """(base, tuned) per-item results the task row and promotion compare (right/wrong from older runs)."""
+        if self.base_scores and self.tuned_scores:
+            return self.base_scores, self.tuned_scores
+        return [float(c) for c in self.base_correct], [float(c) for c in self.tuned_correct]
 
 
 class ForgettingRef(BaseModel):

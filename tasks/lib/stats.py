@@ -18,6 +18,9 @@ Accuracy-type items are binary (right/wrong for each model), so a comparison red
   the margin, however spread they were.
 - A benchmark the base cannot do (MMLU for a 135M model): the exact binomial test of the base's correct items
   against the mean chance of its items; not shown above chance, the row cannot show forgetting.
+- Graded per-item scores (free-text tasks: ROUGE-L per item), tuned against base or a challenger against the
+  champion: a sign-flip permutation test of the mean difference (exact in level for symmetric differences under
+  H0, seeded), with a Student t interval.
 - Several benchmarks at once: Holm's step-down adjustment keeps the family-wise error at alpha.
 """
 
@@ -257,3 +260,65 @@ def items_needed_t(se_per_item: float, margin: float, alpha: float, power: float
         else:
             high = middle
     return max(high, 2)
+
+
+SIGN_FLIPS = 9999
+
+
+@dataclass(frozen=True)
+class PairedScores:
+    """Per-item scores in [0, 1] (ROUGE-L, ...) of two models on the same items: the mean difference, tuned - base,
+    with a Student t interval and a sign-flip permutation test of "tuned is better" (H0: the differences are
+    symmetric about 0; exact in level for any n, whatever their distribution)."""
+
+    base: tuple[float, ...]
+    tuned: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.base)
+
+    @property
+    def differences(self) -> np.ndarray:
+        return np.asarray(self.tuned, dtype=float) - np.asarray(self.base, dtype=float)
+
+    @property
+    def delta(self) -> float:
+        return float(self.differences.mean()) if self.n else 0.0
+
+    @property
+    def sd(self) -> float:
+        return float(self.differences.std(ddof=1)) if self.n > 1 else 0.0
+
+    @property
+    def gains(self) -> int:
+        return int((self.differences > 0).sum())
+
+    @property
+    def losses(self) -> int:
+        return int((self.differences < 0).sum())
+
+    def interval(self, confidence: float) -> tuple[float, float]:
+        if self.n < 2:
+            return (-math.inf, math.inf)
+        half = float(student_t.isf((1.0 - confidence) / 2.0, self.n - 1)) * self.sd / math.sqrt(self.n)
+        return self.delta - half, self.delta + half
+
+    def p_better(self, flips: int = SIGN_FLIPS, seed: int = 0) -> float:
+        return sign_flip_p_values(self.differences[None, :], flips, seed)[0]
+
+
+def sign_flip_p_values(differences: np.ndarray, flips: int = SIGN_FLIPS, seed: int = 0) -> np.ndarray:
+    """One-sided sign-flip permutation p-values of "mean difference > 0", one per row of `differences` (rows: paired
+    comparisons of n items). Seeded Monte-Carlo flips; the observed signs count as one flip, so p >= 1/(flips+1)."""
+    differences = np.atleast_2d(np.asarray(differences, dtype=float))
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(differences.shape[1], flips))
+    observed = differences.sum(axis=1, keepdims=True)
+    flipped = differences @ signs
+    at_least = (flipped >= observed - 1e-12).sum(axis=1)
+    return (1.0 + at_least) / (flips + 1.0)
+
+
+def is_binary(values: Sequence[float]) -> bool:
+    """Right/wrong per item (0/1), which the exact McNemar tests read; anything else is a graded score."""
+    return all(value in (0, 1) for value in values)

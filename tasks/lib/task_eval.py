@@ -34,6 +34,9 @@ class PredictionRecord(BaseModel):
     prediction: str
     answer: str = Field("", description="What was scored: the label the prediction names, or the normalised text.")
     correct: bool = Field(description="The scored answer equals the normalised reference.")
+    score: float = Field(
+        0.0, description="The primary metric on this item alone: 1/0 for label metrics, the F-measure for ROUGE."
+    )
 
 
 class TaskEvalResult(BaseModel):
@@ -205,6 +208,17 @@ def compute_metrics(
     return results
 
 
+def rouge_per_item(predictions: list[str], references: list[str], key: str) -> list[float]:
+    """Each item's ROUGE F-measure, as the `rouge` metric module computes it before averaging (its mean)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer([key], use_stemmer=False)
+    return [
+        scorer.score(reference.strip(), prediction.strip())[key].fmeasure
+        for prediction, reference in zip(predictions, references, strict=True)
+    ]
+
+
 def _prompt_text(row: dict) -> str:
     return str(row["messages"][-2]["content"])
 
@@ -266,6 +280,11 @@ def evaluate_task(model, tokenizer, rows: list[dict], eval_cfg: EvaluationConfig
             zip(selected, references, predictions, answers, scored_references, strict=True)
         )
     ]
+    if eval_cfg.primary_metric in ROUGE_KEYS:
+        graded = rouge_per_item(answers, scored_references, eval_cfg.primary_metric)
+        records = [record.model_copy(update={"score": value}) for record, value in zip(records, graded, strict=True)]
+    else:
+        records = [record.model_copy(update={"score": float(record.correct)}) for record in records]
     metrics = compute_metrics(answers, scored_references, list(eval_cfg.metrics), mode, labels is not None)
     if labels is not None and eval_cfg.mode != "choices":
         # A chatty answer that names no label, or several, scores as wrong: say how often that happened.
@@ -324,6 +343,8 @@ def write_predictions(base: TaskEvalResult, tuned: TaskEvalResult, path: Path) -
                 "tuned_answer": t.answer,
                 "base_correct": b.correct,
                 "tuned_correct": t.correct,
+                "base_score": b.score,
+                "tuned_score": t.score,
             }
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from tasks.lib.promotion import (
@@ -57,3 +58,19 @@ def test_per_item_encoding_round_trips_and_fingerprints_differ() -> None:
     with pytest.raises(ValueError):
         decode_correct("01x")
     assert items_fingerprint([("a", 1)]) != items_fingerprint([("b", 1)])
+
+
+def test_a_better_free_text_challenger_replaces_its_champion_and_an_equal_one_does_not() -> None:
+    from tasks.lib.promotion import decode_scores, encode_scores
+
+    rng = np.random.default_rng(6)  # one seeded example; the test's level is simulated in tests/unit/test_gate.py
+    difficulty = rng.beta(2, 3, 120)
+    champion = np.clip(difficulty + rng.normal(0, 0.1, 120), 0, 1)
+    better = np.clip(difficulty + 0.08 + rng.normal(0, 0.1, 120), 0, 1)
+    stored = decode_scores(encode_scores(list(champion)))  # as the champion's version tag keeps them
+    assert stored == pytest.approx(list(champion), abs=5e-4)
+    promoted = decide_promotion(True, list(better), stored)
+    assert promoted.aliases == ["challenger", "champion"] and "sign-flip" in promoted.reason
+    just_as_good = np.clip(difficulty + rng.normal(0, 0.1, 120), 0, 1)  # a different model, no better
+    equal = decide_promotion(True, list(just_as_good), stored)
+    assert equal.aliases == ["challenger"] and float(equal.tags["promotion.p_value"]) > 0.05

@@ -150,11 +150,12 @@ def test_evaluate_task_uses_first_max_items(tiny_model, tiny_tokenizer):
     assert set(result.metrics) == {"accuracy", "f1", "unlabelled_answers"}
     expected_accuracy = sum(p.correct for p in result.predictions) / 3
     assert result.metrics["accuracy"] == pytest.approx(expected_accuracy)
+    assert [p.score for p in result.predictions] == [float(p.correct) for p in result.predictions]
 
 
 def _result(preds: list[str], refs: list[str], metrics: dict[str, float]) -> TaskEvalResult:
     records = [
-        PredictionRecord(id=f"r{i}", prompt=f"q{i}", reference=r, prediction=p, correct=p == r)
+        PredictionRecord(id=f"r{i}", prompt=f"q{i}", reference=r, prediction=p, correct=p == r, score=float(p == r))
         for i, (p, r) in enumerate(zip(preds, refs, strict=True))
     ]
     return TaskEvalResult(metrics=metrics, n_items=len(records), predictions=records)
@@ -184,6 +185,8 @@ def test_compare_markdown_and_predictions_file(tmp_path):
         "tuned_answer": "",
         "base_correct": False,
         "tuned_correct": True,
+        "base_score": 0.0,
+        "tuned_score": 1.0,
     }
 
 
@@ -347,3 +350,13 @@ def test_choices_mode_refuses_free_text_answers(tiny_model, tiny_tokenizer):
         row["messages"][-1]["content"] = f"a long free text answer number {i} with many words"
     with pytest.raises(ConfigError, match="evaluation.mode"):
         evaluate_task(tiny_model, tiny_tokenizer, rows, EvaluationConfig(mode="choices"))
+
+
+def test_per_item_rouge_averages_to_the_rouge_metric():
+    from tasks.lib.task_eval import rouge_per_item
+
+    preds = ["the cat sat on the mat", "a dog", "completely different words here", ""]
+    refs = ["the cat sat on a mat", "a dog barked", "nothing alike", "empty prediction"]
+    per_item = rouge_per_item(preds, refs, "rougeL")
+    assert per_item[0] > per_item[1] > per_item[2] == per_item[3] == 0.0
+    assert sum(per_item) / 4 == pytest.approx(compute_metrics(preds, refs, ["rouge"])["rougeL"])
