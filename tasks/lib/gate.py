@@ -40,7 +40,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from tasks.lib import stats
-from tasks.lib.benchmarks import HEADLINE, HIGHER_IS_BETTER
+from tasks.lib.benchmark_names import HEADLINE, HIGHER_IS_BETTER
 from tasks.lib.config import GateConfig
 
 Verdict = Literal["pass", "fail", "drop", "inconclusive", "uninformative"]
