@@ -142,7 +142,7 @@ def test_validate_reads_the_data_and_names_a_missing_column(capsys):
 
 
 def test_header_less_table_needs_column_names():
-    with pytest.raises(ConfigError, match="data.table: Value error, header is false"):
+    with pytest.raises(ConfigError, match="data.table: header is false"):
         load_config("configs/demo.yaml", ["data.table.header=false"])
 
 
