@@ -295,11 +295,12 @@ class EvaluationConfig(_Section):
     labels: list[str] | None = Field(
         None, description="The label set, stated; null: the distinct test references when they look like labels."
     )
-    mode: Literal["generate", "choices", "both"] = Field(
-        "generate",
+    mode: Literal["auto", "generate", "choices", "both"] = Field(
+        "auto",
         description="generate: greedy answers, scored by the label they name; choices: each label scored as the "
         "answer by its log-likelihood, the most likely wins (lm-eval's multiple-choice rule, fair to a chatty "
-        "base; classification only); both: generate decides, choices_* metrics reported beside it.",
+        "base; classification only); both: generate decides, choices_* metrics reported beside it; auto: both "
+        "for classification (stated labels, or test answers that form a label set), generate for free text.",
     )
     normalization: Literal["text", "none", "sql"] = Field(
         "text",

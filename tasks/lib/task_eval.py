@@ -249,6 +249,14 @@ def score_answers(
     return [normalize_answer(prediction, False, mode) for prediction in predictions], references, None
 
 
+def resolved_mode(eval_cfg: EvaluationConfig, references: list[str]) -> str:
+    """`evaluation.mode`, with auto made concrete: both for classification, generate for free text."""
+    if eval_cfg.mode != "auto":
+        return eval_cfg.mode
+    classification = bool(eval_cfg.labels) or (eval_cfg.answer_match == "label" and label_set(references) is not None)
+    return "both" if classification else "generate"
+
+
 def evaluate_task(model, tokenizer, rows: list[dict], eval_cfg: EvaluationConfig) -> TaskEvalResult:
     """Answers and scores the first `eval_cfg.max_items` rows, the way `eval_cfg.mode` says."""
     selected = rows[: eval_cfg.max_items] if eval_cfg.max_items else list(rows)
@@ -256,17 +264,18 @@ def evaluate_task(model, tokenizer, rows: list[dict], eval_cfg: EvaluationConfig
         raise ValueError("no rows to evaluate")
     _check_rows(selected)
     references = [str(row["messages"][-1]["content"]) for row in selected]
+    mode = resolved_mode(eval_cfg, references)
     choices = None
-    if eval_cfg.mode != "generate":
+    if mode != "generate":
         labels = _choice_labels(references, eval_cfg)
         choices = choose_labels(model, tokenizer, selected, labels, eval_cfg.batch_size)
-    if eval_cfg.mode == "choices":
+    if mode == "choices":
         predictions = choices
     else:
         budget = eval_cfg.max_new_tokens or derived_max_new_tokens(tokenizer, references)
         predictions = generate_answers(model, tokenizer, selected, budget, eval_cfg.batch_size)
     answers, scored_references, labels = score_answers(predictions, references, eval_cfg)
-    mode = eval_cfg.normalization
+    normalization = eval_cfg.normalization
     records = [
         PredictionRecord(
             id=str(row.get("id", index)),
@@ -274,7 +283,7 @@ def evaluate_task(model, tokenizer, rows: list[dict], eval_cfg: EvaluationConfig
             reference=reference,
             prediction=prediction,
             answer=answer,
-            correct=answer == normalize_answer(scored, first_line=labels is not None, mode=mode),
+            correct=answer == normalize_answer(scored, first_line=labels is not None, mode=normalization),
         )
         for index, (row, reference, prediction, answer, scored) in enumerate(
             zip(selected, references, predictions, answers, scored_references, strict=True)
@@ -285,13 +294,13 @@ def evaluate_task(model, tokenizer, rows: list[dict], eval_cfg: EvaluationConfig
         records = [record.model_copy(update={"score": value}) for record, value in zip(records, graded, strict=True)]
     else:
         records = [record.model_copy(update={"score": float(record.correct)}) for record in records]
-    metrics = compute_metrics(answers, scored_references, list(eval_cfg.metrics), mode, labels is not None)
-    if labels is not None and eval_cfg.mode != "choices":
+    metrics = compute_metrics(answers, scored_references, list(eval_cfg.metrics), normalization, labels is not None)
+    if labels is not None and mode != "choices":
         # A chatty answer that names no label, or several, scores as wrong: say how often that happened.
         metrics["unlabelled_answers"] = sum(answer not in labels for answer in answers) / len(answers)
-    if eval_cfg.mode == "both":
+    if mode == "both":
         chosen, _, _ = score_answers(choices, references, eval_cfg)
-        label_scores = compute_metrics(chosen, scored_references, list(eval_cfg.metrics), mode, True)
+        label_scores = compute_metrics(chosen, scored_references, list(eval_cfg.metrics), normalization, True)
         metrics.update({f"choices_{name}": value for name, value in label_scores.items()})
     return TaskEvalResult(metrics=metrics, n_items=len(selected), predictions=records)
 
@@ -322,6 +331,14 @@ def task_markdown(base: TaskEvalResult, tuned: TaskEvalResult, primary_metric: s
     for name, row in compare(base, tuned).items():
         label = f"**{name}** (primary)" if name == primary_metric else name
         lines.append(f"| {label} | {row['base']:.4f} | {row['tuned']:.4f} | {row['delta']:+.4f} |")
+    if f"choices_{primary_metric}" in base.metrics:
+        lines += [
+            "",
+            f"**{primary_metric}** of the generated answers decides: it is what `qlora chat` and the served model "
+            f"return. `choices_{primary_metric}` scores the label each model finds most likely (lm-eval's rule), a "
+            "baseline fair to a chatty base that names no label: a tuned gain far above its choices gain is partly "
+            "the answer's format.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -141,7 +141,7 @@ def test_compute_metrics_length_mismatch():
 
 
 def test_evaluate_task_uses_first_max_items(tiny_model, tiny_tokenizer):
-    cfg = EvaluationConfig(metrics=["accuracy", "f1"], max_items=3, max_new_tokens=3, batch_size=2)
+    cfg = EvaluationConfig(metrics=["accuracy", "f1"], max_items=3, max_new_tokens=3, batch_size=2, mode="generate")
     result = evaluate_task(tiny_model, tiny_tokenizer, _rows(), cfg)
     assert result.n_items == 3
     assert [p.id for p in result.predictions] == ["r0", "r1", "r2"]
@@ -337,9 +337,14 @@ def test_evaluation_modes_choices_and_both(tiny_model, tiny_tokenizer):
     assert {record.prediction for record in choices.predictions} <= {"positive", "negative"}
     assert "unlabelled_answers" not in choices.metrics
     both = evaluate_task(tiny_model, tiny_tokenizer, rows, EvaluationConfig(mode="both", max_new_tokens=4))
-    generated = evaluate_task(tiny_model, tiny_tokenizer, rows, EvaluationConfig(max_new_tokens=4))
+    generated = evaluate_task(tiny_model, tiny_tokenizer, rows, EvaluationConfig(mode="generate", max_new_tokens=4))
     assert both.metrics["choices_accuracy"] == choices.metrics["accuracy"]
     assert both.metrics["accuracy"] == generated.metrics["accuracy"]
+    # auto: both for classification (these answers form a label set), generate for free text.
+    assert evaluate_task(tiny_model, tiny_tokenizer, rows, EvaluationConfig(max_new_tokens=4)).metrics == both.metrics
+    assert "choices_accuracy" in task_markdown(both, both, "accuracy") and "decides" in task_markdown(
+        both, both, "accuracy"
+    )
     unlabelled = sum(record.answer not in ("positive", "negative") for record in generated.predictions)
     assert generated.metrics["unlabelled_answers"] == unlabelled / len(rows)
 
@@ -350,6 +355,8 @@ def test_choices_mode_refuses_free_text_answers(tiny_model, tiny_tokenizer):
         row["messages"][-1]["content"] = f"a long free text answer number {i} with many words"
     with pytest.raises(ConfigError, match="evaluation.mode"):
         evaluate_task(tiny_model, tiny_tokenizer, rows, EvaluationConfig(mode="choices"))
+    free_text = evaluate_task(tiny_model, tiny_tokenizer, rows, EvaluationConfig(max_new_tokens=4))  # auto
+    assert not any(name.startswith("choices_") for name in free_text.metrics)
 
 
 def test_per_item_rouge_averages_to_the_rouge_metric():
