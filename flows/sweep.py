@@ -2,9 +2,10 @@
 
 Optuna (TPE or grid; its study in a real database) proposes the values; each trial is a flow run of the
 `qlora-sweep-trial` deployment on a Prefect **process work pool**, so every worker (`prefect worker start --pool
-qlora-sweep`, one per machine or GPU) runs trials in parallel. The objective is the paired task gain, feasible only
-when the forgetting gate passed. Trials register nothing; the best gate-passing trial then goes through the normal
-registry rules (champion comparison on the same items, lock, round trip). MLflow holds a sweep run with every
+qlora-sweep`, one per machine or GPU) runs trials in parallel. The objective is the trial's best validation loss
+(selection data), feasible only when the forgetting gate passed; the test items are never used to choose. Trials
+register nothing; the best gate-passing trial then goes through the normal registry rules (champion comparison on
+the test items, one look for the whole sweep, lock, round trip). MLflow holds a sweep run with every
 trial's pipeline run nested under it, the trials table and the Pareto plot; the same table is a Prefect artifact.
 """
 
@@ -73,7 +74,7 @@ def open_study(config: RunConfig) -> optuna.Study:
         )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(
-        study_name=f"{config.name}-sweep", storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
+        study_name=f"{config.name}-sweep", storage=storage, sampler=sampler, direction="minimize", load_if_exists=True
     )
 
 
@@ -90,13 +91,13 @@ def _read_outcome(client, experiment_id: str, outcome: TrialOutcome) -> TrialOut
 
 
 def _finish(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> None:
-    if outcome.state != "completed" or outcome.task_gain is None:
+    if outcome.state != "completed" or outcome.validation_loss is None:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return
     trial.set_user_attr("constraints", (0.0,) if outcome.gate_passed else (1.0,))
     for key, value in (("run_id", outcome.run_id), ("gate", outcome.verdict)):
         trial.set_user_attr(key, value)
-    study.tell(trial, outcome.task_gain)
+    study.tell(trial, outcome.validation_loss)
 
 
 @flow(name="qlora-sweep")
@@ -165,10 +166,10 @@ def sweep(config_path: str = "configs/demo.yaml", overrides: list[str] | None = 
                     outcome.notes.append(f"still running after {spec.trial_timeout_s} s")
                 _finish(study, trial, outcome)
                 logger.info(
-                    "trial #%d %s: task gain %s, gate %s",
+                    "trial #%d %s: validation loss %s, gate %s",
                     trial.number,
                     outcome.state,
-                    outcome.task_gain,
+                    outcome.validation_loss,
                     outcome.verdict,
                 )
 
@@ -183,7 +184,9 @@ def sweep(config_path: str = "configs/demo.yaml", overrides: list[str] | None = 
             else f"Not registered: {ref.reason}."
         )
         client.set_tag(sweep_run, "best_run_id", best.run_id)
-        client.log_metric(sweep_run, "best.task_gain", best.task_gain)
+        client.log_metric(sweep_run, "best.validation_loss", best.validation_loss)
+        if best.task_gain is not None:
+            client.log_metric(sweep_run, "best.task_gain", best.task_gain)
     markdown = trials_markdown(outcomes, best, registration)
     with tempfile.TemporaryDirectory() as folder:
         table = Path(folder) / "sweep_trials.md"
@@ -204,6 +207,7 @@ def sweep(config_path: str = "configs/demo.yaml", overrides: list[str] | None = 
                 "values": o.values,
                 "run_id": o.run_id,
                 "state": o.state,
+                "validation_loss": o.validation_loss,
                 "task_gain": o.task_gain,
                 "worst_forgetting": o.worst_forgetting,
                 "gate_passed": o.gate_passed,

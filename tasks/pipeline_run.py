@@ -118,6 +118,8 @@ def close_killed_step_runs(client: mlflow.MlflowClient, experiment_id: str, pare
 def headline_metrics(result: PipelineResult) -> dict[str, float]:
     """What Compare in the MLflow UI needs on the parent run: is it better, did it forget, did it ship."""
     metrics: dict[str, float] = {}
+    if result.train is not None and result.train.best_eval_loss is not None:
+        metrics["train.best_eval_loss"] = float(result.train.best_eval_loss)  # what a sweep chooses on
     if result.forgetting is not None:
         gate = result.forgetting.gate
         task = gate.get("task", {})

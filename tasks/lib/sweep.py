@@ -1,8 +1,9 @@
 """The sweep's logic, free of Prefect and MLflow: what a trial tries, how it scored, which trials are on the Pareto
 front, and the table and plot that show them.
 
-A trial's objective is the paired task gain (tuned - base on the same test items, in points); it is feasible only
-when the forgetting gate passed. Infeasible trials are kept and shown, never chosen.
+A trial's objective is its best validation loss (the selection data: never the test items that later confirm the
+chosen model against the champion); it is feasible only when the forgetting gate passed. Each trial's paired task
+gain on the test items is shown, never used to choose. Infeasible trials are kept and shown, never chosen.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ class TrialOutcome:
     values: dict[str, Any]
     run_id: str
     state: str = "pending"  # completed | failed | pending
-    task_gain: float | None = None  # points, tuned - base on the same items
+    validation_loss: float | None = None  # the best validation loss of its training: what chooses
+    task_gain: float | None = None  # points, tuned - base on the same test items: shown, never chosen on
     task_ci: tuple[float, float] | None = None
     worst_forgetting: float | None = None  # the most negative accuracy-benchmark delta, points
     gate_passed: bool = False
@@ -33,7 +35,7 @@ class TrialOutcome:
 
     @property
     def feasible(self) -> bool:
-        return self.state == "completed" and self.gate_passed and self.task_gain is not None
+        return self.state == "completed" and self.gate_passed and self.validation_loss is not None
 
 
 def suggest(trial, parameters: dict[str, SweepParameter]) -> dict[str, Any]:
@@ -60,6 +62,7 @@ def overrides_for(values: dict[str, Any]) -> list[str]:
 
 def outcome_from_metrics(outcome: TrialOutcome, metrics: dict[str, float], tags: dict[str, str]) -> TrialOutcome:
     """Fill a trial's scores from its pipeline run's headline metrics and tags (what MLflow holds for it)."""
+    outcome.validation_loss = metrics.get("train.best_eval_loss")
     outcome.task_gain = metrics.get("task.delta")
     if "task.ci_low" in metrics and "task.ci_high" in metrics:
         outcome.task_ci = (metrics["task.ci_low"], metrics["task.ci_high"])
@@ -71,21 +74,21 @@ def outcome_from_metrics(outcome: TrialOutcome, metrics: dict[str, float], tags:
 
 
 def best_feasible(outcomes: list[TrialOutcome]) -> TrialOutcome | None:
-    """The gate-passing trial with the largest task gain (the earlier trial on a tie)."""
+    """The gate-passing trial with the lowest validation loss (the earlier trial on a tie)."""
     feasible = [outcome for outcome in outcomes if outcome.feasible]
-    return max(feasible, key=lambda outcome: (outcome.task_gain, -outcome.number)) if feasible else None
+    return min(feasible, key=lambda outcome: (outcome.validation_loss, outcome.number)) if feasible else None
 
 
 def pareto_front(outcomes: list[TrialOutcome]) -> set[int]:
-    """Trial numbers no other scored trial beats on both task gain and worst forgetting delta (higher is better
-    on both)."""
-    scored = [o for o in outcomes if o.task_gain is not None and o.worst_forgetting is not None]
+    """Trial numbers no other scored trial beats on both validation loss (lower is better) and worst forgetting
+    delta (higher is better)."""
+    scored = [o for o in outcomes if o.validation_loss is not None and o.worst_forgetting is not None]
 
     def dominates(a: TrialOutcome, b: TrialOutcome) -> bool:
         return (
-            a.task_gain >= b.task_gain
+            a.validation_loss <= b.validation_loss
             and a.worst_forgetting >= b.worst_forgetting
-            and (a.task_gain > b.task_gain or a.worst_forgetting > b.worst_forgetting)
+            and (a.validation_loss < b.validation_loss or a.worst_forgetting > b.worst_forgetting)
         )
 
     return {b.number for b in scored if not any(dominates(a, b) for a in scored)}
@@ -101,11 +104,14 @@ def trials_markdown(outcomes: list[TrialOutcome], best: TrialOutcome | None, reg
     lines = [
         "# Sweep",
         "",
-        f"{len(outcomes)} trials; objective: the paired task gain, subject to the forgetting gate passing. "
+        f"{len(outcomes)} trials; chosen on the validation loss (never on test items), subject to the forgetting "
+        f"gate passing; the task gain on the test items is shown, not chosen on. "
         f"Best gate-passing trial: {f'#{best.number} ({best.run_id})' if best else 'none'}. {registration}",
         "",
-        "| trial | " + " | ".join(keys) + " | task gain (pts) [CI] | worst forgetting (pts) | gate | Pareto | run |",
-        "|---|" + "---|" * len(keys) + "---|---|---|---|---|",
+        "| trial | "
+        + " | ".join(keys)
+        + " | validation loss | task gain (pts) [CI] | worst forgetting (pts) | gate | Pareto | run |",
+        "|---|" + "---|" * len(keys) + "---|---|---|---|---|---|",
     ]
     for outcome in sorted(outcomes, key=lambda o: o.number):
         ci = f" [{outcome.task_ci[0]:+.1f}, {outcome.task_ci[1]:+.1f}]" if outcome.task_ci else ""
@@ -114,6 +120,7 @@ def trials_markdown(outcomes: list[TrialOutcome], best: TrialOutcome | None, reg
         lines.append(
             f"| #{outcome.number}{marker} | "
             + " | ".join(f"{outcome.values.get(key, '')}" for key in keys)
+            + f" | {'-' if outcome.validation_loss is None else f'{outcome.validation_loss:.4f}'}"
             + f" | {_num(outcome.task_gain)}{ci} | {_num(outcome.worst_forgetting)} | {gate} | "
             + ("yes" if outcome.number in front else "")
             + f" | {outcome.run_id} |"
@@ -122,9 +129,9 @@ def trials_markdown(outcomes: list[TrialOutcome], best: TrialOutcome | None, reg
 
 
 def pareto_plot(outcomes: list[TrialOutcome], path: Path) -> Path:
-    """PNG: task gain against the worst forgetting delta, gate-passing trials filled, the front joined."""
+    """PNG: validation loss against the worst forgetting delta, gate-passing trials filled, the front joined."""
     plt = pyplot()
-    scored = [o for o in outcomes if o.task_gain is not None and o.worst_forgetting is not None]
+    scored = [o for o in outcomes if o.validation_loss is not None and o.worst_forgetting is not None]
     front = sorted((o for o in scored if o.number in pareto_front(outcomes)), key=lambda o: o.worst_forgetting)
     figure, axis = plt.subplots(figsize=(6, 4))
     for passed, style in (
@@ -133,20 +140,20 @@ def pareto_plot(outcomes: list[TrialOutcome], path: Path) -> Path:
     ):
         chosen = [o for o in scored if o.gate_passed == passed]
         if chosen:
-            axis.scatter([o.worst_forgetting for o in chosen], [o.task_gain for o in chosen], s=40, **style)
+            axis.scatter([o.worst_forgetting for o in chosen], [o.validation_loss for o in chosen], s=40, **style)
     for outcome in scored:
         axis.annotate(
             f"#{outcome.number}",
-            (outcome.worst_forgetting, outcome.task_gain),
+            (outcome.worst_forgetting, outcome.validation_loss),
             fontsize=7,
             xytext=(4, 3),
             textcoords="offset points",
         )
     if len(front) > 1:
-        axis.plot([o.worst_forgetting for o in front], [o.task_gain for o in front], color="grey", linewidth=0.8)
+        axis.plot([o.worst_forgetting for o in front], [o.validation_loss for o in front], color="grey", linewidth=0.8)
     axis.axvline(0.0, color="grey", linewidth=0.5)
     axis.set_xlabel("worst forgetting delta, accuracy points (right is better)")
-    axis.set_ylabel("task gain over base, points")
+    axis.set_ylabel("best validation loss (lower is better)")
     axis.set_title("Sweep: learning vs forgetting")
     axis.legend(fontsize=8)
     return save_png(figure, path)

@@ -83,8 +83,10 @@ def test_a_sweep_spreads_trials_over_two_workers_and_registers_the_best_passing_
     failed = [run for run in trials if run.data.tags.get("gate") == "failed"]
     assert len(passed) == 2 and len(failed) == 2
     best = {run.data.tags["run_id"]: run for run in passed}[sweep_parent.data.tags["best_run_id"]]
-    assert best.data.metrics["task.delta"] == max(run.data.metrics["task.delta"] for run in passed)
-    assert best.data.metrics["task.delta"] == sweep_parent.data.metrics["best.task_gain"]
+    # Chosen on the validation loss (selection data), never on the test items' task gain.
+    losses = [run.data.metrics["train.best_eval_loss"] for run in passed]
+    assert best.data.metrics["train.best_eval_loss"] == min(losses)
+    assert best.data.metrics["train.best_eval_loss"] == sweep_parent.data.metrics["best.validation_loss"]
     versions = client.search_model_versions("name = 'tiny-sst2'")
     assert len(versions) == 1  # only the best passing trial went through the registry
     assert versions[0].tags[PIPELINE_RUN_TAG] == best.data.tags["run_id"]

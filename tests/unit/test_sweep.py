@@ -19,17 +19,17 @@ from tasks.lib.sweep import (
 )
 
 
-def _outcome(number: int, gain: float | None, worst: float | None, passed: bool, state="completed") -> TrialOutcome:
+def _outcome(number: int, loss: float | None, worst: float | None, passed: bool, state="completed") -> TrialOutcome:
     return TrialOutcome(
         number,
         {"train.learning_rate": 1e-4 * (number + 1)},
         f"t{number}",
         state,
-        gain,
-        None,
-        worst,
-        passed,
-        "passed" if passed else "failed",
+        validation_loss=loss,
+        task_gain=None if loss is None else 50.0 - 10.0 * loss,
+        worst_forgetting=worst,
+        gate_passed=passed,
+        verdict="passed" if passed else "failed",
     )
 
 
@@ -52,6 +52,7 @@ def test_outcome_is_read_from_the_pipeline_runs_headline_metrics():
     outcome = outcome_from_metrics(
         TrialOutcome(3, {}, "t3"),
         {
+            "train.best_eval_loss": 0.71,
             "task.delta": 12.5,
             "task.ci_low": 4.0,
             "task.ci_high": 20.0,
@@ -61,27 +62,33 @@ def test_outcome_is_read_from_the_pipeline_runs_headline_metrics():
         {"outcome": "completed", "gate": "passed"},
     )
     assert outcome.feasible and outcome.task_ci == (4.0, 20.0) and outcome.worst_forgetting == -1.5
+    assert outcome.validation_loss == 0.71
     failed = outcome_from_metrics(
-        TrialOutcome(4, {}, "t4"), {"task.delta": 30.0, "gate.passed": 0.0}, {"outcome": "completed", "gate": "failed"}
+        TrialOutcome(4, {}, "t4"),
+        {"train.best_eval_loss": 0.5, "task.delta": 30.0, "gate.passed": 0.0},
+        {"outcome": "completed", "gate": "failed"},
     )
     assert not failed.feasible
 
 
-def test_best_is_the_largest_gain_among_gate_passing_trials_only():
+def test_best_is_the_lowest_validation_loss_among_gate_passing_trials_only():
     outcomes = [
-        _outcome(0, 10.0, -1.0, True),
-        _outcome(1, 40.0, -9.0, False),  # learned most, forgot too much: never chosen
-        _outcome(2, 12.0, -3.0, True),
+        _outcome(0, 1.0, -1.0, True),
+        _outcome(1, 0.4, -9.0, False),  # learned most, forgot too much: never chosen
+        _outcome(2, 0.8, -3.0, True),
         _outcome(3, None, None, False, state="failed"),
     ]
     assert best_feasible(outcomes).number == 2
+    # The test items never choose: a larger task gain on them does not outrank a lower validation loss.
+    outcomes[0].task_gain = 99.0
+    assert best_feasible(outcomes).number == 2
     assert best_feasible([outcomes[1], outcomes[3]]) is None
     assert pareto_front(outcomes) == {0, 1, 2}
-    assert pareto_front([_outcome(0, 10.0, -1.0, True), _outcome(1, 5.0, -2.0, True)]) == {0}
+    assert pareto_front([_outcome(0, 1.0, -1.0, True), _outcome(1, 1.5, -2.0, True)]) == {0}
 
 
 def test_table_shows_every_trial_and_the_plot_is_written(tmp_path):
-    outcomes = [_outcome(0, 10.0, -1.0, True), _outcome(1, 40.0, -9.0, False), _outcome(2, None, None, False, "failed")]
+    outcomes = [_outcome(0, 1.0, -1.0, True), _outcome(1, 0.4, -9.0, False), _outcome(2, None, None, False, "failed")]
     markdown = trials_markdown(outcomes, outcomes[0], "Registered as m v1.")
     assert "| #0 (best) |" in markdown and "| #1 |" in markdown and "failed" in markdown
     assert "Registered as m v1." in markdown
