@@ -15,13 +15,22 @@ from tasks.io.registry import (
     PIPELINE_RUN_TAG,
     champion,
     load_registered,
+    read_confirmation_ledger,
+    record_test_look,
     register_merged_model,
     verify_round_trip,
 )
 from tasks.io.tracking import scrub_mapping
 from tasks.io.versioning import provenance
 from tasks.lib.config import RunConfig
-from tasks.lib.promotion import decide_promotion, decode_correct, decode_scores, encode_correct, encode_scores
+from tasks.lib.promotion import (
+    decide_promotion,
+    decode_correct,
+    decode_scores,
+    encode_correct,
+    encode_scores,
+    look_alpha,
+)
 from tasks.lib.publish import publish_text
 from tasks.lib.refs import DataRef, PipelineResult, RegistrationRef, RunContext, TaskEvalRef
 from tasks.lib.stats import is_binary
@@ -74,12 +83,20 @@ def run_registration(config: RunConfig, context: RunContext, data: DataRef, resu
         rows = load_split(Path(data.processed_dir), "test")
         champion_items, source = champion_scores_on(config, evaluation, rows, get_run_logger_or_none())
         _, challenger_items = evaluation.paired_scores()
-        decision = decide_promotion(True, challenger_items, champion_items, config.gate.alpha)
+        # Each confirmation on these test items spends part of their error budget (tasks/lib/promotion.py).
+        ledger = read_confirmation_ledger(MlflowClient(), name, evaluation.test_fingerprint)
+        look = ledger.look_of(context.run_id)
+        alpha = look_alpha(config.gate.alpha, look) if champion_items is not None else config.gate.alpha
+        decision = decide_promotion(True, challenger_items, champion_items, alpha)
 
         provenance_tags = provenance(config, data)
         card = model_card_markdown(config, result, provenance_tags, promotion=decision.reason)
         publish_text(Path(result.merge.merged_dir) / "README.md", card)  # beside the weights, as on the HF hub
         tags = version_tags(config, context, result, provenance_tags, source)
+        if champion_items is not None:
+            ledger = ledger.with_look(context.run_id, config.gate.alpha)
+            spent = {"look": look, "alpha": alpha, "alpha_spent": ledger.alpha_spent, "test_set": ledger.fingerprint}
+            tags["test_ledger"] = json.dumps(spent)
         binary = is_binary(challenger_items)
         stored = encode_correct(challenger_items) if binary else encode_scores(challenger_items)
         if len(stored) <= MAX_TAG_CHARS:
@@ -99,6 +116,8 @@ def run_registration(config: RunConfig, context: RunContext, data: DataRef, resu
             description=card,
             example_prompt=user_prompt(rows[0]) if rows else "Hello!",
         )
+        if champion_items is not None:
+            record_test_look(MlflowClient(), name, ledger)
         round_trip = registered.round_trip.model_dump() if registered.round_trip else None
         if round_trip:
             tracker.log_metrics({f"round_trip.{key}": value for key, value in round_trip.items()})

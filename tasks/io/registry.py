@@ -26,7 +26,7 @@ from tasks.io.serving import CHAT_SIGNATURE, MERGED_ARTIFACT, MODEL_CODE, ChatSe
 from tasks.io.tracking import scrub_mapping
 from tasks.lib.errors import UserError
 from tasks.lib.failpoints import failpoint
-from tasks.lib.promotion import CHAMPION, PromotionDecision
+from tasks.lib.promotion import CHAMPION, ConfirmationLedger, PromotionDecision
 
 LOGGED_MODEL_NAME = "merged_model"
 PIPELINE_RUN_TAG = "pipeline_run_id"
@@ -79,6 +79,26 @@ def champion(client: MlflowClient, model_name: str) -> tuple[int, dict[str, str]
     if champion_version is None:
         return None
     return int(champion_version), client.get_model_version(model_name, str(champion_version)).tags
+
+
+LEDGER_TAG_PREFIX = "test_ledger."
+
+
+def read_confirmation_ledger(client: MlflowClient, model_name: str, fingerprint: str) -> ConfirmationLedger:
+    """The registered model's record of confirmations made on the test set `fingerprint` (none yet: 0 looks)."""
+    try:
+        tags = client.get_registered_model(model_name).tags
+    except MlflowException as error:
+        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return ConfirmationLedger(fingerprint=fingerprint)
+        raise
+    stored = tags.get(LEDGER_TAG_PREFIX + fingerprint)
+    return ConfirmationLedger.model_validate_json(stored) if stored else ConfirmationLedger(fingerprint=fingerprint)
+
+
+def record_test_look(client: MlflowClient, model_name: str, ledger: ConfirmationLedger) -> None:
+    """Write the ledger after a confirmation (under the registry lock, so looks are never lost to a race)."""
+    client.set_registered_model_tag(model_name, LEDGER_TAG_PREFIX + ledger.fingerprint, ledger.model_dump_json())
 
 
 def version_of_pipeline_run(client: MlflowClient, model_name: str, pipeline_run_id: str) -> int | None:

@@ -8,14 +8,22 @@
   of per-item correctness at `alpha`, or for graded per-item scores (free text: ROUGE-L) a sign-flip
   permutation test of the mean difference. A tie, or a gain the items cannot confirm, keeps the incumbent (no
   churn without evidence). Aliases move: the previous champion keeps its version number and tags.
+- Repeated confirmations on one test set spend its error budget: the k-th challenger-vs-champion comparison on
+  the same test items (a weekly retrain, a sweep's best trial) is tested at `look_alpha(alpha, k)` =
+  alpha * 6 / (pi^2 k^2), whose sum over every look is alpha, so the chance that a model no better than the
+  champion is ever promoted on those items stays below alpha however often it is retrained. The registry keeps
+  the ledger (looks and alpha spent per test-set fingerprint); new test items start a new budget.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from pydantic import BaseModel
 
 from tasks.lib import stats
 
@@ -29,6 +37,43 @@ class PromotionDecision:
     reason: str
     aliases: list[str] = field(default_factory=list)  # aliases the new version receives
     tags: dict[str, str] = field(default_factory=dict)  # tags set on the new version
+
+
+class ConfirmationLedger(BaseModel):
+    """The confirmations (challenger against champion) one test set, by fingerprint, has made, and the alpha spent.
+
+    Each look is a pipeline run id: a register step re-run after a kill finds its own look again and spends
+    nothing more."""
+
+    fingerprint: str
+    looks: int = 0
+    alpha_spent: float = 0.0
+    recent_runs: list[str] = []  # the newest looks' pipeline runs (bounded: a tag holds 5,000 characters)
+
+    def look_of(self, run_id: str) -> int:
+        """The look number `run_id` has, or would have as the next one."""
+        if run_id in self.recent_runs:
+            return self.looks - len(self.recent_runs) + self.recent_runs.index(run_id) + 1
+        return self.looks + 1
+
+    def with_look(self, run_id: str, alpha: float) -> ConfirmationLedger:
+        if run_id in self.recent_runs:
+            return self
+        look = self.looks + 1
+        return ConfirmationLedger(
+            fingerprint=self.fingerprint,
+            looks=look,
+            alpha_spent=self.alpha_spent + look_alpha(alpha, look),
+            recent_runs=[*self.recent_runs, run_id][-MAX_LEDGER_RUNS:],
+        )
+
+
+MAX_LEDGER_RUNS = 50
+
+
+def look_alpha(alpha: float, look: int) -> float:
+    """The level of the `look`-th confirmation on one test set; the levels over every look sum to `alpha`."""
+    return alpha * 6.0 / (math.pi**2 * look**2)
 
 
 def items_fingerprint(items: Sequence[tuple[str, object]]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import httpx
@@ -190,6 +191,11 @@ def test_flow_trains_evaluates_registers_and_reuses_base_scores(
     assert second.registration.version == "2" and second.registration.aliases == ["challenger"]
     assert str(client.get_model_version_by_alias("tiny-sst2", "champion").version) == "1"
     assert client.get_model_version("tiny-sst2", "2").tags["champion_comparison"].startswith("v1's stored results")
+    # The first confirmation on these test items spends alpha * 6 / pi^2 of their budget; the registry keeps count.
+    look = json.loads(client.get_model_version("tiny-sst2", "2").tags["test_ledger"])
+    assert look["look"] == 1 and look["alpha"] == pytest.approx(0.05 * 6 / math.pi**2)
+    ledger = json.loads(client.get_registered_model("tiny-sst2").tags[f"test_ledger.{look['test_set']}"])
+    assert ledger["looks"] == 1 and ledger["recent_runs"] == [second.run_id]
 
     # Scheduled retraining: nothing that changes the outcome changed since the last attempt -> skip (also when
     # only where results go changed); new data -> train.
