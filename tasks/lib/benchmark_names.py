@@ -48,7 +48,6 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "byte_perplexity": False,
     "bits_per_byte": False,
 }
-PERPLEXITY_METRICS = frozenset(metric for metric, higher in HIGHER_IS_BETTER.items() if not higher)
 _TASK_LINE = re.compile(r"^task:\s*[\"']?([A-Za-z0-9_.\-]+)[\"']?\s*$", re.M)
 _METRIC_LINE = re.compile(r"^\s*- metric: (\w+)", re.M)
 

@@ -368,6 +368,19 @@ def _benchmark_rows(base: dict, tuned: dict, gate: GateConfig, margins: Mapping[
     return [row for row in rows if row is not None]
 
 
+def _task_verdict(change: str, delta: float, p_better: float, p_name: str, gate: GateConfig) -> tuple[Verdict, str]:
+    """The task row's verdict and reason from its superiority test (either kind of per-item result)."""
+    if p_better < gate.alpha:
+        verdict, reason = "pass", f"{change}: better than base ({p_name}={p_better:.2g})"
+    elif delta <= 0:
+        verdict, reason = "fail", f"{change}: no gain over base"
+    else:
+        verdict, reason = "inconclusive", f"{change}: a gain the items cannot confirm ({p_name}={p_better:.2g})"
+    if not gate.require_task_improvement:
+        verdict, reason = "pass", f"{reason} (improvement not required)"
+    return verdict, reason
+
+
 def task_row(
     base_scores: Sequence[float] | None, tuned_scores: Sequence[float] | None, gate: GateConfig, metric: str
 ) -> GateRow:
@@ -385,14 +398,7 @@ def task_row(
     sd = stats.per_item_sd(pairs)
     change = f"{100 * pairs.delta:+.1f} pts [{100 * low:+.1f}, {100 * high:+.1f}] ({pairs.gains} gained, "
     change += f"{pairs.losses} lost of {pairs.n})"
-    if p_better < gate.alpha:
-        verdict, reason = "pass", f"{change}: better than base (p={p_better:.2g})"
-    elif pairs.delta <= 0:
-        verdict, reason = "fail", f"{change}: no gain over base"
-    else:
-        verdict, reason = "inconclusive", f"{change}: a gain the items cannot confirm (p={p_better:.2g})"
-    if not gate.require_task_improvement:
-        verdict, reason = "pass", f"{reason} (improvement not required)"
+    verdict, reason = _task_verdict(change, pairs.delta, p_better, "p", gate)
     needed = stats.items_needed(sd, pairs.delta, gate.alpha) if pairs.delta > 0 else None
     return GateRow(
         name="task",
@@ -415,14 +421,7 @@ def _graded_task_row(base: Sequence[float], tuned: Sequence[float], gate: GateCo
     p_better = paired.p_better()
     change = f"{100 * paired.delta:+.1f} pts [{100 * low:+.1f}, {100 * high:+.1f}] mean {metric} ({paired.gains} items "
     change += f"better, {paired.losses} worse of {paired.n})"
-    if p_better < gate.alpha:
-        verdict, reason = "pass", f"{change}: better than base (sign-flip p={p_better:.2g})"
-    elif paired.delta <= 0:
-        verdict, reason = "fail", f"{change}: no gain over base"
-    else:
-        verdict, reason = "inconclusive", f"{change}: a gain the items cannot confirm (sign-flip p={p_better:.2g})"
-    if not gate.require_task_improvement:
-        verdict, reason = "pass", f"{reason} (improvement not required)"
+    verdict, reason = _task_verdict(change, paired.delta, p_better, "sign-flip p", gate)
     sd = max(paired.sd, 0.05)
     return GateRow(
         name="task",
