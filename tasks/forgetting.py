@@ -13,7 +13,7 @@ from tasks.common import once, retry_only_transient, step_run
 from tasks.io.models import load_scored_model, load_tokenizer, model_version
 from tasks.io.ray_cluster import score_on_ray
 from tasks.io.score_cache import benchmark_key_parts, get_or_compute
-from tasks.lib.benchmarks import configured_plans, score_benchmarks
+from tasks.lib.benchmarks import configured_plans, look_order, looks_in_blocks, score_benchmarks, score_in_looks
 from tasks.lib.config import RunConfig
 from tasks.lib.gate import VERDICT_CODE, GateResult, decide
 from tasks.lib.modeling import resolve_compute_dtype
@@ -51,6 +51,35 @@ def scores_of(config: RunConfig, merged_dir: str | None) -> dict:
     if config.forgetting.engine == "ray":
         return score_on_ray(config, merged_dir)
     return score_benchmarks(config, load_scored_model(config, merged_dir), load_tokenizer(config.model))
+
+
+def look_orders(config: RunConfig) -> dict[str, list[str]]:
+    """The group-sequential gate's item order per benchmark scored in blocks; empty for the fixed design."""
+    if config.forgetting.look_every is None:
+        return {}
+    plans = configured_plans(config)
+    return {plan.name: look_order(plan, config.forgetting.sample_seed) for plan in plans if looks_in_blocks(plan)}
+
+
+def tuned_scores_in_looks(
+    config: RunConfig, merged_dir: str, decide_now: Callable[[dict], GateResult], order: dict[str, list[str]]
+) -> dict:
+    """The merged model scored a block of items at a time until the gate decides each row (locally), or on every
+    item (on Ray: the gate's verdicts are the same, read from the same items in the same order)."""
+    if config.forgetting.engine == "ray" or not order:
+        return scores_of(config, merged_dir)
+    model, tokenizer = load_scored_model(config, merged_dir), load_tokenizer(config.model)
+
+    def still_open(scores: dict) -> set[str]:
+        return {row.name for row in decide_now(scores).rows if row.looks and row.verdict not in ("pass", "fail")}
+
+    return score_in_looks(
+        configured_plans(config),
+        order,
+        config.forgetting.look_every,
+        lambda plans: score_benchmarks(config, model, tokenizer, plans=plans),
+        still_open,
+    )
 
 
 def base_scores_for(config: RunConfig, compute: Callable[[], dict]) -> tuple[dict, bool]:
@@ -110,16 +139,25 @@ def run_forgetting_check(
         else:
             # The base is what the adapter was merged into, as dense weights; loaded only when not cached.
             base_scores, cached = base_scores_for(config, lambda: scores_of(config, None))
-            tuned_scores = scores_of(config, merge.merged_dir)
         margins = {name: setting.margin for name, setting in bench.settings.items() if setting.margin is not None}
-        gate = decide(
-            base_scores,
-            tuned_scores,
-            config.gate,
-            *evaluation.paired_scores(),
-            evaluation.primary_metric,
-            margins,
-        )
+        order = look_orders(config) if base_scores else {}
+
+        def decide_now(tuned: dict) -> GateResult:
+            task_scores = evaluation.paired_scores()
+            return decide(
+                base_scores,
+                tuned,
+                config.gate,
+                *task_scores,
+                evaluation.primary_metric,
+                margins,
+                order,
+                bench.look_every,
+            )
+
+        if base_scores:
+            tuned_scores = tuned_scores_in_looks(config, merge.merged_dir, decide_now, order)
+        gate = decide_now(tuned_scores)
         gate.note = note
         for side, scores in (("base", base_scores), ("tuned", tuned_scores)):
             tracker.log_metrics(

@@ -19,7 +19,7 @@ import math
 import os
 import tempfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -346,15 +346,89 @@ def configured_plans(config: RunConfig, names: list[str] | None = None) -> list[
     )
 
 
-def score_benchmarks(config: RunConfig, model: Any, tokenizer: Any, names: list[str] | None = None) -> dict:
-    """`run_benchmarks` with the run's forgetting settings, on `names` (default: every configured benchmark)."""
+def score_benchmarks(
+    config: RunConfig,
+    model: Any,
+    tokenizer: Any,
+    names: list[str] | None = None,
+    plans: list[BenchmarkPlan] | None = None,
+) -> dict:
+    """`run_benchmarks` with the run's forgetting settings, on `plans` or `names` (default: every configured
+    benchmark)."""
     bench = config.forgetting
     return run_benchmarks(
         model,
         tokenizer,
-        configured_plans(config, names),
+        plans if plans is not None else configured_plans(config, names),
         Path(bench.data_dir),
         limit=bench.limit,
         batch_size=bench.batch_size,
         max_length=bench.max_length,
     )
+
+
+def looks_in_blocks(plan: BenchmarkPlan) -> bool:
+    """Whether a benchmark can be scored a block at a time for the group-sequential gate: accuracy items drawn at
+    random (a block of them is a random sample too). Perplexity rows and first-N items are scored whole."""
+    return plan.drawn is not None and not plan.rolling
+
+
+def look_order(plan: BenchmarkPlan, seed: int) -> list[str]:
+    """The plan's item keys (lm-eval's doc ids: indices in the benchmark file) in a seeded random order: the
+    group-sequential gate reads them a block at a time, so every block is a random sample of the items."""
+    rng = np.random.default_rng([seed, zlib.crc32(plan.name.encode()), 1])
+    return [str(index) for index in rng.permutation(plan.drawn or [])]
+
+
+def block_plan(plan: BenchmarkPlan, keys: list[str]) -> BenchmarkPlan:
+    """The plan restricted to the items of `keys` (lm-eval takes drawn indices in file order)."""
+    return plan.model_copy(update={"drawn": sorted(int(key) for key in keys), "limit": len(keys)})
+
+
+def merge_block(scores: dict[str, Any] | None, block: dict[str, Any]) -> dict[str, Any]:
+    """Add one block's results to a benchmark's results so far. The judged metric is recomputed over every item so
+    far; other aggregates lm-eval reported for the block alone are dropped."""
+    merged = scores or {}
+    items = {**merged.get("items", {}), **block["items"]}
+    metric = block["metric"]
+    seen, new = len(merged.get("items", {})), len(block["items"])
+    chance = block.get("chance")
+    if chance is not None and merged.get("chance") is not None:
+        chance = (merged["chance"] * seen + chance * new) / (seen + new)
+    groups = {**(merged.get("groups") or {}), **(block.get("groups") or {})}
+    return {
+        "metric": metric,
+        metric: float(np.mean([float(value) for value in items.values()])),
+        "n": float(len(items)),
+        "items": dict(sorted(items.items(), key=lambda item: int(item[0]))),
+        "chance": chance,
+        "groups": groups or None,
+    }
+
+
+def score_in_looks(
+    plans: list[BenchmarkPlan],
+    order: Mapping[str, list[str]],
+    every: int,
+    score: Callable[[list[BenchmarkPlan]], dict[str, dict[str, Any]]],
+    still_open: Callable[[dict[str, dict[str, Any]]], set[str]],
+) -> dict[str, dict[str, Any]]:
+    """Group-sequential scoring: the first look scores `every` items of each benchmark in `order` (and every other
+    benchmark whole); each later look scores the next block of the benchmarks `still_open(scores so far)` names,
+    until none is open or their items run out. `score(plans)` returns `extract_scores`' rows."""
+    by_name = {plan.name: plan for plan in plans}
+    first = [block_plan(plan, order[plan.name][:every]) if plan.name in order else plan for plan in plans]
+    scores: dict[str, dict[str, Any]] = {}
+    for name, result in score(first).items():
+        scores[name] = merge_block(None, result) if name in order else result
+    start = every
+    while True:
+        undecided = still_open(scores)
+        open_names = [name for name in order if name in undecided and start < len(order[name])]
+        if not open_names:
+            return {plan.name: scores[plan.name] for plan in plans}
+        blocks = {name: order[name][start : start + every] for name in open_names}
+        results = score([block_plan(by_name[name], keys) for name, keys in blocks.items()])
+        for name in blocks:
+            scores[name] = merge_block(scores[name], results[name])
+        start += every

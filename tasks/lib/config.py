@@ -379,6 +379,13 @@ class ForgettingConfig(_Section):
         description="Documents per perplexity benchmark (a WikiText article is ~5k tokens; the row is a t-test over "
         "documents, so fewer than ~20 rarely settle a 10% margin); null: all.",
     )
+    look_every: int | None = Field(
+        None,
+        gt=0,
+        description="Group-sequential gate: score each accuracy benchmark's drawn items this many at a time and stop "
+        "a row once a boundary is crossed (O'Brien-Fleming-type alpha spending, Bonferroni across rows); `limit` is "
+        "then the most items a row scores. null: every item scored, one look (Holm across rows).",
+    )
     batch_size: int = Field(16, gt=0, description="Benchmark requests scored at once.")
     max_length: int = Field(
         1024, gt=16, description="Longest scored sequence in tokens (WikiText windows); capped by the model's."

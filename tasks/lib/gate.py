@@ -38,8 +38,9 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel
+from scipy.stats import norm
 
-from tasks.lib import stats
+from tasks.lib import sequential, stats
 from tasks.lib.benchmark_names import HEADLINE, HIGHER_IS_BETTER
 from tasks.lib.config import GateConfig
 
@@ -86,6 +87,9 @@ class GateRow(BaseModel):
     chance: float | None = None  # guessing accuracy in points (multiple choice)
     p_above_chance: float | None = None  # H0: the base guesses (large: the row is uninformative)
     groups: list[GroupCounts] = []  # per subject, where the items carry one
+    looks: int | None = None  # group-sequential rows: the look the row stopped at (1-based) ...
+    max_looks: int | None = None  # ... of this many
+    max_items: int | None = None  # the items the row would have scored at its last look
 
 
 class GateResult(BaseModel):
@@ -115,13 +119,19 @@ def _unscorable(name: str, metric: str, kind: str, why: str) -> GateRow:
     return GateRow(name=name, metric=metric, kind=kind, verdict="fail", passed=False, reason=why)
 
 
-def _paired_items(base_scores: dict | None, tuned_scores: dict | None) -> tuple[list, list] | str:
-    """The per-item results of both sides on the same documents, or why they cannot be paired."""
+def _paired_items(
+    base_scores: dict | None, tuned_scores: dict | None, tuned_may_stop_early: bool = False
+) -> tuple[list, list] | str:
+    """The per-item results of both sides on the same documents, or why they cannot be paired. Group-sequential:
+    the tuned model is scored on the items of the looks it needed, the base on all."""
     base_items = (base_scores or {}).get("items")
     tuned_items = (tuned_scores or {}).get("items")
     missing = [side for side, items in (("base", base_items), ("tuned", tuned_items)) if not items]
     if missing:
         return f"no per-item results for {' and '.join(missing)}: cannot pair"
+    if tuned_may_stop_early and set(tuned_items) <= set(base_items):
+        keys = list(tuned_items)
+        return [base_items[key] for key in keys], [tuned_items[key] for key in keys]
     if set(base_items) != set(tuned_items):
         return f"base and tuned were scored on different items ({len(base_items)} vs {len(tuned_items)})"
     keys = list(base_items)
@@ -135,6 +145,7 @@ class _Pending(BaseModel):
     p_noninferior: float  # H0: worse by the margin or more
     p_beyond_margin: float  # H0: worse by less than the margin (small: forgetting beyond the margin is shown)
     p_worse: float  # H0: no change (small: a drop is shown, of any size)
+    crossed: Verdict | None = None  # group-sequential: the boundary crossed (pass or fail), "inconclusive": none
 
 
 def _paired_fields(pairs: stats.BinaryPairs, low: float, high: float) -> dict:
@@ -178,6 +189,69 @@ def _accuracy_pending(
     )
 
 
+def _sequential_accuracy_pending(
+    name: str,
+    metric: str,
+    base_items: Mapping[str, Any],
+    tuned_items: Mapping[str, Any],
+    order: Sequence[str],
+    every: int,
+    gate: GateConfig,
+    k: int,
+    margin_points: float,
+) -> _Pending | str:
+    """A group-sequential row: looks after every `every` items of `order` (the row's items in their seeded look
+    order) at level alpha/k per tail, stopping at the first boundary crossed (tasks/lib/sequential.py)."""
+    margin = margin_points / 100.0
+    plan = sequential.design(sequential.looks_for(len(order), every), gate.alpha / k)
+    seen = 0
+    while seen < len(plan.looks) and all(key in tuned_items for key in order[: plan.looks[seen]]):
+        seen += 1
+    if seen == 0:
+        return f"the tuned model was scored on fewer items than the first look ({plan.looks[0]})"
+    counts = [stats.count_pairs(*_items_at(base_items, tuned_items, order[:n])) for n in plan.looks[:seen]]
+    outcome, stop = sequential.paired_outcomes(
+        plan, np.array([c.gains for c in counts]), np.array([c.losses for c in counts]), margin
+    )
+    look = int(stop[0])
+    pairs = counts[look]
+    boundary = plan.boundaries[look]
+    # The repeated confidence interval: Tango's at the boundary of the look it stopped at.
+    low, high = stats.difference_interval(pairs, 1.0 - 2.0 * float(norm.sf(boundary)))
+    sd = stats.per_item_sd(pairs)
+    z_pass = stats.score_statistic(pairs, -margin)
+    z_fail = -float(stats.score_statistics(pairs.n, pairs.gains, pairs.losses, -margin, continuity=0.5))
+    crossed = {sequential.PASS: "pass", sequential.FAIL: "fail"}.get(int(outcome[0]), "inconclusive")
+    at_maximum = look == len(plan.looks) - 1
+    row = GateRow(
+        name=name,
+        metric=metric,
+        kind="accuracy",
+        verdict="inconclusive",
+        passed=False,
+        reason="",
+        **_paired_fields(pairs, low, high),
+        margin=margin_points,
+        detectable_drop=100.0 * stats.detectable_margin(sd, plan.maximum, gate.alpha / k),
+        items_needed=stats.items_needed(sd, margin, gate.alpha / k),
+        looks=look + 1,
+        max_looks=len(plan.looks),
+        max_items=plan.maximum,
+    )
+    return _Pending(
+        row=row,
+        p_noninferior=plan.p_value(look, z_pass),
+        p_beyond_margin=plan.p_value(look, z_fail),
+        # Only read at the maximum: a drop against no change, on all the items, when neither boundary was crossed.
+        p_worse=stats.p_worse(pairs) if at_maximum else 1.0,
+        crossed=crossed,
+    )
+
+
+def _items_at(base_items: Mapping[str, Any], tuned_items: Mapping[str, Any], keys: Sequence[str]) -> tuple[list, list]:
+    return [base_items[key] for key in keys], [tuned_items[key] for key in keys]
+
+
 def _perplexity_pending(
     name: str, metric: str, base: list, tuned: list, gate: GateConfig, k: int, margin_relative: float
 ) -> _Pending:
@@ -214,8 +288,22 @@ def _perplexity_pending(
     )
 
 
+def _stopped(row: GateRow) -> str:
+    """Why a group-sequential row stopped where it did; empty for a fixed-design row."""
+    if row.looks is None:
+        return ""
+    where = f"look {row.looks} of {row.max_looks}, {row.n} of {row.max_items} items"
+    if row.verdict in ("pass", "fail"):
+        return f" [stopped at {where}: boundary crossed]"
+    return f" [{where}: no boundary crossed]"
+
+
 def _describe(row: GateRow, unit: str) -> str:
-    """The row's finding, each p-value named by what it tests (Holm-adjusted across the benchmarks)."""
+    """The row's finding, each p-value named by what it tests (adjusted across the benchmarks)."""
+    return _finding(row, unit) + _stopped(row)
+
+
+def _finding(row: GateRow, unit: str) -> str:
     change = f"{row.delta:+.2f}{unit} [{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
     worse = "rise" if row.kind == "perplexity" else "drop"
     margin = f"the {row.margin:g}{unit} margin"
@@ -268,7 +356,7 @@ def _group_counts(groups: dict[str, str] | None, base_items: dict, tuned_items: 
     if not groups:
         return []
     by_group: dict[str, tuple[list, list]] = {}
-    for key in base_items:
+    for key in tuned_items:  # group-sequential: the items the tuned model was scored on
         side = by_group.setdefault(groups.get(key, "?"), ([], []))
         side[0].append(base_items[key])
         side[1].append(tuned_items[key])
@@ -288,7 +376,16 @@ def _group_counts(groups: dict[str, str] | None, base_items: dict, tuned_items: 
     return counts
 
 
-def _benchmark_rows(base: dict, tuned: dict, gate: GateConfig, margins: Mapping[str, float]) -> list[GateRow]:
+def _benchmark_rows(
+    base: dict,
+    tuned: dict,
+    gate: GateConfig,
+    margins: Mapping[str, float],
+    look_order: Mapping[str, Sequence[str]] | None = None,
+    look_every: int | None = None,
+) -> list[GateRow]:
+    sequential_mode = look_every is not None
+    look_order = look_order or {}
     names = list(base) + [name for name in tuned if name not in base]
     rows: list[GateRow | None] = []
     built: list[tuple[int, str, Literal["accuracy", "perplexity"], str, list, list]] = []
@@ -298,7 +395,7 @@ def _benchmark_rows(base: dict, tuned: dict, gate: GateConfig, margins: Mapping[
         if metric is None:
             rows.append(_unscorable(name, "?", "accuracy", f"unknown benchmark {name!r}"))
             continue
-        paired = _paired_items(base.get(name), tuned.get(name))
+        paired = _paired_items(base.get(name), tuned.get(name), sequential_mode and name in look_order)
         if isinstance(paired, str):
             kind = "perplexity" if not HIGHER_IS_BETTER.get(metric, True) else "accuracy"
             rows.append(_unscorable(name, metric, kind, paired))
@@ -315,8 +412,9 @@ def _benchmark_rows(base: dict, tuned: dict, gate: GateConfig, margins: Mapping[
     for position, name, kind, metric, base_items, tuned_items in built:
         chance = (base.get(name) or {}).get("chance") if kind == "accuracy" else None
         if chance:
-            correct = int(sum(bool(item) for item in base_items))
-            p_chance = stats.p_above_chance(correct, len(base_items), chance)
+            every_base_item = list(base[name]["items"].values())  # the base's all, however few the tuned needed
+            correct = int(sum(bool(item) for item in every_base_item))
+            p_chance = stats.p_above_chance(correct, len(every_base_item), chance)
             if p_chance >= gate.alpha:
                 set_aside[position] = _uninformative(name, metric, base_items, tuned_items, chance, gate)
                 continue
@@ -325,18 +423,33 @@ def _benchmark_rows(base: dict, tuned: dict, gate: GateConfig, margins: Mapping[
     k = max(len(informative), 1)
     pending: list[tuple[int, _Pending]] = []
     for position, name, kind, metric, base_items, tuned_items in informative:
-        if kind == "accuracy":
+        if kind == "accuracy" and sequential_mode and name in look_order:
+            margin = margins.get(name, gate.max_accuracy_drop)
+            item = _sequential_accuracy_pending(
+                name, metric, base[name]["items"], tuned[name]["items"], look_order[name], look_every, gate, k, margin
+            )
+            if isinstance(item, str):
+                rows[position] = _unscorable(name, metric, kind, item)
+                continue
+            pending.append((position, item))
+        elif kind == "accuracy":
             margin = margins.get(name, gate.max_accuracy_drop)
             pending.append((position, _accuracy_pending(name, metric, base_items, tuned_items, gate, k, margin)))
         else:
             margin = margins.get(name, gate.max_perplexity_increase)
             pending.append((position, _perplexity_pending(name, metric, base_items, tuned_items, gate, k, margin)))
-    adjusted_ni = stats.holm([item.p_noninferior for _, item in pending])
-    adjusted_beyond = stats.holm([item.p_beyond_margin for _, item in pending])
-    adjusted_worse = stats.holm([item.p_worse for _, item in pending])
+    # Fixed design: Holm's step-down. Group-sequential: Bonferroni (each row's tails spend alpha/k over its looks).
+    adjust = (lambda ps: [min(1.0, k * p) for p in ps]) if sequential_mode else stats.holm
+    adjusted_ni = adjust([item.p_noninferior for _, item in pending])
+    adjusted_beyond = adjust([item.p_beyond_margin for _, item in pending])
+    adjusted_worse = adjust([item.p_worse for _, item in pending])
     adjusted = zip(pending, adjusted_ni, adjusted_beyond, adjusted_worse, strict=True)
     for (position, item), p_ni, p_beyond, p_worse in adjusted:
-        if p_ni < gate.alpha:
+        if item.crossed in ("pass", "fail"):  # a boundary decides; a p-value at an early look may not
+            verdict, p_value = item.crossed, p_ni if item.crossed == "pass" else p_beyond
+        elif item.crossed == "inconclusive":
+            verdict, p_value = ("drop", p_worse) if p_worse < gate.alpha else ("inconclusive", p_ni)
+        elif p_ni < gate.alpha:
             verdict, p_value = "pass", p_ni
         elif p_beyond < gate.alpha:  # "fail" means forgetting beyond the margin is shown, nothing less
             verdict, p_value = "fail", p_beyond
@@ -459,14 +572,19 @@ def decide(
     task_tuned_scores: Sequence[float] | None = None,
     task_metric: str = "correct",
     margins: Mapping[str, float] | None = None,
+    look_order: Mapping[str, Sequence[str]] | None = None,
+    look_every: int | None = None,
 ) -> GateResult:
     """Compare base and tuned benchmark results ({name: {metric: value, "items": {doc: result}}}) and the task.
 
     `task_*_scores` are base's and tuned's per-item results on the same test items, in the same order: right/wrong
     (0/1) or graded scores in [0, 1].
     `margins`: a benchmark's own margin (accuracy points, or a relative perplexity rise) instead of the gate's.
+    `look_every`: group-sequential (every row Bonferroni at alpha/k): the accuracy rows named in `look_order` (their
+    item keys in look order, the last the maximum) are looked at after every `look_every` items and stop at the first
+    boundary crossed; other rows are judged once. None: the fixed design, Holm across the rows.
     """
-    rows = _benchmark_rows(base, tuned, gate, margins or {})
+    rows = _benchmark_rows(base, tuned, gate, margins or {}, look_order, look_every)
     task = task_row(task_base_scores, task_tuned_scores, gate, task_metric)
     verdict = overall_verdict([*rows, task])
     return GateResult(
