@@ -102,6 +102,7 @@ class GateResult(BaseModel):
     alpha: float
     on_inconclusive: str
     decided_by: list[str] = []  # the rows whose verdict is the overall one (uninformative rows never decide)
+    look_every: int | None = None  # group-sequential: items per look (None: the fixed design, one look)
     note: str = ""  # e.g. why the benchmarks were not scored
 
     def failures(self) -> list[GateRow]:
@@ -597,4 +598,5 @@ def decide(
         alpha=gate.alpha,
         on_inconclusive=gate.on_inconclusive,
         decided_by=[row.name for row in [*rows, task] if row.verdict == verdict],
+        look_every=look_every,
     )

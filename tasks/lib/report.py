@@ -79,13 +79,25 @@ def forgetting_markdown(result: GateResult, task_metrics: dict | None = None) ->
     Accuracies are in points (0-100); perplexities as measured, their change in percent.
     """
     k = max(len([row for row in result.rows if row.verdict != "uninformative"]), 1)
+    if result.look_every is None:
+        design = (
+            f"Family-wise alpha {result.alpha:g} across {k} benchmarks (Holm); each interval is "
+            f"{100 * (1 - 2 * result.alpha / k):.1f}% (jointly at least {100 * (1 - 2 * result.alpha):.0f}%, "
+            "Bonferroni)"
+        )
+    else:
+        design = (
+            f"Group-sequential: each accuracy benchmark is looked at every {result.look_every} items and stops at "
+            f"the first boundary crossed (O'Brien-Fleming-type alpha spending, alpha {result.alpha / k:.2g} a row: "
+            f"Bonferroni, family-wise {result.alpha:g} across {k} benchmarks); n is the items scored, the verdict "
+            "says at which look and why; each interval is the repeated confidence interval at the look it stopped "
+            f"at (each at least {100 * (1 - 2 * result.alpha / k):.1f}%)"
+        )
     lines = [
         "## Catastrophic-forgetting check",
         "",
         f"Paired on the same items. Margins: accuracy may drop at most {result.max_accuracy_drop:g} points, "
-        f"perplexity may rise at most {result.max_perplexity_increase * 100:g}%. Family-wise alpha "
-        f"{result.alpha:g} across {k} benchmarks (Holm); each interval is {100 * (1 - 2 * result.alpha / k):.1f}% "
-        f"(jointly at least {100 * (1 - 2 * result.alpha):.0f}%, Bonferroni); the task interval is "
+        f"perplexity may rise at most {result.max_perplexity_increase * 100:g}%. {design}; the task interval is "
         f"{100 * (1 - 2 * result.alpha):.0f}%. p: non-inferiority for a pass or an inconclusive row, forgetting "
         f"beyond the margin for a fail, a drop against no change for a drop, superiority for the task. "
         f"Detectable: the smallest margin these items can show with 80% power. Uninformative: the base is not "
