@@ -13,6 +13,11 @@ And for the perplexity row (WikiText): how often it passes with the true rise ex
 target <= the level it is tested at: alpha/k for the first of k Holm steps, or alpha), with normal and with
 strongly right-skewed per-document errors, and how often an unchanged model passes, for 5, 20 and 40 documents.
 
+And the demo's whole family of five rows, as the demo judges it (group-sequential) and in one look at the maximum:
+per row and family-wise, how often rows that truly dropped exactly the margin pass (one row, or all four: drops
+spread over the benchmarks), how often WikiText passes with its rise exactly at the margin, how often an unchanged
+model is kept out, and how many items a row scores. Clustered items: tests/unit/test_sequential.py.
+
     python benchmarks/gate_calibration.py [--quick]
 """
 
@@ -24,11 +29,47 @@ from _common import parser, write_results
 
 from tasks.lib import stats
 from tasks.lib.config import GateConfig, RunConfig, load_config
-from tasks.lib.gate_calibration import perplexity_pass_rate, verdict_rates
+from tasks.lib.gate_calibration import family_rates, perplexity_pass_rate, verdict_rates
 
 K = 4
 DOCUMENTS = (5, 20, 40)
 DISCORDANCE = (0.05, 0.10, 0.15, 0.20)  # the demo measured 3-10% per benchmark
+
+
+def family_calibration(gate: GateConfig, demo: RunConfig, reps: int) -> tuple[list[dict], list[str]]:
+    """The demo's five rows under the demo's design and under one look at the maximum (issue 25, item 9)."""
+    margin, n = gate.max_accuracy_drop / 100, demo.forgetting.limit
+    rows, table = [], []
+    for design, every in (("sequential", demo.forgetting.look_every), ("one look", None)):
+        for discordance in (0.05, 0.10):
+
+            def rates(drops: list[float], rise: float, seed: int) -> dict:
+                return family_rates(gate, n, every, drops, rise, discordance, reps, seed)  # noqa: B023
+
+            unchanged = rates([0.0] * 4, 0.0, 31)
+            one_at_margin = rates([margin, 0.0, 0.0, 0.0], 0.0, 32)
+            all_at_margin = rates([margin] * 4, 0.0, 33)
+            wikitext_at_margin = rates([0.0] * 4, gate.max_perplexity_increase, 34)
+            one_beyond = rates([1.5 * margin, 0.0, 0.0, 0.0], 0.0, 35)
+            accuracy = [name for name in unchanged["rows"] if name != "wikitext"]
+            row = {
+                "design": design,
+                "discordance": discordance,
+                "unchanged_kept_out": 1.0 - unchanged["family"]["all pass"],
+                "unchanged_mean_items": sum(unchanged["rows"][name]["mean_items"] for name in accuracy) / 4,
+                "one_at_margin_passes": one_at_margin["rows"]["hellaswag"]["pass"],
+                "all_at_margin_any_passes": all_at_margin["family"]["any pass at the margin"],
+                "wikitext_at_margin_passes": wikitext_at_margin["rows"]["wikitext"]["pass"],
+                "one_beyond_shown_worse": one_beyond["rows"]["hellaswag"]["shown_worse"],
+            }
+            rows.append(row)
+            table.append(
+                f"| {design} | {discordance:.2f} | {row['unchanged_kept_out']:.3f} | "
+                f"{row['unchanged_mean_items']:.0f} of {n} | {row['one_at_margin_passes']:.3f} | "
+                f"{row['all_at_margin_any_passes']:.3f} | {row['wikitext_at_margin_passes']:.3f} | "
+                f"{row['one_beyond_shown_worse']:.3f} |"
+            )
+    return rows, table
 
 
 def main() -> None:
@@ -82,6 +123,7 @@ def main() -> None:
                 f"| {n_docs} | {level:.4g} | {row['at_margin_pass_normal']:.3f} | {row['at_margin_pass_skewed']:.3f} "
                 f"| {row['no_change_pass']:.3f} |"
             )
+    family_rows, family_table = family_calibration(gate, demo, reps)
     markdown = "\n".join(
         [
             f"Gate calibration ({reps} simulated fine-tunes per cell, {K} accuracy benchmarks, margin "
@@ -100,9 +142,23 @@ def main() -> None:
             "| rise at the margin -> pass, right-skewed errors | no change -> pass |",
             "|---|---|---|---|---|",
             *ppl_table,
+            "",
+            f"The demo's family ({reps} simulated fine-tunes per cell): 4 accuracy rows of at most "
+            f"{demo.forgetting.limit} items and a 20-document perplexity row, judged as the demo judges them "
+            f"(group-sequential, a look every {demo.forgetting.look_every} items, Bonferroni) and in one look at "
+            f"{demo.forgetting.limit} items (Holm). Per row: how often a row that truly dropped exactly the margin "
+            "passes (its size, <= alpha/5 = 0.01 sequential); family-wise: how often any of the rows at the margin "
+            "passes (<= 0.05); how often an unchanged model is kept out (not every row passes); the items an "
+            "accuracy row scores on average.",
+            "",
+            "| design | discordance | unchanged: kept out | unchanged: mean items a row | one row at the margin: it "
+            "passes | all four at the margin: any passes | WikiText at the margin: it passes "
+            "| one row 1.5x the margin: shown worse |",
+            "|---|---|---|---|---|---|---|---|",
+            *family_table,
         ]
     )
-    results = {"reps": reps, "rows": rows, "perplexity_rows": ppl_rows}
+    results = {"reps": reps, "rows": rows, "perplexity_rows": ppl_rows, "family_rows": family_rows}
     write_results("gate_calibration", results, markdown, args.quick)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -70,3 +71,66 @@ def perplexity_pass_rate(
         base = -2.5 * weights
         passed += stats.log_ratio(base, base - lost, weights).p_at_least(bound) < alpha
     return passed / reps
+
+
+ACCURACY_ROWS = NAMES[:4]
+PERPLEXITY_ROW = "wikitext"
+
+
+def _perplexity_items(rng: np.random.Generator, documents: int, rise: float) -> tuple[dict, dict]:
+    """Base and tuned [log-likelihood, words] per WikiText-like document (as `perplexity_pass_rate`)."""
+    weights = rng.lognormal(math.log(3000), 0.5, size=documents)
+    lost = weights * (math.log1p(rise) + 0.03 * rng.standard_normal(documents))
+    base = -2.5 * weights
+    return (
+        {"metric": "word_perplexity", "items": {str(i): [base[i], weights[i]] for i in range(documents)}},
+        {"metric": "word_perplexity", "items": {str(i): [base[i] - lost[i], weights[i]] for i in range(documents)}},
+    )
+
+
+def family_rates(
+    gate: GateConfig,
+    n: int,
+    look_every: int | None,
+    drops: Sequence[float],
+    rise: float,
+    discordance: float,
+    reps: int,
+    seed: int,
+    documents: int = 20,
+) -> dict:
+    """The demo's family of rows simulated through `decide`: 4 accuracy benchmarks of at most `n` items (true drop
+    `drops[i]` on row i, on top of `discordance` chance changes) and a WikiText-like perplexity row of `documents`
+    documents (true rise `rise`), judged group-sequentially (`look_every`) or in one look. Returns per row how often
+    it passed, was shown worse (fail or drop) and how many items it scored on average; and for the family how often
+    every row passed, any row passed, any row failed."""
+    rng = np.random.default_rng(seed)
+    names = [*ACCURACY_ROWS, PERPLEXITY_ROW]
+    passed, shown, items = Counter(), Counter(), Counter()
+    family: Counter[str] = Counter()
+    order = {name: [str(i) for i in range(n)] for name in ACCURACY_ROWS} if look_every else None
+    for _ in range(reps):
+        base, tuned = {}, {}
+        for name, drop in zip(ACCURACY_ROWS, drops, strict=True):
+            b, t = simulated_results(rng, n, drop, discordance)
+            order_key = rng.permutation(n)  # items in a random order: the block structure carries no signal
+            base[name] = {"metric": "acc", "items": {str(i): b[j] for i, j in enumerate(order_key)}}
+            tuned[name] = {"metric": "acc", "items": {str(i): t[j] for i, j in enumerate(order_key)}}
+        base[PERPLEXITY_ROW], tuned[PERPLEXITY_ROW] = _perplexity_items(rng, documents, rise)
+        rows = {row.name: row for row in decide(base, tuned, gate, look_order=order, look_every=look_every).rows}
+        for name in names:
+            passed[name] += rows[name].verdict == "pass"
+            shown[name] += rows[name].verdict in ("fail", "drop")
+            items[name] += rows[name].n
+        family["all pass"] += all(row.verdict == "pass" for row in rows.values())
+        family["any pass at the margin"] += any(
+            rows[name].verdict == "pass" for name, drop in zip(ACCURACY_ROWS, drops, strict=True) if drop > 0
+        )
+        family["any fail"] += any(row.verdict == "fail" for row in rows.values())
+    return {
+        "rows": {
+            name: {"pass": passed[name] / reps, "shown_worse": shown[name] / reps, "mean_items": items[name] / reps}
+            for name in names
+        },
+        "family": {key: family[key] / reps for key in ("all pass", "any pass at the margin", "any fail")},
+    }

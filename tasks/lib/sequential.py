@@ -118,17 +118,24 @@ def _boundaries(looks: tuple[int, ...], alpha: float) -> tuple[tuple[float, ...]
     return tuple(boundaries), tuple(spent)
 
 
-@lru_cache(maxsize=1024)
-def _stagewise_p(looks: tuple[int, ...], alpha: float, look: int, z: float) -> float:
-    boundaries, spent = _boundaries(looks, alpha)
-    earlier = float(sum(spent[:look]))
-    if look == 0:
-        return min(1.0, earlier + float(norm.sf(z)))
+@lru_cache(maxsize=256)
+def _continuing_before(looks: tuple[int, ...], alpha: float, look: int) -> _Continuing:
+    """The paths not stopped by look index `look - 1` (look >= 1), under the null."""
+    boundaries, _ = _boundaries(looks, alpha)
     fractions = [n / looks[-1] for n in looks]
     paths = _Continuing(fractions[0], boundaries[0])
     for j in range(1, look):
         paths.advance(fractions[j], boundaries[j])
-    return min(1.0, earlier + paths.crossing(fractions[look], z))
+    return paths
+
+
+def _stagewise_p(looks: tuple[int, ...], alpha: float, look: int, z: float) -> float:
+    _, spent = _boundaries(looks, alpha)
+    earlier = float(sum(spent[:look]))
+    if look == 0:
+        return min(1.0, earlier + float(norm.sf(z)))
+    crossing = _continuing_before(looks, alpha, look).crossing(looks[look] / looks[-1], z)
+    return min(1.0, earlier + crossing)
 
 
 PASS, FAIL, OPEN = 1, -1, 0
