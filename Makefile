@@ -60,10 +60,10 @@ test:  ## unit and integration tests (tiny model; no GPU, no network)
 	$(BIN)/python -m pytest -q
 
 test-slow:  ## the slow tier: the real SmolLM2 demo model
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow -n 0
 
 test-gpu:  ## the CUDA tier (skipped, with the reason, without a GPU)
-	$(BIN)/python -m pytest -q -m gpu -rs
+	$(BIN)/python -m pytest -q -m gpu -rs -n 0
 
 lint:  ## ruff
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
