@@ -43,8 +43,11 @@ def family_calibration(gate: GateConfig, demo: RunConfig, reps: int) -> tuple[li
     for design, every in (("sequential", demo.forgetting.look_every), ("one look", None)):
         for discordance in (0.05, 0.10):
 
-            def rates(drops: list[float], rise: float, seed: int) -> dict:
-                return family_rates(gate, n, every, drops, rise, discordance, reps, seed)  # noqa: B023
+            def rates(
+                drops: list[float], rise: float, seed: int, every: int | None = every, discordance: float = discordance
+            ) -> dict:
+                documents = demo.forgetting.perplexity_look_every if every else None
+                return family_rates(gate, n, every, drops, rise, discordance, reps, seed, document_look_every=documents)
 
             unchanged = rates([0.0] * 4, 0.0, 31)
             one_at_margin = rates([margin, 0.0, 0.0, 0.0], 0.0, 32)

@@ -13,12 +13,13 @@ from tasks.common import once, retry_only_transient, step_run
 from tasks.io.models import load_scored_model, load_tokenizer, model_version
 from tasks.io.ray_cluster import score_on_ray
 from tasks.io.score_cache import benchmark_key_parts, get_or_compute
-from tasks.lib.benchmarks import configured_plans, look_order, looks_in_blocks, score_benchmarks, score_in_looks
+from tasks.lib.benchmarks import block_size, configured_plans, look_order, score_benchmarks, score_in_looks
 from tasks.lib.config import RunConfig
 from tasks.lib.gate import VERDICT_CODE, GateResult, decide
 from tasks.lib.modeling import resolve_compute_dtype
 from tasks.lib.refs import ForgettingRef, MergeRef, RunContext, TaskEvalRef
 from tasks.lib.report import forgetting_delta_chart, forgetting_markdown
+from tasks.lib.sequential import Looks
 
 
 def base_model_version(config: RunConfig) -> str:
@@ -53,20 +54,25 @@ def scores_of(config: RunConfig, merged_dir: str | None) -> dict:
     return score_benchmarks(config, load_scored_model(config, merged_dir), load_tokenizer(config.model))
 
 
-def look_orders(config: RunConfig) -> dict[str, list[str]]:
-    """The group-sequential gate's item order per benchmark scored in blocks; empty for the fixed design."""
-    if config.forgetting.look_every is None:
-        return {}
-    plans = configured_plans(config)
-    return {plan.name: look_order(plan, config.forgetting.sample_seed) for plan in plans if looks_in_blocks(plan)}
+def gate_looks(config: RunConfig) -> dict[str, Looks] | None:
+    """The group-sequential gate's looks per benchmark scored in blocks; None for the fixed design."""
+    bench = config.forgetting
+    if bench.look_every is None:
+        return None
+    looks = {}
+    for plan in configured_plans(config):
+        every = block_size(plan, bench.look_every, bench.perplexity_look_every)
+        if every is not None:
+            looks[plan.name] = Looks(tuple(look_order(plan, bench.sample_seed)), every)
+    return looks
 
 
 def tuned_scores_in_looks(
-    config: RunConfig, merged_dir: str, decide_now: Callable[[dict], GateResult], order: dict[str, list[str]]
+    config: RunConfig, merged_dir: str, decide_now: Callable[[dict], GateResult], looks: dict[str, Looks] | None
 ) -> dict:
     """The merged model scored a block of items at a time until the gate decides each row (locally), or on every
     item (on Ray: the gate's verdicts are the same, read from the same items in the same order)."""
-    if config.forgetting.engine == "ray" or not order:
+    if config.forgetting.engine == "ray" or not looks:
         return scores_of(config, merged_dir)
     model, tokenizer = load_scored_model(config, merged_dir), load_tokenizer(config.model)
 
@@ -75,8 +81,7 @@ def tuned_scores_in_looks(
 
     return score_in_looks(
         configured_plans(config),
-        order,
-        config.forgetting.look_every,
+        looks,
         lambda plans: score_benchmarks(config, model, tokenizer, plans=plans),
         still_open,
     )
@@ -140,23 +145,14 @@ def run_forgetting_check(
             # The base is what the adapter was merged into, as dense weights; loaded only when not cached.
             base_scores, cached = base_scores_for(config, lambda: scores_of(config, None))
         margins = {name: setting.margin for name, setting in bench.settings.items() if setting.margin is not None}
-        order = look_orders(config) if base_scores else {}
+        looks = gate_looks(config) if base_scores else None
 
         def decide_now(tuned: dict) -> GateResult:
             task_scores = evaluation.paired_scores()
-            return decide(
-                base_scores,
-                tuned,
-                config.gate,
-                *task_scores,
-                evaluation.primary_metric,
-                margins,
-                order,
-                bench.look_every,
-            )
+            return decide(base_scores, tuned, config.gate, *task_scores, evaluation.primary_metric, margins, looks)
 
         if base_scores:
-            tuned_scores = tuned_scores_in_looks(config, merge.merged_dir, decide_now, order)
+            tuned_scores = tuned_scores_in_looks(config, merge.merged_dir, decide_now, looks)
         gate = decide_now(tuned_scores)
         gate.note = note
         for side, scores in (("base", base_scores), ("tuned", tuned_scores)):

@@ -36,6 +36,7 @@ from tasks.lib.benchmark_names import (
     task_yaml_dir,
 )
 from tasks.lib.errors import UserError
+from tasks.lib.sequential import Looks
 
 if TYPE_CHECKING:
     from tasks.lib.config import BenchmarkSettings, CustomBenchmark, RunConfig
@@ -367,10 +368,12 @@ def score_benchmarks(
     )
 
 
-def looks_in_blocks(plan: BenchmarkPlan) -> bool:
-    """Whether a benchmark can be scored a block at a time for the group-sequential gate: accuracy items drawn at
-    random (a block of them is a random sample too). Perplexity rows and first-N items are scored whole."""
-    return plan.drawn is not None and not plan.rolling
+def block_size(plan: BenchmarkPlan, items_per_look: int | None, documents_per_look: int | None) -> int | None:
+    """How many items (documents, for perplexity) a look of the group-sequential gate adds for this benchmark; None:
+    it is scored whole. Only items drawn at random are scored in blocks (a block of them is a random sample too)."""
+    if plan.drawn is None:
+        return None
+    return documents_per_look if plan.rolling else items_per_look
 
 
 def look_order(plan: BenchmarkPlan, seed: int) -> list[str]:
@@ -391,6 +394,13 @@ def merge_block(scores: dict[str, Any] | None, block: dict[str, Any]) -> dict[st
     merged = scores or {}
     items = {**merged.get("items", {}), **block["items"]}
     metric = block["metric"]
+    values = list(items.values())
+    if values and isinstance(values[0], list | tuple):  # [log-likelihood, words or bytes] per document
+        log_likelihood, weight = sum(value[0] for value in values), sum(value[1] for value in values)
+        per_unit = -log_likelihood / weight
+        headline = per_unit / math.log(2) if metric == "bits_per_byte" else math.exp(per_unit)
+    else:
+        headline = float(np.mean([float(value) for value in values]))
     seen, new = len(merged.get("items", {})), len(block["items"])
     chance = block.get("chance")
     if chance is not None and merged.get("chance") is not None:
@@ -398,7 +408,7 @@ def merge_block(scores: dict[str, Any] | None, block: dict[str, Any]) -> dict[st
     groups = {**(merged.get("groups") or {}), **(block.get("groups") or {})}
     return {
         "metric": metric,
-        metric: float(np.mean([float(value) for value in items.values()])),
+        metric: headline,
         "n": float(len(items)),
         "items": dict(sorted(items.items(), key=lambda item: int(item[0]))),
         "chance": chance,
@@ -408,27 +418,32 @@ def merge_block(scores: dict[str, Any] | None, block: dict[str, Any]) -> dict[st
 
 def score_in_looks(
     plans: list[BenchmarkPlan],
-    order: Mapping[str, list[str]],
-    every: int,
+    looks: Mapping[str, Looks],
     score: Callable[[list[BenchmarkPlan]], dict[str, dict[str, Any]]],
     still_open: Callable[[dict[str, dict[str, Any]]], set[str]],
 ) -> dict[str, dict[str, Any]]:
-    """Group-sequential scoring: the first look scores `every` items of each benchmark in `order` (and every other
+    """Group-sequential scoring: the first look scores the first block of each benchmark in `looks` (and every other
     benchmark whole); each later look scores the next block of the benchmarks `still_open(scores so far)` names,
     until none is open or their items run out. `score(plans)` returns `extract_scores`' rows."""
     by_name = {plan.name: plan for plan in plans}
-    first = [block_plan(plan, order[plan.name][:every]) if plan.name in order else plan for plan in plans]
+    first = [
+        block_plan(plan, list(looks[plan.name].order[: looks[plan.name].every])) if plan.name in looks else plan
+        for plan in plans
+    ]
     scores: dict[str, dict[str, Any]] = {}
     for name, result in score(first).items():
-        scores[name] = merge_block(None, result) if name in order else result
-    start = every
+        scores[name] = merge_block(None, result) if name in looks else result
+    look = 1
     while True:
         undecided = still_open(scores)
-        open_names = [name for name in order if name in undecided and start < len(order[name])]
-        if not open_names:
+        blocks = {
+            name: list(row.order[look * row.every : (look + 1) * row.every])
+            for name, row in looks.items()
+            if name in undecided and look * row.every < len(row.order)
+        }
+        if not blocks:
             return {plan.name: scores[plan.name] for plan in plans}
-        blocks = {name: order[name][start : start + every] for name in open_names}
         results = score([block_plan(by_name[name], keys) for name, keys in blocks.items()])
         for name in blocks:
             scores[name] = merge_block(scores[name], results[name])
-        start += every
+        look += 1

@@ -386,6 +386,12 @@ class ForgettingConfig(_Section):
         "a row once a boundary is crossed (O'Brien-Fleming-type alpha spending, Bonferroni across rows); `limit` is "
         "then the most items a row scores. null: every item scored, one look (Holm across rows).",
     )
+    perplexity_look_every: int | None = Field(
+        None,
+        ge=10,
+        description="The same for perplexity benchmarks, in documents (at least 10: a t-test over fewer is too weak "
+        "to stop on); `perplexity_limit` is then the most documents. Needs `look_every`.",
+    )
     batch_size: int = Field(16, gt=0, description="Benchmark requests scored at once.")
     max_length: int = Field(
         1024, gt=16, description="Longest scored sequence in tokens (WikiText windows); capped by the model's."
@@ -400,6 +406,12 @@ class ForgettingConfig(_Section):
         description="local: scored in the pipeline's process; ray: the benchmarks split over `ray.num_workers` Ray "
         "tasks, each loading the model (the run directory must be on storage the workers reach).",
     )
+
+    @model_validator(mode="after")
+    def _document_looks_need_item_looks(self) -> ForgettingConfig:
+        if self.perplexity_look_every is not None and self.look_every is None:
+            raise ValueError("perplexity_look_every needs look_every (the gate is group-sequential or not as a whole)")
+        return self
 
     @model_validator(mode="after")
     def _benchmarks_are_known(self) -> ForgettingConfig:

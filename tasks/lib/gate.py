@@ -102,7 +102,7 @@ class GateResult(BaseModel):
     alpha: float
     on_inconclusive: str
     decided_by: list[str] = []  # the rows whose verdict is the overall one (uninformative rows never decide)
-    look_every: int | None = None  # group-sequential: items per look (None: the fixed design, one look)
+    sequential: bool = False  # group-sequential looks (rows say where they stopped); False: one look, Holm
     note: str = ""  # e.g. why the benchmarks were not scored
 
     def failures(self) -> list[GateRow]:
@@ -190,24 +190,29 @@ def _accuracy_pending(
     )
 
 
+def _looks_seen(plan: sequential.SequentialDesign, order: Sequence[str], tuned_items: Mapping[str, Any]) -> int:
+    """How many of the design's looks the tuned model's items cover (a look needs every item of its blocks)."""
+    seen = 0
+    while seen < len(plan.looks) and all(key in tuned_items for key in order[: plan.looks[seen]]):
+        seen += 1
+    return seen
+
+
 def _sequential_accuracy_pending(
     name: str,
     metric: str,
     base_items: Mapping[str, Any],
     tuned_items: Mapping[str, Any],
-    order: Sequence[str],
-    every: int,
+    looks: sequential.Looks,
     gate: GateConfig,
     k: int,
     margin_points: float,
 ) -> _Pending | str:
-    """A group-sequential row: looks after every `every` items of `order` (the row's items in their seeded look
-    order) at level alpha/k per tail, stopping at the first boundary crossed (tasks/lib/sequential.py)."""
-    margin = margin_points / 100.0
-    plan = sequential.design(sequential.looks_for(len(order), every), gate.alpha / k)
-    seen = 0
-    while seen < len(plan.looks) and all(key in tuned_items for key in order[: plan.looks[seen]]):
-        seen += 1
+    """A group-sequential row: looks after every block of its items in their seeded order, at level alpha/k per
+    tail, stopping at the first boundary crossed (tasks/lib/sequential.py)."""
+    margin, order = margin_points / 100.0, looks.order
+    plan = sequential.design(looks.counts, gate.alpha / k)
+    seen = _looks_seen(plan, order, tuned_items)
     if seen == 0:
         return f"the tuned model was scored on fewer items than the first look ({plan.looks[0]})"
     counts = [stats.count_pairs(*_items_at(base_items, tuned_items, order[:n])) for n in plan.looks[:seen]]
@@ -253,15 +258,63 @@ def _items_at(base_items: Mapping[str, Any], tuned_items: Mapping[str, Any], key
     return [base_items[key] for key in keys], [tuned_items[key] for key in keys]
 
 
+def _sequential_perplexity_pending(
+    name: str,
+    metric: str,
+    base_items: Mapping[str, Any],
+    tuned_items: Mapping[str, Any],
+    looks: sequential.Looks,
+    gate: GateConfig,
+    k: int,
+    margin_relative: float,
+) -> _Pending | str:
+    """A group-sequential perplexity row: after every block of documents, each one-sided t-test's p-value is turned
+    into the normal quantile it equals (Jennison & Turnbull's significance-level approach for t-tests in group
+    sequential designs) and read against the boundary; the interval is the t-interval at the boundary's level."""
+    order, bound = looks.order, math.log1p(margin_relative)
+    plan = sequential.design(looks.counts, gate.alpha / k)
+    seen = _looks_seen(plan, order, tuned_items)
+    if seen == 0:
+        return f"the tuned model was scored on fewer documents than the first look ({plan.looks[0]})"
+    ratios = []
+    for n in plan.looks[:seen]:
+        base, tuned = _items_at(base_items, tuned_items, order[:n])
+        ratios.append(stats.log_ratio([b[0] for b in base], [t[0] for t in tuned], [b[1] for b in base]))
+    z_pass = np.array([[norm.isf(ratio.p_at_least(bound)) for ratio in ratios]])
+    z_fail = np.array([[norm.isf(ratio.p_at_most(bound)) for ratio in ratios]])
+    outcome, stop = sequential.crossings(plan, z_pass, z_fail)
+    look = int(stop[0])
+    base, tuned = _items_at(base_items, tuned_items, order[: plan.looks[look]])
+    pending = _perplexity_pending(name, metric, base, tuned, gate, k, margin_relative, plan.boundaries[look])
+    at_maximum = look == len(plan.looks) - 1
+    pending.row.looks, pending.row.max_looks, pending.row.max_items = look + 1, len(plan.looks), plan.maximum
+    return pending.model_copy(
+        update={
+            "p_noninferior": plan.p_value(look, float(z_pass[0, look])),
+            "p_beyond_margin": plan.p_value(look, float(z_fail[0, look])),
+            "p_worse": ratios[look].p_at_most(0.0) if at_maximum else 1.0,
+            "crossed": {sequential.PASS: "pass", sequential.FAIL: "fail"}.get(int(outcome[0]), "inconclusive"),
+        }
+    )
+
+
 def _perplexity_pending(
-    name: str, metric: str, base: list, tuned: list, gate: GateConfig, k: int, margin_relative: float
+    name: str,
+    metric: str,
+    base: list,
+    tuned: list,
+    gate: GateConfig,
+    k: int,
+    margin_relative: float,
+    boundary: float | None = None,
 ) -> _Pending:
+    """A perplexity row; `boundary`: a group-sequential look's, whose level the interval takes."""
     base_ll, weights = [item[0] for item in base], [item[1] for item in base]
     tuned_ll = [item[0] for item in tuned]
     ratio = stats.log_ratio(base_ll, tuned_ll, weights)
     bound = math.log1p(margin_relative)
     tail = gate.alpha / k
-    low, high = ratio.interval(tail)
+    low, high = ratio.interval(tail if boundary is None else float(norm.sf(boundary)))
     ppl_base = math.exp(-sum(base_ll) / sum(weights))
     ppl_tuned = math.exp(-sum(tuned_ll) / sum(weights))
     row = GateRow(
@@ -382,11 +435,10 @@ def _benchmark_rows(
     tuned: dict,
     gate: GateConfig,
     margins: Mapping[str, float],
-    look_order: Mapping[str, Sequence[str]] | None = None,
-    look_every: int | None = None,
+    looks: Mapping[str, sequential.Looks] | None = None,
 ) -> list[GateRow]:
-    sequential_mode = look_every is not None
-    look_order = look_order or {}
+    sequential_mode = looks is not None
+    looks = looks or {}
     names = list(base) + [name for name in tuned if name not in base]
     rows: list[GateRow | None] = []
     built: list[tuple[int, str, Literal["accuracy", "perplexity"], str, list, list]] = []
@@ -396,7 +448,7 @@ def _benchmark_rows(
         if metric is None:
             rows.append(_unscorable(name, "?", "accuracy", f"unknown benchmark {name!r}"))
             continue
-        paired = _paired_items(base.get(name), tuned.get(name), sequential_mode and name in look_order)
+        paired = _paired_items(base.get(name), tuned.get(name), name in looks)
         if isinstance(paired, str):
             kind = "perplexity" if not HIGHER_IS_BETTER.get(metric, True) else "accuracy"
             rows.append(_unscorable(name, metric, kind, paired))
@@ -424,11 +476,12 @@ def _benchmark_rows(
     k = max(len(informative), 1)
     pending: list[tuple[int, _Pending]] = []
     for position, name, kind, metric, base_items, tuned_items in informative:
-        if kind == "accuracy" and sequential_mode and name in look_order:
-            margin = margins.get(name, gate.max_accuracy_drop)
-            item = _sequential_accuracy_pending(
-                name, metric, base[name]["items"], tuned[name]["items"], look_order[name], look_every, gate, k, margin
-            )
+        if name in looks:
+            if kind == "accuracy":
+                margin, pending_row = margins.get(name, gate.max_accuracy_drop), _sequential_accuracy_pending
+            else:
+                margin, pending_row = margins.get(name, gate.max_perplexity_increase), _sequential_perplexity_pending
+            item = pending_row(name, metric, base[name]["items"], tuned[name]["items"], looks[name], gate, k, margin)
             if isinstance(item, str):
                 rows[position] = _unscorable(name, metric, kind, item)
                 continue
@@ -573,19 +626,18 @@ def decide(
     task_tuned_scores: Sequence[float] | None = None,
     task_metric: str = "correct",
     margins: Mapping[str, float] | None = None,
-    look_order: Mapping[str, Sequence[str]] | None = None,
-    look_every: int | None = None,
+    looks: Mapping[str, sequential.Looks] | None = None,
 ) -> GateResult:
     """Compare base and tuned benchmark results ({name: {metric: value, "items": {doc: result}}}) and the task.
 
     `task_*_scores` are base's and tuned's per-item results on the same test items, in the same order: right/wrong
     (0/1) or graded scores in [0, 1].
     `margins`: a benchmark's own margin (accuracy points, or a relative perplexity rise) instead of the gate's.
-    `look_every`: group-sequential (every row Bonferroni at alpha/k): the accuracy rows named in `look_order` (their
-    item keys in look order, the last the maximum) are looked at after every `look_every` items and stop at the first
-    boundary crossed; other rows are judged once. None: the fixed design, Holm across the rows.
+    `looks`: group-sequential (every row Bonferroni at alpha/k): the rows named there are looked at after every block
+    of their items in the given order and stop at the first boundary crossed; other rows are judged once. None: the
+    fixed design, Holm across the rows.
     """
-    rows = _benchmark_rows(base, tuned, gate, margins or {}, look_order, look_every)
+    rows = _benchmark_rows(base, tuned, gate, margins or {}, looks)
     task = task_row(task_base_scores, task_tuned_scores, gate, task_metric)
     verdict = overall_verdict([*rows, task])
     return GateResult(
@@ -598,5 +650,5 @@ def decide(
         alpha=gate.alpha,
         on_inconclusive=gate.on_inconclusive,
         decided_by=[row.name for row in [*rows, task] if row.verdict == verdict],
-        look_every=look_every,
+        sequential=looks is not None,
     )

@@ -20,6 +20,7 @@ import numpy as np
 from tasks.lib import stats
 from tasks.lib.config import GateConfig
 from tasks.lib.gate import decide, overall_verdict
+from tasks.lib.sequential import Looks
 
 NAMES = ["hellaswag", "arc_easy", "piqa", "lambada", "arc_challenge"]
 BOTH_RIGHT = 0.4  # items both models answer correctly; does not change the paired statistics
@@ -77,7 +78,7 @@ ACCURACY_ROWS = NAMES[:4]
 PERPLEXITY_ROW = "wikitext"
 
 
-def _perplexity_items(rng: np.random.Generator, documents: int, rise: float) -> tuple[dict, dict]:
+def simulated_documents(rng: np.random.Generator, documents: int, rise: float) -> tuple[dict, dict]:
     """Base and tuned [log-likelihood, words] per WikiText-like document (as `perplexity_pass_rate`)."""
     weights = rng.lognormal(math.log(3000), 0.5, size=documents)
     lost = weights * (math.log1p(rise) + 0.03 * rng.standard_normal(documents))
@@ -98,17 +99,23 @@ def family_rates(
     reps: int,
     seed: int,
     documents: int = 20,
+    document_look_every: int | None = None,
 ) -> dict:
     """The demo's family of rows simulated through `decide`: 4 accuracy benchmarks of at most `n` items (true drop
     `drops[i]` on row i, on top of `discordance` chance changes) and a WikiText-like perplexity row of `documents`
-    documents (true rise `rise`), judged group-sequentially (`look_every`) or in one look. Returns per row how often
+    documents (true rise `rise`), judged group-sequentially (`look_every` items, `document_look_every` documents a
+    look) or in one look. Returns per row how often
     it passed, was shown worse (fail or drop) and how many items it scored on average; and for the family how often
     every row passed, any row passed, any row failed."""
     rng = np.random.default_rng(seed)
     names = [*ACCURACY_ROWS, PERPLEXITY_ROW]
     passed, shown, items = Counter(), Counter(), Counter()
     family: Counter[str] = Counter()
-    order = {name: [str(i) for i in range(n)] for name in ACCURACY_ROWS} if look_every else None
+    looks = None
+    if look_every:
+        looks = {name: Looks(tuple(str(i) for i in range(n)), look_every) for name in ACCURACY_ROWS}
+        if document_look_every:
+            looks[PERPLEXITY_ROW] = Looks(tuple(str(i) for i in range(documents)), document_look_every)
     for _ in range(reps):
         base, tuned = {}, {}
         for name, drop in zip(ACCURACY_ROWS, drops, strict=True):
@@ -116,8 +123,8 @@ def family_rates(
             order_key = rng.permutation(n)  # items in a random order: the block structure carries no signal
             base[name] = {"metric": "acc", "items": {str(i): b[j] for i, j in enumerate(order_key)}}
             tuned[name] = {"metric": "acc", "items": {str(i): t[j] for i, j in enumerate(order_key)}}
-        base[PERPLEXITY_ROW], tuned[PERPLEXITY_ROW] = _perplexity_items(rng, documents, rise)
-        rows = {row.name: row for row in decide(base, tuned, gate, look_order=order, look_every=look_every).rows}
+        base[PERPLEXITY_ROW], tuned[PERPLEXITY_ROW] = simulated_documents(rng, documents, rise)
+        rows = {row.name: row for row in decide(base, tuned, gate, looks=looks).rows}
         for name in names:
             passed[name] += rows[name].verdict == "pass"
             shown[name] += rows[name].verdict in ("fail", "drop")

@@ -79,7 +79,7 @@ def forgetting_markdown(result: GateResult, task_metrics: dict | None = None) ->
     Accuracies are in points (0-100); perplexities as measured, their change in percent.
     """
     k = max(len([row for row in result.rows if row.verdict != "uninformative"]), 1)
-    if result.look_every is None:
+    if not result.sequential:
         design = (
             f"Family-wise alpha {result.alpha:g} across {k} benchmarks (Holm); each interval is "
             f"{100 * (1 - 2 * result.alpha / k):.1f}% (jointly at least {100 * (1 - 2 * result.alpha):.0f}%, "
@@ -87,11 +87,11 @@ def forgetting_markdown(result: GateResult, task_metrics: dict | None = None) ->
         )
     else:
         design = (
-            f"Group-sequential: each accuracy benchmark is looked at every {result.look_every} items and stops at "
-            f"the first boundary crossed (O'Brien-Fleming-type alpha spending, alpha {result.alpha / k:.2g} a row: "
-            f"Bonferroni, family-wise {result.alpha:g} across {k} benchmarks); n is the items scored, the verdict "
-            "says at which look and why; each interval is the repeated confidence interval at the look it stopped "
-            f"at (each at least {100 * (1 - 2 * result.alpha / k):.1f}%)"
+            "Group-sequential: each benchmark drawn at random is looked at after every block of items (documents) "
+            "and stops at the first boundary crossed (O'Brien-Fleming-type alpha spending, alpha "
+            f"{result.alpha / k:.2g} a row: Bonferroni, family-wise {result.alpha:g} across {k} benchmarks); n is "
+            "what was scored, the verdict says at which look and why; each interval is the repeated confidence "
+            f"interval at the look it stopped at (each at least {100 * (1 - 2 * result.alpha / k):.1f}%)"
         )
     lines = [
         "## Catastrophic-forgetting check",

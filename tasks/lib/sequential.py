@@ -67,6 +67,19 @@ def design(looks: tuple[int, ...] | list[int], alpha: float) -> SequentialDesign
     return SequentialDesign(looks, float(alpha), boundaries, spent)
 
 
+@dataclass(frozen=True)
+class Looks:
+    """A benchmark scored a block at a time: its item keys in the seeded order they are scored in, and how many a
+    look adds (the last look: every item)."""
+
+    order: tuple[str, ...]
+    every: int
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        return looks_for(len(self.order), self.every)
+
+
 def looks_for(maximum: int, every: int | None) -> tuple[int, ...]:
     """Item counts at which the test looks: every `every` items up to `maximum` (always a look at the maximum)."""
     if not every or every >= maximum:
@@ -154,6 +167,14 @@ def paired_outcomes(
     n = np.broadcast_to(np.asarray(design.looks[:seen], dtype=float), gains.shape)
     z_pass = score_statistics(n, gains, losses, -margin)
     z_fail = -score_statistics(n, gains, losses, -margin, continuity=0.5)
+    return crossings(design, z_pass, z_fail)
+
+
+def crossings(design: SequentialDesign, z_pass: np.ndarray, z_fail: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first look (index) at which either statistic reaches its boundary, per row of the (..., looks seen)
+    arrays, and which: PASS (z_pass), FAIL (z_fail), or OPEN with the last look seen."""
+    z_pass, z_fail = np.atleast_2d(z_pass), np.atleast_2d(z_fail)
+    seen = z_pass.shape[-1]
     bounds = np.asarray(design.boundaries[:seen])
     crossed_pass, crossed_fail = z_pass >= bounds, z_fail >= bounds
     crossed = crossed_pass | crossed_fail

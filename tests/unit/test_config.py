@@ -40,6 +40,9 @@ def test_demo_config_is_valid():
         ("lora", {"rank": 8}, "lora.rank"),
         ("train", {"max_steps": "many"}, "train.max_steps"),
         ("quantization", {"quant_type": "int3"}, "quantization.quant_type"),
+        ("forgetting", {"look_every": 0}, "forgetting.look_every"),
+        ("forgetting", {"look_every": 100, "perplexity_look_every": 5}, "forgetting.perplexity_look_every"),
+        ("forgetting", {"perplexity_look_every": 10}, "forgetting"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(section, values, key):

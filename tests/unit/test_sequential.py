@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import norm
 
 from tasks.lib import sequential, stats
-from tasks.lib.benchmarks import BenchmarkPlan, block_plan, look_order, score_in_looks
+from tasks.lib.benchmarks import BenchmarkPlan, block_plan, look_order, merge_block, score_in_looks
 from tasks.lib.config import GateConfig, load_config
 from tasks.lib.gate import GateRow, decide
 
@@ -104,9 +104,8 @@ def _unchanged(n: int, changed_every: int, seed: int = 0) -> tuple[list[int], li
 
 def _gate_row(base: list[int], tuned: list[int] | dict, order: list[str]) -> GateRow:
     tuned_scores = tuned if isinstance(tuned, dict) else _benchmark(tuned)
-    result = decide(
-        {"piqa": _benchmark(base)}, {"piqa": tuned_scores}, GATE, [0, 1], [1, 1], "correct", None, {"piqa": order}, 100
-    )
+    looks = {"piqa": sequential.Looks(tuple(order), 100)}
+    result = decide({"piqa": _benchmark(base)}, {"piqa": tuned_scores}, GATE, [0, 1], [1, 1], "correct", None, looks)
     return result.rows[0]
 
 
@@ -158,7 +157,8 @@ def test_blocks_are_scored_only_while_a_row_is_open_and_land_on_their_items() ->
             for plan in block
         }
 
-    scores = score_in_looks(plans, order, 100, score, lambda scores: {"piqa"})  # arc_easy decided at the first look
+    looks = {name: sequential.Looks(tuple(keys), 100) for name, keys in order.items()}
+    scores = score_in_looks(plans, looks, score, lambda scores: {"piqa"})  # arc_easy decided at the first look
     assert calls == [{"piqa": 100, "arc_easy": 100}, {"piqa": 100}, {"piqa": 100}]
     for plan in plans:
         items = scores[plan.name]["items"]
@@ -185,7 +185,8 @@ def test_blocks_scored_by_lm_eval_equal_the_whole_draw_item_by_item(tiny_model_d
 
     whole = score(plans)
     order = {plan.name: look_order(plan, seed=0) for plan in plans}
-    in_blocks = score_in_looks(plans, order, 10, score, lambda scores: {"piqa"})
+    looks = {name: sequential.Looks(tuple(keys), 10) for name, keys in order.items()}
+    in_blocks = score_in_looks(plans, looks, score, lambda scores: {"piqa"})
     assert in_blocks["piqa"]["items"] == whole["piqa"]["items"]
     arc_items = in_blocks["arc_easy"]["items"]
     assert len(arc_items) == 10 and arc_items == {key: whole["arc_easy"]["items"][key] for key in arc_items}
@@ -223,3 +224,36 @@ def test_drawn_items_keep_the_level_under_clustered_forgetting_where_the_first_i
             passed[sample] += stats.p_noninferior(pairs, margin) < alpha
     assert passed["random"] / reps <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / reps)
     assert passed["first"] / reps >= 5 * alpha
+
+
+# ---------------------------------------------------------------- perplexity rows over documents
+
+
+def test_a_sequential_perplexity_row_holds_its_level_at_the_margin_and_stops_at_ten_documents_when_clear() -> None:
+    """20 WikiText-like documents looked at after 10 and 20 (the demo's design), alone in the gate (alpha 0.05):
+    with the true rise exactly at the 10% margin it passes at most alpha of the time (2,000 simulated rows); with
+    no rise it passes, at the first look."""
+    from tasks.lib.gate_calibration import simulated_documents
+
+    rng = np.random.default_rng(10)
+    looks = {"wikitext": sequential.Looks(tuple(str(i) for i in range(20)), 10)}
+    verdicts, stops = [], []
+    for rise in [0.10] * 2000 + [0.0] * 200:
+        base, tuned = simulated_documents(rng, 20, rise)
+        row = decide({"wikitext": base}, {"wikitext": tuned}, GATE, looks=looks).rows[0]
+        verdicts.append(row.verdict)
+        stops.append(row.looks)
+    at_margin, unchanged = verdicts[:2000], verdicts[2000:]
+    assert at_margin.count("pass") / 2000 <= GATE.alpha + 3 * np.sqrt(GATE.alpha * (1 - GATE.alpha) / 2000)
+    assert unchanged.count("pass") == 200 and set(stops[2000:]) == {1}
+    merged = merge_block(merge_block(None, _first(base, 10)), _rest(base, 10))
+    ll, words = zip(*base["items"].values(), strict=True)
+    assert merged["word_perplexity"] == pytest.approx(np.exp(-sum(ll) / sum(words)))
+
+
+def _first(scores: dict, n: int) -> dict:
+    return {"metric": scores["metric"], "items": dict(list(scores["items"].items())[:n])}
+
+
+def _rest(scores: dict, n: int) -> dict:
+    return {"metric": scores["metric"], "items": dict(list(scores["items"].items())[n:])}
