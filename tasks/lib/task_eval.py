@@ -133,11 +133,18 @@ def generate_answers(model, tokenizer, rows: list[dict], max_new_tokens: int, ba
 
 def choose_labels(model, tokenizer, rows: list[dict], labels: list[str], batch_size: int) -> list[str]:
     """lm-eval's multiple-choice rule for a chat model: each label is put in the assistant's turn after the rendered
-    prompt and scored by the summed log-probability of its tokens; the most likely label is the answer."""
+    prompt and scored by the summed log-probability of its tokens; the most likely label is the answer.
+
+    When every label is one token (positive/negative, A-D, digits) one pass over each prompt scores them all at its
+    last position; otherwise each prompt + label is scored. Sequences are left-padded with their own positions, and
+    the LM head runs only at the positions that predict label tokens."""
     _check_rows(rows)
     prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in render_prompts(tokenizer, rows)]
     label_ids = [tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
-    pairs = [(row, choice) for row in range(len(rows)) for choice in range(len(labels))]
+    single_token = all(len(ids) == 1 for ids in label_ids)
+    choices = [None] if single_token else range(len(labels))
+    requests = [(row, choice) for row in range(len(rows)) for choice in choices]
+    keep = max(map(len, label_ids)) + (0 if single_token else 1)
     scores = torch.full((len(rows), len(labels)), float("-inf"))
     device = model_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -145,18 +152,23 @@ def choose_labels(model, tokenizer, rows: list[dict], labels: list[str], batch_s
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(pairs), batch_size):
-                batch = pairs[start : start + batch_size]
+            for start in range(0, len(requests), batch_size):
+                batch = requests[start : start + batch_size]
                 threads.fit()
-                sequences = [prompts[row] + label_ids[choice] for row, choice in batch]
+                sequences = [prompts[row] + ([] if choice is None else label_ids[choice]) for row, choice in batch]
                 width = max(map(len, sequences))
-                input_ids = torch.tensor([seq + [pad] * (width - len(seq)) for seq in sequences], device=device)
-                mask = torch.tensor([[1] * len(seq) + [0] * (width - len(seq)) for seq in sequences], device=device)
-                log_probs = torch.log_softmax(model(input_ids=input_ids, attention_mask=mask).logits.float(), -1)
+                input_ids = torch.tensor([[pad] * (width - len(seq)) + seq for seq in sequences], device=device)
+                mask = torch.tensor([[0] * (width - len(seq)) + [1] * len(seq) for seq in sequences], device=device)
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep)
+                log_probs = torch.log_softmax(logits.logits.float(), -1)  # the last `keep` positions
                 for k, (row, choice) in enumerate(batch):
-                    first, targets = len(prompts[row]), label_ids[choice]
-                    positions = torch.arange(first - 1, first - 1 + len(targets), device=device)
-                    picked = log_probs[k, positions, torch.tensor(targets, device=device)]
+                    if choice is None:
+                        scores[row] = log_probs[k, -1, [ids[0] for ids in label_ids]].cpu()
+                        continue
+                    targets = label_ids[choice]
+                    first = keep - 1 - len(targets)  # the kept position that predicts the label's first token
+                    picked = log_probs[k, first + torch.arange(len(targets)), torch.tensor(targets, device=device)]
                     scores[row, choice] = picked.sum().item()
     finally:
         model.train(was_training)

@@ -321,8 +321,14 @@ def _label_log_likelihood(model, tokenizer, row: dict, label: str) -> float:
     return sum(log_probs[len(prompt_ids) - 1 + k, token].item() for k, token in enumerate(label_ids))
 
 
-def test_choice_scoring_picks_the_most_likely_label_whatever_the_batching(tiny_model, tiny_tokenizer):
-    rows, labels = _rows(), ["negative", "positive", "neutral"]
+@pytest.mark.parametrize(
+    ("labels", "tokens"),
+    [(["A", "B", "C", "1"], {1}), (["negative", "positive", "neutral", "not entailment"], {1, 2, 6, 9})],
+    ids=["one-token labels: one pass a prompt", "labels of several tokens"],
+)
+def test_choice_scoring_picks_the_most_likely_label_whatever_the_batching(tiny_model, tiny_tokenizer, labels, tokens):
+    assert {len(tiny_tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels} == tokens
+    rows = _rows()
     expected = [
         max(labels, key=lambda label, row=row: _label_log_likelihood(tiny_model, tiny_tokenizer, row, label))
         for row in rows
