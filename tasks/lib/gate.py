@@ -346,7 +346,8 @@ def _stopped(row: GateRow) -> str:
     """Why a group-sequential row stopped where it did; empty for a fixed-design row."""
     if row.looks is None:
         return ""
-    where = f"look {row.looks} of {row.max_looks}, {row.n} of {row.max_items} items"
+    unit = "documents" if row.kind == "perplexity" else "items"
+    where = f"look {row.looks} of {row.max_looks}, {row.n} of {row.max_items} {unit}"
     if row.verdict in ("pass", "fail"):
         return f" [stopped at {where}: boundary crossed]"
     return f" [{where}: no boundary crossed]"

@@ -246,6 +246,7 @@ def test_a_sequential_perplexity_row_holds_its_level_at_the_margin_and_stops_at_
     at_margin, unchanged = verdicts[:2000], verdicts[2000:]
     assert at_margin.count("pass") / 2000 <= GATE.alpha + 3 * np.sqrt(GATE.alpha * (1 - GATE.alpha) / 2000)
     assert unchanged.count("pass") == 200 and set(stops[2000:]) == {1}
+    assert "stopped at look 1 of 2, 10 of 20 documents" in row.reason
     merged = merge_block(merge_block(None, _first(base, 10)), _rest(base, 10))
     ll, words = zip(*base["items"].values(), strict=True)
     assert merged["word_perplexity"] == pytest.approx(np.exp(-sum(ll) / sum(words)))
