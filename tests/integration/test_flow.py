@@ -437,3 +437,56 @@ def test_the_flow_trains_with_two_processes_and_logs_their_history(tmp_path: Pat
     history = client.get_metric_history(result.train.mlflow_run_id, "train.loss")
     assert sorted(metric.step for metric in history) == [1, 2, 4, 6, 8, 10, 12]
     assert (Path(result.run_dir) / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_better_free_text_challenger_replaces_its_champion_through_the_registry(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Free text is scored per item (ROUGE-L). What the register step does, on a real MLflow registry: the
+    champion's graded scores ride on its version's tags, the next run reads them back for the same test items
+    (`champion_scores_on`) and compares; a challenger better on the same items takes `champion`, one no better
+    stays `challenger`. Before graded scores, no free-text challenger could ever be promoted (exact-match pairs)."""
+    import numpy as np
+
+    from tasks.io.registry import PIPELINE_RUN_TAG, register_merged_model
+    from tasks.lib.config import RunConfig
+    from tasks.lib.promotion import decide_promotion, encode_scores
+    from tasks.lib.refs import TaskEvalRef
+    from tasks.register import TEST_FINGERPRINT_TAG, TEST_SCORES_TAG, champion_scores_on
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = mlflow.create_experiment("free-text", artifact_location=(tmp_path / "artifacts").as_uri())
+    config = RunConfig.model_validate(
+        {
+            "name": "ft",
+            "model": {"name_or_path": str(tiny_model_dir)},
+            "data": {"path": "x.jsonl"},
+            "registry": {"model_name": "ft"},
+        }
+    )
+    rng = np.random.default_rng(6)
+    difficulty = rng.beta(2, 3, 120)
+    rouge = {
+        "champion": np.clip(difficulty + rng.normal(0, 0.1, 120), 0, 1),
+        "better": np.clip(difficulty + 0.08 + rng.normal(0, 0.1, 120), 0, 1),
+        "no better": np.clip(difficulty + rng.normal(0, 0.1, 120), 0, 1),
+    }
+
+    def register(label: str) -> list[str]:
+        scores = [float(value) for value in rouge[label]]
+        evaluation = TaskEvalRef(
+            base={}, tuned={}, primary_metric="rougeL", n_items=120, markdown="", mlflow_run_id="",
+            test_fingerprint="items-v1", base_scores=[0.0] * 120, tuned_scores=scores,
+        )  # fmt: skip
+        incumbent, _ = champion_scores_on(config, evaluation, [])
+        decision = decide_promotion(True, scores, incumbent)
+        tags = {PIPELINE_RUN_TAG: label, TEST_FINGERPRINT_TAG: "items-v1", TEST_SCORES_TAG: encode_scores(scores)}
+        with mlflow.start_run(experiment_id=experiment_id) as run:
+            return register_merged_model(tiny_model_dir, "ft", run.info.run_id, tags, decision).aliases
+
+    assert register("champion") == ["challenger", "champion"]  # the first one, no champion yet
+    assert register("better") == ["challenger", "champion"]
+    assert register("no better") == ["challenger"]
+    client = MlflowClient()
+    assert client.get_model_version_by_alias("ft", "champion").tags[PIPELINE_RUN_TAG] == "better"
+    assert "sign-flip" in client.get_model_version("ft", "2").tags["promotion_reason"]
