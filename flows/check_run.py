@@ -43,7 +43,7 @@ def outcome_problems(result: PipelineResult) -> list[str]:
     if result.forgetting is None:
         problems.append("the run has no gate result (it did not get past evaluation)")
     elif not result.forgetting.passed:
-        verdict = result.forgetting.gate.get("verdict", "failed")
+        verdict = result.forgetting.gate.verdict
         problems.append(f"the gate did not pass (verdict: {verdict})")
     registration = result.registration
     if registration is None or not registration.registered:

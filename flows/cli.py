@@ -106,9 +106,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.forgetting:
         gate = result.forgetting.gate
         passed = "passed" if result.forgetting.passed else "not passed"
-        print(f"gate:           {gate.get('verdict', '?').upper()} ({passed})")
-        for row in [*gate.get("rows", []), gate.get("task", {})]:
-            print(f"  {row.get('name', '?'):<12} {row.get('verdict', '?'):<12} {row.get('reason', '')}")
+        print(f"gate:           {gate.verdict.upper()} ({passed})")
+        for row in [*gate.rows, gate.task]:
+            print(f"  {row.name:<12} {row.verdict:<12} {row.reason}")
     if result.registration:
         reg = result.registration
         where = f"{reg.model_name} v{reg.version} aliases={reg.aliases}" if reg.registered else "nothing registered"

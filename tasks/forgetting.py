@@ -175,7 +175,7 @@ def run_forgetting_check(
         tracker.log_artifact(run_dir / "gate.json", "forgetting")
         tracker.log_artifact(forgetting_delta_chart(gate, run_dir / "forgetting.png"), "forgetting")
         return ForgettingRef(
-            gate=json.loads(gate.model_dump_json()),
+            gate=gate,
             passed=gate.passed,
             markdown=markdown,
             base_scores_cached=cached,

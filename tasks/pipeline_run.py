@@ -122,19 +122,17 @@ def headline_metrics(result: PipelineResult) -> dict[str, float]:
         metrics["train.best_eval_loss"] = float(result.train.best_eval_loss)  # what a sweep chooses on
     if result.forgetting is not None:
         gate = result.forgetting.gate
-        task = gate.get("task", {})
         for key in ("base", "tuned", "delta", "ci_low", "ci_high"):
-            if task.get(key) is not None:
-                metrics[f"task.{key}"] = float(task[key])
-        rows = gate.get("rows", [])
-        for row in rows:
-            if row.get("delta") is not None:
-                metrics[f"forgetting.{row['name']}.delta"] = float(row["delta"])
-        accuracy = [row["delta"] for row in rows if row.get("kind") == "accuracy" and row.get("delta") is not None]
+            if getattr(gate.task, key) is not None:
+                metrics[f"task.{key}"] = float(getattr(gate.task, key))
+        for row in gate.rows:
+            if row.delta is not None:
+                metrics[f"forgetting.{row.name}.delta"] = float(row.delta)
+        accuracy = [row.delta for row in gate.rows if row.kind == "accuracy" and row.delta is not None]
         if accuracy:
             metrics["forgetting.worst_accuracy_delta_pts"] = float(min(accuracy))
         metrics["gate.passed"] = float(result.forgetting.passed)
-        metrics["gate.verdict"] = VERDICT_CODE.get(gate.get("verdict"), 0.0)
+        metrics["gate.verdict"] = VERDICT_CODE[gate.verdict]
     if result.merge is not None:
         for key in ("merged_vs_adapter_max", "relative_distance"):
             if isinstance(result.merge.fidelity.get(key), int | float):

@@ -142,9 +142,9 @@ def version_tags(
         "base_model": config.model.name_or_path + (f"@{config.model.revision}" if config.model.revision else ""),
         PIPELINE_RUN_TAG: context.run_id,
         "adapter_model_id": result.train.adapter_model_id,
-        "gate.verdict": result.forgetting.gate.get("verdict", ""),
+        "gate.verdict": result.forgetting.gate.verdict,
         # One word per benchmark row, to filter versions by (the reasons are in the card).
-        **{f"gate.{row['name']}": row["verdict"] for row in result.forgetting.gate.get("rows", [])},
+        **{f"gate.{row.name}": row.verdict for row in result.forgetting.gate.rows},
         "task.metric": metric,
         "task.base": f"{evaluation.base.get(metric, float('nan')):.4f}",
         "task.tuned": f"{evaluation.tuned.get(metric, float('nan')):.4f}",

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from tasks.lib.gate import GateResult
+
 
 class RunContext(BaseModel):
     """Where one pipeline run writes, and the MLflow run every step nests under."""
@@ -58,7 +60,7 @@ class TaskEvalRef(BaseModel):
 
 
 class ForgettingRef(BaseModel):
-    gate: dict[str, Any]
+    gate: GateResult
     passed: bool
     markdown: str
     base_scores_cached: bool

@@ -133,7 +133,7 @@ def test_flow_trains_evaluates_registers_and_reuses_base_scores(
     assert adapter.source_run_id == train_run.info.run_id and adapter.model_type == "peft-lora-adapter"
     assert {metric.key for metric in adapter.metrics} >= {"trainable_params", "global_step", "tokens_per_second"}
     assert adapter.tags["data_version"] == first.data.raw_version and adapter.params["lora.r"] == "4"
-    assert adapter.tags["gate.verdict"] == first.forgetting.gate["verdict"]
+    assert adapter.tags["gate.verdict"] == first.forgetting.gate.verdict
     assert "adapter_model.safetensors" in {item.path for item in client.list_logged_model_artifacts(adapter.model_id)}
     assert str(client.get_model_version_by_alias("tiny-sst2", "champion").version) == "1"
 
@@ -145,8 +145,8 @@ def test_flow_trains_evaluates_registers_and_reuses_base_scores(
     assert forgetting_run.data.metrics["gate.regression.n"] == 4  # forgetting.limit items of the user's file
     assert "| regression | acc | 4 |" in first.forgetting.markdown
     version = client.get_model_version("tiny-sst2", "1")
-    assert version.tags["gate.verdict"] == first.forgetting.gate["verdict"]
-    assert version.tags["gate.regression"] == first.forgetting.gate["rows"][-1]["verdict"] != "fail"
+    assert version.tags["gate.verdict"] == first.forgetting.gate.verdict
+    assert version.tags["gate.regression"] == first.forgetting.gate.rows[-1].verdict != "fail"
     assert version.tags["round_trip"] == "verified" and version.tags["pipeline_run_id"] == first.run_id
     assert version.tags["test_fingerprint"] == first.evaluation.test_fingerprint
     assert version.tags["adapter_model_id"] == adapter.model_id
@@ -219,9 +219,9 @@ def test_flow_trains_evaluates_registers_and_reuses_base_scores(
     fewer_items = finetune(config_path=str(config_path), overrides=overrides)
     tags = client.get_model_version("tiny-sst2", fewer_items.registration.version).tags
     assert tags["champion_comparison"].endswith("re-scored on this run's items") and tags["promotion.n"] == "8"
-    looked = [row for row in fewer_items.forgetting.gate["rows"] if row["looks"] is not None]
-    assert looked and all(row["looks"] == 1 and row["n"] == 2 and row["max_items"] == 4 for row in looked)
-    assert all(row["verdict"] == "pass" and "stopped at look 1 of 2" in row["reason"] for row in looked)
+    looked = [row for row in fewer_items.forgetting.gate.rows if row.looks is not None]
+    assert looked and all(row.looks == 1 and row.n == 2 and row.max_items == 4 for row in looked)
+    assert all(row.verdict == "pass" and "stopped at look 1 of 2" in row.reason for row in looked)
     assert "Group-sequential" in fewer_items.forgetting.markdown and fewer_items.forgetting.base_scores_cached
 
     # No secret anywhere: run folders, MLflow store and artifacts, the Prefect database, the console.
@@ -242,8 +242,8 @@ def test_failed_gate_registers_nothing(tmp_path: Path, tiny_model_dir: Path, ben
     )
     result = finetune(config_path=str(config_path))
 
-    assert not result.forgetting.passed and result.forgetting.gate["task"]["verdict"] != "pass"
-    assert result.forgetting.gate["rows"] == [] and "not run" in result.forgetting.markdown  # no work wasted
+    assert not result.forgetting.passed and result.forgetting.gate.task.verdict != "pass"
+    assert result.forgetting.gate.rows == [] and "not run" in result.forgetting.markdown  # no work wasted
     assert result.merge is None and not Path(result.run_dir, "merged").exists()
     assert not result.registration.registered and "gate" in result.registration.reason
     assert _registered_versions(f"sqlite:///{tmp_path / 'mlflow.db'}", "tiny-sst2") == []

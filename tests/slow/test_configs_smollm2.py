@@ -50,4 +50,4 @@ def test_shipped_config_runs_end_to_end(name: str, tmp_path: Path, demo_model_di
     else:
         # Free text is scored whole: a multi-sentence answer reaches the scorer uncut.
         assert max(len(row["tuned_prediction"].split()) for row in predictions) > 20
-    assert result.forgetting.gate["verdict"] in {"pass", "fail", "inconclusive"}
+    assert result.forgetting.gate.verdict in {"pass", "fail", "inconclusive"}
