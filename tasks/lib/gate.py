@@ -168,26 +168,45 @@ def _accuracy_pending(
 ) -> _Pending:
     pairs = stats.count_pairs(base, tuned)
     margin = margin_points / 100.0
-    low, high = stats.difference_interval(pairs, 1.0 - 2.0 * gate.alpha / k)
+    interval = stats.difference_interval(pairs, 1.0 - 2.0 * gate.alpha / k)
+    return _Pending(
+        row=_accuracy_row(name, metric, pairs, interval, margin_points, gate.alpha / k, pairs.n),
+        p_noninferior=stats.p_noninferior(pairs, margin),
+        p_beyond_margin=stats.p_beyond_margin(pairs, margin),
+        p_worse=stats.p_worse(pairs),
+    )
+
+
+def _accuracy_row(
+    name: str,
+    metric: str,
+    pairs: stats.BinaryPairs,
+    interval: tuple[float, float],
+    margin_points: float,
+    row_alpha: float,
+    detectable_at: int,
+    **looked: int,
+) -> GateRow:
+    """An accuracy row before its verdict: counts, interval and what `detectable_at` items could detect."""
     sd = stats.per_item_sd(pairs)
-    row = GateRow(
+    return GateRow(
         name=name,
         metric=metric,
         kind="accuracy",
         verdict="inconclusive",
         passed=False,
         reason="",
-        **_paired_fields(pairs, low, high),
+        **_paired_fields(pairs, *interval),
         margin=margin_points,
-        detectable_drop=100.0 * stats.detectable_margin(sd, pairs.n, gate.alpha / k),
-        items_needed=stats.items_needed(sd, margin, gate.alpha / k),
+        detectable_drop=100.0 * stats.detectable_margin(sd, detectable_at, row_alpha),
+        items_needed=stats.items_needed(sd, margin_points / 100.0, row_alpha),
+        **looked,
     )
-    return _Pending(
-        row=row,
-        p_noninferior=stats.p_noninferior(pairs, margin),
-        p_beyond_margin=stats.p_beyond_margin(pairs, margin),
-        p_worse=stats.p_worse(pairs),
-    )
+
+
+def _crossed(outcome: np.ndarray) -> Verdict:
+    """The boundary a group-sequential row crossed: pass, fail, or none (inconclusive)."""
+    return {sequential.PASS: "pass", sequential.FAIL: "fail"}.get(int(outcome[0]), "inconclusive")
 
 
 def _looks_seen(plan: sequential.SequentialDesign, order: Sequence[str], tuned_items: Mapping[str, Any]) -> int:
@@ -223,34 +242,18 @@ def _sequential_accuracy_pending(
     pairs = counts[look]
     boundary = plan.boundaries[look]
     # The repeated confidence interval: Tango's at the boundary of the look it stopped at.
-    low, high = stats.difference_interval(pairs, 1.0 - 2.0 * float(norm.sf(boundary)))
-    sd = stats.per_item_sd(pairs)
+    interval = stats.difference_interval(pairs, 1.0 - 2.0 * float(norm.sf(boundary)))
     z_pass = stats.score_statistic(pairs, -margin)
     z_fail = -float(stats.score_statistics(pairs.n, pairs.gains, pairs.losses, -margin, continuity=0.5))
-    crossed = {sequential.PASS: "pass", sequential.FAIL: "fail"}.get(int(outcome[0]), "inconclusive")
     at_maximum = look == len(plan.looks) - 1
-    row = GateRow(
-        name=name,
-        metric=metric,
-        kind="accuracy",
-        verdict="inconclusive",
-        passed=False,
-        reason="",
-        **_paired_fields(pairs, low, high),
-        margin=margin_points,
-        detectable_drop=100.0 * stats.detectable_margin(sd, plan.maximum, gate.alpha / k),
-        items_needed=stats.items_needed(sd, margin, gate.alpha / k),
-        looks=look + 1,
-        max_looks=len(plan.looks),
-        max_items=plan.maximum,
-    )
+    looked = {"looks": look + 1, "max_looks": len(plan.looks), "max_items": plan.maximum}
     return _Pending(
-        row=row,
+        row=_accuracy_row(name, metric, pairs, interval, margin_points, gate.alpha / k, plan.maximum, **looked),
         p_noninferior=plan.p_value(look, z_pass),
         p_beyond_margin=plan.p_value(look, z_fail),
         # Only read at the maximum: a drop against no change, on all the items, when neither boundary was crossed.
         p_worse=stats.p_worse(pairs) if at_maximum else 1.0,
-        crossed=crossed,
+        crossed=_crossed(outcome),
     )
 
 
@@ -293,7 +296,7 @@ def _sequential_perplexity_pending(
             "p_noninferior": plan.p_value(look, float(z_pass[0, look])),
             "p_beyond_margin": plan.p_value(look, float(z_fail[0, look])),
             "p_worse": ratios[look].p_at_most(0.0) if at_maximum else 1.0,
-            "crossed": {sequential.PASS: "pass", sequential.FAIL: "fail"}.get(int(outcome[0]), "inconclusive"),
+            "crossed": _crossed(outcome),
         }
     )
 

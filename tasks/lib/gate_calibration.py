@@ -66,12 +66,19 @@ def perplexity_pass_rate(
     rng = np.random.default_rng(seed)
     bound, passed = math.log1p(margin), 0
     for _ in range(reps):
-        weights = rng.lognormal(math.log(3000), 0.5, size=n_docs)
-        noise = rng.standard_normal(n_docs) if errors == "normal" else rng.exponential(1.0, n_docs) - 1.0
-        lost = weights * (math.log1p(true_rise) + 0.03 * noise)
-        base = -2.5 * weights
+        base, lost, weights = _documents(rng, n_docs, true_rise, errors)
         passed += stats.log_ratio(base, base - lost, weights).p_at_least(bound) < alpha
     return passed / reps
+
+
+def _documents(
+    rng: np.random.Generator, documents: int, rise: float, errors: str = "normal"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(base log-likelihood, log-likelihood lost, words) per WikiText-like document: lognormal lengths around 3,000
+    words, each document's rise the true rise plus 3 points of `normal` or `skewed` (centred exponential) spread."""
+    weights = rng.lognormal(math.log(3000), 0.5, size=documents)
+    noise = rng.standard_normal(documents) if errors == "normal" else rng.exponential(1.0, documents) - 1.0
+    return -2.5 * weights, weights * (math.log1p(rise) + 0.03 * noise), weights
 
 
 ACCURACY_ROWS = NAMES[:4]
@@ -79,10 +86,8 @@ PERPLEXITY_ROW = "wikitext"
 
 
 def simulated_documents(rng: np.random.Generator, documents: int, rise: float) -> tuple[dict, dict]:
-    """Base and tuned [log-likelihood, words] per WikiText-like document (as `perplexity_pass_rate`)."""
-    weights = rng.lognormal(math.log(3000), 0.5, size=documents)
-    lost = weights * (math.log1p(rise) + 0.03 * rng.standard_normal(documents))
-    base = -2.5 * weights
+    """Base and tuned [log-likelihood, words] per WikiText-like document, as the gate's scores hold them."""
+    base, lost, weights = _documents(rng, documents, rise)
     return (
         {"metric": "word_perplexity", "items": {str(i): [base[i], weights[i]] for i in range(documents)}},
         {"metric": "word_perplexity", "items": {str(i): [base[i] - lost[i], weights[i]] for i in range(documents)}},

@@ -11,8 +11,9 @@ boundary is close to the fixed-design critical value and little power is lost at
 The two tails are non-binding for each other (each boundary is computed as if the other did not stop the test),
 which keeps both tests at their level whatever the other does. The p-value of a stopped test is the stage-wise
 ordering p-value: the null probability of crossing at an earlier look, or at this look with a larger statistic.
-It is below the test's level exactly when the boundary was crossed. A repeated confidence interval (the Tango
-interval at the crossed boundary's level) covers the difference at every look simultaneously.
+At the look a test stops at, it is below the test's level exactly when the boundary was crossed. A repeated
+confidence interval (the Tango interval at the crossed boundary's level) covers the difference at every look
+simultaneously.
 """
 
 from __future__ import annotations

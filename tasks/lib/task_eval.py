@@ -160,15 +160,16 @@ def choose_labels(model, tokenizer, rows: list[dict], labels: list[str], batch_s
                 input_ids = torch.tensor([[pad] * (width - len(seq)) + seq for seq in sequences], device=device)
                 mask = torch.tensor([[0] * (width - len(seq)) + [1] * len(seq) for seq in sequences], device=device)
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep)
-                log_probs = torch.log_softmax(logits.logits.float(), -1)  # the last `keep` positions
+                output = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep)
+                log_probs = torch.log_softmax(output.logits.float(), -1)  # the last `keep` positions
                 for k, (row, choice) in enumerate(batch):
                     if choice is None:
                         scores[row] = log_probs[k, -1, [ids[0] for ids in label_ids]].cpu()
                         continue
                     targets = label_ids[choice]
                     first = keep - 1 - len(targets)  # the kept position that predicts the label's first token
-                    picked = log_probs[k, first + torch.arange(len(targets)), torch.tensor(targets, device=device)]
+                    at = first + torch.arange(len(targets), device=device)
+                    picked = log_probs[k, at, torch.tensor(targets, device=device)]
                     scores[row, choice] = picked.sum().item()
     finally:
         model.train(was_training)
