@@ -89,7 +89,7 @@ def write_tiny_config(
         "forgetting": {
             "benchmarks": ["hellaswag", "arc_easy", "piqa", "lambada", "wikitext"],
             "limit": 4,
-            "perplexity_limit": 2,
+            "perplexity_limit": 10,
             "batch_size": 8,
             "data_dir": str(benchmark_dir),
             "cache_dir": str(root / "score_cache"),

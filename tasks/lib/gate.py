@@ -6,7 +6,8 @@ Base and tuned are scored on the same items, so every comparison is paired (task
   forgetting beyond that margin: the two tails of Tango's score test at the margin. A drop of any size (against no
   change): the exact one-sided McNemar test.
 - Perplexity benchmarks: per-document log-likelihoods; log(ppl_tuned / ppl_base) as a ratio estimator over the
-  documents, Student's t with n - 1 degrees of freedom; margin `gate.max_perplexity_increase` (relative).
+  documents, Student's t with n - 1 degrees of freedom; margin `gate.max_perplexity_increase` (relative). Fewer
+  than MIN_PERPLEXITY_DOCUMENTS documents decide nothing: such a row is at most inconclusive.
 - Across benchmarks, each family of p-values is Holm-adjusted, so its family-wise error is `gate.alpha`.
 - Target task: exact one-sided McNemar superiority test of tuned over base on per-item correctness, at alpha.
 
@@ -301,6 +302,9 @@ def _sequential_perplexity_pending(
     )
 
 
+MIN_PERPLEXITY_DOCUMENTS = 10  # below this a spread estimated from the documents themselves is not trusted
+
+
 def _perplexity_pending(
     name: str,
     metric: str,
@@ -337,6 +341,9 @@ def _perplexity_pending(
         detectable_drop=100.0 * math.expm1(stats.detectable_margin_t(ratio.se_per_document, len(base), tail)),
         items_needed=stats.items_needed_t(ratio.se_per_document, bound, tail),
     )
+    if len(base) < MIN_PERPLEXITY_DOCUMENTS:  # at most inconclusive; no power figures from so few
+        row.detectable_drop = row.items_needed = None
+        return _Pending(row=row, p_noninferior=1.0, p_beyond_margin=1.0, p_worse=1.0)
     return _Pending(
         row=row,
         p_noninferior=ratio.p_at_least(bound),
@@ -369,6 +376,11 @@ def _finding(row: GateRow, unit: str) -> str:
         return f"{change}: no {worse} beyond {margin} (non-inferiority p={row.p_noninferior:.2g})"
     if row.verdict == "fail":
         return f"{change}: forgetting shown beyond {margin} (p={row.p_beyond_margin:.2g} for a {worse} beyond it)"
+    if row.kind == "perplexity" and row.n < MIN_PERPLEXITY_DOCUMENTS:
+        return (
+            f"{change}: {row.n} documents are too few to decide (a perplexity row needs at least "
+            f"{MIN_PERPLEXITY_DOCUMENTS}; raise forgetting.perplexity_limit)"
+        )
     cannot_tell = (
         f"{row.n} items cannot tell; they can show a margin of {row.detectable_drop:.2g}{unit}, "
         f"about {row.items_needed} items would settle {margin}"

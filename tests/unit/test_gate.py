@@ -232,6 +232,25 @@ def test_perplexity_rows_use_document_pairs() -> None:
     assert row.verdict == "fail" and row.delta > 10.0 and row.kind == "perplexity"
 
 
+def test_fewer_than_ten_documents_decide_nothing() -> None:
+    """Nine documents that all rose far beyond the margin, or not at all: the row is inconclusive either way, and
+    reports no detectable rise or documents needed from so few; ten documents decide both."""
+    docs = [[-1000.0 - 10 * i, 300.0] for i in range(10)]
+    same = {"word_perplexity": 1.0, "items": {str(i): d for i, d in enumerate(docs)}}
+    worse = {"word_perplexity": 1.0, "items": {str(i): [ll * 1.5, w] for i, (ll, w) in enumerate(docs)}}
+    nine = {
+        key: {**scores, "items": dict(list(scores["items"].items())[:9])}
+        for key, scores in {"same": same, "worse": worse}.items()
+    }
+    for tuned in (nine["same"], nine["worse"]):
+        row = _row(decide({"wikitext": nine["same"]}, {"wikitext": tuned}, GATE, [0, 1], [1, 1]), "wikitext")
+        assert row.verdict == "inconclusive" and row.n == 9
+        assert row.detectable_drop is None and row.items_needed is None
+        assert "too few to decide" in row.reason and "items would settle" not in row.reason
+    assert _row(decide({"wikitext": same}, {"wikitext": same}, GATE, [0, 1], [1, 1]), "wikitext").verdict == "pass"
+    assert _row(decide({"wikitext": same}, {"wikitext": worse}, GATE, [0, 1], [1, 1]), "wikitext").verdict == "fail"
+
+
 def test_task_superiority_is_a_paired_test() -> None:
     base, tuned = _pairs(200, gains=60, losses=5, both=80)
     assert decide({}, {}, GATE, base, tuned).task.verdict == "pass"

@@ -78,7 +78,16 @@ def _config(root: Path, model_dir: Path, benchmark_dir: Path, overrides: dict) -
 def _scores(model, config: RunConfig) -> dict[str, dict[str, float]]:
     bench = config.forgetting
     tokenizer = load_tokenizer(config.model)
-    return run_benchmarks(model, tokenizer, list(bench.benchmarks), Path(bench.data_dir), bench.limit, bench.batch_size)
+    data_dir = Path(bench.data_dir)
+    return run_benchmarks(
+        model,
+        tokenizer,
+        list(bench.benchmarks),
+        data_dir,
+        bench.limit,
+        bench.batch_size,
+        perplexity_limit=bench.perplexity_limit,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +126,7 @@ def test_destructive_fine_tune_trips_the_gate(
     wikitext = failed["wikitext"]
     assert wikitext.verdict == "fail" and "forgetting shown" in wikitext.reason
     assert math.isfinite(wikitext.tuned) and wikitext.delta > 100 * GATE.max_perplexity_increase
-    assert wikitext.ci_low > 0 and wikitext.n >= 2
+    assert wikitext.ci_low > 0 and wikitext.n >= 10
     # Collapsing onto one word also hurts the other perplexity lm-eval reports (LAMBADA's, not gated).
     assert tuned["lambada"]["perplexity"] > base_scores["lambada"]["perplexity"]
 
