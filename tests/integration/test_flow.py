@@ -141,7 +141,7 @@ def test_flow_trains_evaluates_registers_and_reuses_base_scores(
     forgetting_run = next(run for run in children if run.data.tags["step"] == "forgetting")
     gate_metrics = {"gate_verdict", "gate.hellaswag.delta", "gate.hellaswag.ci_low", "gate.hellaswag.p_value"}
     assert gate_metrics <= set(forgetting_run.data.metrics)
-    assert forgetting_run.data.metrics["gate.wikitext.n"] == 2  # documents, paired
+    assert forgetting_run.data.metrics["gate.wikitext.n"] == 10  # documents, paired
     assert forgetting_run.data.metrics["gate.regression.n"] == 4  # forgetting.limit items of the user's file
     assert "| regression | acc | 4 |" in first.forgetting.markdown
     version = client.get_model_version("tiny-sst2", "1")
