@@ -27,6 +27,7 @@ from flows.serve import deploy_to_pool
 from tasks.lib.config import ConfigError, RunConfig, load_config
 from tasks.lib.preflight import check_inputs
 from tasks.lib.sweep import (
+    SweepResult,
     TrialOutcome,
     best_feasible,
     grid_space,
@@ -101,7 +102,7 @@ def _finish(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> 
 
 
 @flow(name="qlora-sweep")
-def sweep(config_path: str = "configs/demo.yaml", overrides: list[str] | None = None) -> dict:
+def sweep(config_path: str = "configs/demo.yaml", overrides: list[str] | None = None) -> SweepResult:
     """Run `sweep.trials` pipeline trials on the work pool and register the best gate-passing one."""
     import mlflow
 
@@ -197,21 +198,6 @@ def sweep(config_path: str = "configs/demo.yaml", overrides: list[str] | None = 
     client.set_terminated(sweep_run, status="FINISHED")
     create_markdown_artifact(markdown, key=artifact_key(f"{config.name}-sweep"), description="qlora sweep")
     logger.info("%s", registration)
-    return {
-        "sweep_run_id": sweep_run,
-        "best_run_id": best.run_id if best else None,
-        "registration": registration,
-        "trials": [
-            {
-                "number": o.number,
-                "values": o.values,
-                "run_id": o.run_id,
-                "state": o.state,
-                "validation_loss": o.validation_loss,
-                "task_gain": o.task_gain,
-                "worst_forgetting": o.worst_forgetting,
-                "gate_passed": o.gate_passed,
-            }
-            for o in outcomes
-        ],
-    }
+    return SweepResult(
+        sweep_run_id=sweep_run, best_run_id=best.run_id if best else None, registration=registration, trials=outcomes
+    )

@@ -7,6 +7,7 @@ Call `quiet_known_noise()` before peft is imported (peft imports bitsandbytes, w
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 # (logger, message prefix): log records dropped.
@@ -47,3 +48,20 @@ def quiet_known_noise() -> None:
             logger.addFilter(_DropPrefixes(prefixes))
     for category, message in NOISY_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+
+
+def quiet_progress_and_links() -> None:
+    """Defaults (an environment variable set by the user wins) for a command-line process."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # lm-eval and transformers redraw their progress bars 10 times a second; into a log file or the Prefect
+    # logs that is thousands of lines per step. tqdm reads its defaults from TQDM_* variables: one update every
+    # 20 s keeps the bars useful in a terminal without flooding a log.
+    os.environ.setdefault("TQDM_MININTERVAL", "20")
+    os.environ.setdefault("TQDM_MAXINTERVAL", "60")
+    # MLflow prints "View run at: <tracking URI>" after each run; a URI from the environment may carry
+    # credentials. The CLI prints its own links, scrubbed.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # Without `make up`, Prefect starts a temporary server; its 20 s default is too short on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

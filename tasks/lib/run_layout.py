@@ -53,5 +53,16 @@ class RunLayout:
         """Rank 0's TrainResult."""
         return self.launch_dir / "result.json"
 
+    @staticmethod
+    def newest_finished(path: Path) -> Path:
+        """`path` itself when it is a finished run directory, else its newest subdirectory holding one."""
+        if RunLayout.of(path).result_file.is_file():
+            return path
+        results = (RunLayout.of(folder).result_file for folder in path.iterdir() if folder.is_dir())
+        runs = sorted((result for result in results if result.is_file()), key=lambda result: result.stat().st_mtime)
+        if not runs:
+            raise FileNotFoundError(f"{path}: no finished pipeline run (pipeline_result.json) in it or below it")
+        return runs[-1].parent
+
     def is_pipeline_run(self) -> bool:
         return self.result_file.is_file() or self.mlflow_marker.is_file()

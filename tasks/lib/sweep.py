@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from tasks.lib.config import SweepParameter
 from tasks.lib.plots import pyplot, save_png
 
@@ -36,6 +38,13 @@ class TrialOutcome:
     @property
     def feasible(self) -> bool:
         return self.state == "completed" and self.gate_passed and self.validation_loss is not None
+
+
+class SweepResult(BaseModel):
+    sweep_run_id: str  # the MLflow parent run
+    best_run_id: str | None  # None: no trial passed the gate
+    registration: str  # what happened to the best trial in the registry, in words
+    trials: list[TrialOutcome]
 
 
 def suggest(trial, parameters: dict[str, SweepParameter]) -> dict[str, Any]:

@@ -1,0 +1,92 @@
+"""What the CLI's verbs print: plain-text summaries of their typed results, one function per verb."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def _mlflow_ui_hint(experiment_id: str, run_id: str) -> str:
+    from tasks.io.tracking import scrub, tracking_uri
+
+    uri = scrub(tracking_uri(None))
+    if uri.startswith("http"):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"`mlflow ui --backend-store-uri {uri}` (or `make up`), then open http://127.0.0.1:5000 (run {run_id})"
+
+
+def run_summary(result: Any) -> str:
+    """A finished `qlora run`: the task, every gate row, the registry, and where to look in the UIs."""
+    lines = ["", "=== qlora pipeline finished ==="]
+    if result.skipped:
+        return "\n".join([*lines, f"skipped: {result.reason}"])
+    lines.append(f"run directory:  {result.run_dir}")
+    if result.evaluation:
+        ev, metric = result.evaluation, result.evaluation.primary_metric
+        lines.append(f"target task:    {metric} base {ev.base[metric]:.3f} -> tuned {ev.tuned[metric]:.3f}")
+    if result.forgetting:
+        gate = result.forgetting.gate
+        passed = "passed" if result.forgetting.passed else "not passed"
+        lines.append(f"gate:           {gate.verdict.upper()} ({passed})")
+        lines += [f"  {row.name:<12} {row.verdict:<12} {row.reason}" for row in [*gate.rows, gate.task]]
+    if result.registration:
+        reg = result.registration
+        where = f"{reg.model_name} v{reg.version} aliases={reg.aliases}" if reg.registered else "nothing registered"
+        lines.append(f"registry:       {where} ({reg.reason})")
+    prefect_url = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
+    if prefect_url:
+        lines.append(f"Prefect UI:     {prefect_url}/runs/flow-run/{result.prefect_flow_run_id}")
+    else:
+        lines.append("Prefect UI:     ran on a temporary server; `make up` keeps the history and serves the UI")
+    lines.append(f"MLflow UI:      {_mlflow_ui_hint(result.mlflow_experiment_id, result.mlflow_run_id)}")
+    return "\n".join(lines)
+
+
+def sweep_summary(result: Any) -> str:
+    lines = ["", "=== qlora sweep finished ==="]
+    for trial in result.trials:
+        gain = "-" if trial.task_gain is None else f"{trial.task_gain:+.1f} pts"
+        gate = "gate passed" if trial.gate_passed else f"gate not passed ({trial.state})"
+        lines.append(f"  #{trial.number:<3} {trial.values}  task {gain}, {gate}  [{trial.run_id}]")
+    return "\n".join([*lines, result.registration])
+
+
+def check_summary(run_dir: Path, check: Any) -> str:
+    lines = [f"run {run_dir}: " + ("registered, verified champion" if check.ok else "NOT a verified champion")]
+    lines += [f"  - {problem}" for problem in check.problems]
+    if check.wall_seconds is not None:
+        steps = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in check.steps.items())
+        lines.append(f"wall time {check.wall_seconds:.0f} s; steps: {steps}")
+    return "\n".join(lines)
+
+
+def base_scores_summary(scores: dict[str, dict], cached: bool, cache_dir: str) -> str:
+    state = "already cached" if cached else f"scored and cached in {cache_dir}"
+    return f"base model benchmark results {state}: " + ", ".join(f"{k} n={int(s['n'])}" for k, s in scores.items())
+
+
+def benchmarks_table(rows: list[Any]) -> str:
+    lines = [f"{'benchmark':<15} {'metric':<16} {'items':>6}  data"]
+    lines += [f"{row.name:<15} {row.metric:<16} {row.items or '':>6}  {row.status}" for row in rows]
+    lines.append(
+        "\nAlso: any lm-eval task name (its data from the hub); your own: forgetting.custom (docs/benchmarks.md)."
+    )
+    return "\n".join(lines)
+
+
+def stack_started(urls: dict[str, str]) -> str:
+    return (
+        f"Prefect UI: {urls['prefect_ui']}\nMLflow UI:  {urls['mlflow']}\nlogs: .stack/*.log\n"
+        f"export PREFECT_API_URL={urls['prefect_api']} MLFLOW_TRACKING_URI={urls['mlflow']}"
+    )
+
+
+def stack_status(report: dict[str, dict]) -> str:
+    lines = []
+    for name, entry in report.items():
+        state = f"running (pid {entry['pid']})" if entry["running"] else "stopped"
+        if "url" in entry:
+            state += f", {entry['url']} {'answers' if entry['healthy'] else 'does not answer'}"
+        lines.append(f"{name:<8} {state}" + (f"\n         {entry['problem']}" if "problem" in entry else ""))
+    return "\n".join(lines)
