@@ -170,7 +170,9 @@ class DataConfig(_Section):
     replay: ReplayConfig | None = Field(
         None, description="Mix general data into training against forgetting; never into validation or test."
     )
-    split: SplitConfig = Field(default_factory=SplitConfig)
+    split: SplitConfig = Field(
+        default_factory=SplitConfig, description="Validation and test fractions, or the files that hold them."
+    )
     processed_dir: str = Field("data/processed", description="Where prepared splits are written.")
 
     @model_validator(mode="after")
@@ -255,7 +257,10 @@ class TrainConfig(_Section):
     logging_steps: int = Field(5, gt=0, description="Training loss and throughput to MLflow every N steps.")
     early_stopping_patience: int | None = Field(3, gt=0, description="Evals without improvement; null: off.")
     eval_max_rows: int | None = Field(200, gt=0, description="Validation rows used for the loss.")
-    forgetting_proxy: ForgettingProxyConfig = Field(default_factory=ForgettingProxyConfig)
+    forgetting_proxy: ForgettingProxyConfig = Field(
+        default_factory=ForgettingProxyConfig,
+        description="A general-text loss logged during training (never the gate's documents).",
+    )
 
     @model_validator(mode="after")
     def _one_way_to_scale(self) -> TrainConfig:
@@ -578,20 +583,34 @@ class RunConfig(_Section):
     name: str = Field(description="Run family name: run directory, processed data and defaults derive from it.")
     seed: int = Field(42, description="Seeds shuffling, splits, LoRA initialisation, dropout and item order.")
     output_dir: str = Field("runs", description="Run directories live under here.")
-    model: ModelConfig
-    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    data: DataConfig
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig)
-    gate: GateConfig = Field(default_factory=GateConfig)
-    merge: MergeConfig = Field(default_factory=MergeConfig)
-    registry: RegistryConfig
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    model: ModelConfig = Field(description="The base model: where it is, its revision, its dtype.")
+    quantization: QuantizationConfig = Field(
+        default_factory=QuantizationConfig, description="How the base is loaded in 4 bits (bitsandbytes)."
+    )
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="The LoRA adapter trained on the 4-bit base.")
+    data: DataConfig = Field(description="The task data: where, its row shape, how rendered and split.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="The trainer: steps, rates, checkpoints.")
+    evaluation: EvaluationConfig = Field(
+        default_factory=EvaluationConfig, description="Target-task evaluation of base and tuned on the test items."
+    )
+    forgetting: ForgettingConfig = Field(
+        default_factory=ForgettingConfig, description="The general benchmarks the gate reads, and how many items."
+    )
+    gate: GateConfig = Field(
+        default_factory=GateConfig, description="What promotion requires: margins, level, inconclusive rows."
+    )
+    merge: MergeConfig = Field(
+        default_factory=MergeConfig, description="Merging the adapter into the dequantized base, and its check."
+    )
+    registry: RegistryConfig = Field(description="Where a model that passes the gates is registered.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="The MLflow store runs log to.")
+    schedule: ScheduleConfig = Field(
+        default_factory=ScheduleConfig, description="When the retraining deployment runs (cron)."
+    )
     sweep: SweepConfig | None = Field(None, description="The search `qlora sweep` runs; ignored by `qlora run`.")
-    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    resources: ResourcesConfig = Field(
+        default_factory=ResourcesConfig, description="The CPU threads a run may use on a shared machine."
+    )
     ray: RayConfig = Field(
         default_factory=RayConfig, description="The Ray cluster train.engine / forgetting.engine `ray` run on."
     )

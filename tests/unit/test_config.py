@@ -273,3 +273,30 @@ def test_bad_rows_of_a_custom_benchmark_are_refused_before_work_naming_file_and_
     assert "forgetting.custom.mine" in message
     assert f"{items} line 2: choices must be a list of at least 2 strings" in message
     assert f"{items} line 4: missing choices or options, label or gold or answer" in message
+
+
+def test_every_config_field_says_what_it_does() -> None:
+    """Every key a user can set, in every section and subsection, carries a description (what `--help`-like docs
+    and the JSON schema show)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from tasks.lib.config import RunConfig
+
+    undocumented, seen = [], set()
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        seen.add(model)
+        for name, field in model.model_fields.items():
+            if not (field.description or "").strip():
+                undocumented.append(prefix + name)
+            pending = [field.annotation]
+            while pending:
+                annotation = pending.pop()
+                pending.extend(typing.get_args(annotation))
+                if isinstance(annotation, type) and issubclass(annotation, BaseModel) and annotation not in seen:
+                    walk(annotation, f"{prefix}{name}.")
+
+    walk(RunConfig, "")
+    assert len(seen) > 15 and not undocumented, undocumented
