@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/demo.yaml
 
 SHELL := /bin/bash
-.PHONY: help lock check-lock check-demo demo-report test-gpu setup demo run up down serve-model status test test-slow test-all lint bench bench-quick clean
+.PHONY: help lock check-lock check-demo demo-report test-gpu setup smoke demo run up down serve-model status test test-slow test-all lint bench bench-quick clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -55,6 +55,10 @@ serve-model:  ## serve models:/MODEL@champion with MLflow's server on 127.0.0.1:
 
 status:  ## what of the local stack is running
 	$(BIN)/qlora stack status
+
+smoke: setup  ## the whole pipeline on configs/tiny.yaml: a tiny random model, under a minute, no stack needed
+	$(BIN)/python -c "from tests.tiny_model import save_tiny_model; save_tiny_model('models/tiny-random')"
+	$(BIN)/qlora run configs/tiny.yaml
 
 test:  ## unit and integration tests (tiny model; no GPU, no network)
 	$(BIN)/python -m pytest -q
