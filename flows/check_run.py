@@ -58,29 +58,24 @@ def outcome_problems(result: PipelineResult) -> list[str]:
 
 def check_run(run_dir: Path) -> RunCheck:
     """Outcome checks plus the registry's own view and the step timings from MLflow."""
-    import mlflow
-
-    from tasks.io.tracking import configure_mlflow
+    from tasks.io.registry import champion
+    from tasks.io.tracking import child_runs, configure_mlflow, get_run
 
     config, result = load_run(run_dir)
     check = RunCheck(problems=outcome_problems(result))
     configure_mlflow(config.tracking.uri, config.tracking.experiment, config.tracking.artifact_location)
-    client = mlflow.MlflowClient()
     if result.registration and result.registration.registered:
-        champion = client.get_model_version_by_alias(result.registration.model_name, CHAMPION)
-        if str(champion.version) != str(result.registration.version):
-            check.problems.append(f"the registry's champion is v{champion.version}, not v{result.registration.version}")
-        if champion.tags.get("round_trip") != "verified":
-            check.problems.append(f"the champion v{champion.version} is not tagged round_trip=verified")
-    parent = client.get_run(result.mlflow_run_id)
-    if parent.info.end_time:
-        check.wall_seconds = (parent.info.end_time - parent.info.start_time) / 1000
-    children = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result.mlflow_run_id}'"
-    )
-    for child in sorted(children, key=lambda run: run.info.start_time):
-        if child.info.end_time:
-            check.steps[child.info.run_name] = (child.info.end_time - child.info.start_time) / 1000
+        current = champion(result.registration.model_name)
+        version, tags = current if current else (None, {})
+        if str(version) != str(result.registration.version):
+            check.problems.append(f"the registry's champion is v{version}, not v{result.registration.version}")
+        if tags.get("round_trip") != "verified":
+            check.problems.append(f"the champion v{version} is not tagged round_trip=verified")
+    parent = get_run(result.mlflow_run_id)
+    check.wall_seconds = parent.seconds
+    for child in child_runs(parent.experiment_id, parent.run_id):
+        if child.seconds is not None:
+            check.steps[child.name] = child.seconds
     return check
 
 

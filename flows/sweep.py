@@ -24,6 +24,7 @@ from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 
 from flows.serve import deploy_to_pool
+from tasks.io.tracking import MlflowTracker, close_run, configure_mlflow, create_run, newest_run
 from tasks.lib.config import ConfigError, RunConfig, load_config
 from tasks.lib.preflight import check_inputs
 from tasks.lib.sweep import (
@@ -79,16 +80,14 @@ def open_study(config: RunConfig) -> optuna.Study:
     )
 
 
-def _read_outcome(client, experiment_id: str, outcome: TrialOutcome) -> TrialOutcome:
-    runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.pipeline = 'qlora' and tags.run_id = '{outcome.run_id}'", max_results=1
-    )
-    if not runs:
+def _read_outcome(experiment_id: str, outcome: TrialOutcome) -> TrialOutcome:
+    run = newest_run(experiment_id, {"pipeline": "qlora", "run_id": outcome.run_id})
+    if run is None:
         outcome.state = "failed"
         outcome.notes.append("no MLflow run (the flow run failed before training)")
         return outcome
-    outcome.mlflow_run_id = runs[0].info.run_id
-    return outcome_from_metrics(outcome, runs[0].data.metrics, runs[0].data.tags)
+    outcome.mlflow_run_id = run.run_id
+    return outcome_from_metrics(outcome, run.metrics, run.tags)
 
 
 def _finish(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> None:
@@ -104,10 +103,7 @@ def _finish(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> 
 @flow(name="qlora-sweep")
 def sweep(config_path: str = "configs/demo.yaml", overrides: list[str] | None = None) -> SweepResult:
     """Run `sweep.trials` pipeline trials on the work pool and register the best gate-passing one."""
-    import mlflow
-
     from flows.steps import rerun_step
-    from tasks.io.tracking import configure_mlflow
 
     logger = get_run_logger()
     overrides = list(overrides or [])
@@ -119,13 +115,10 @@ def sweep(config_path: str = "configs/demo.yaml", overrides: list[str] | None = 
     deployment = deploy_trials(config)
     study = open_study(config)
     experiment_id = configure_mlflow(config.tracking.uri, config.tracking.experiment, config.tracking.artifact_location)
-    client = mlflow.MlflowClient()
-    sweep_run = client.create_run(
-        experiment_id,
-        run_name=f"{config.name}-sweep-{secrets.token_hex(2)}",
-        tags={"pipeline": "qlora-sweep", "config_name": config.name, "study": study.study_name},
-    ).info.run_id
-    client.log_param(sweep_run, "sweep", spec.model_dump_json())
+    tags = {"pipeline": "qlora-sweep", "config_name": config.name, "study": study.study_name}
+    sweep_run = create_run(experiment_id, f"{config.name}-sweep-{secrets.token_hex(2)}", tags)
+    tracker = MlflowTracker(sweep_run)
+    tracker.log_params({"sweep": spec.model_dump_json()})
 
     outcomes: list[TrialOutcome] = []
     in_flight: dict = {}  # flow run id -> (trial, outcome, started)
@@ -161,7 +154,7 @@ def sweep(config_path: str = "configs/demo.yaml", overrides: list[str] | None = 
                 if not (state is not None and state.is_final()) and not timed_out:
                     continue
                 del in_flight[flow_run_id]
-                _read_outcome(client, experiment_id, outcome)
+                _read_outcome(experiment_id, outcome)
                 if timed_out:
                     outcome.state = "failed"
                     outcome.notes.append(f"still running after {spec.trial_timeout_s} s")
@@ -184,18 +177,17 @@ def sweep(config_path: str = "configs/demo.yaml", overrides: list[str] | None = 
             if ref.registered
             else f"Not registered: {ref.reason}."
         )
-        client.set_tag(sweep_run, "best_run_id", best.run_id)
-        client.log_metric(sweep_run, "best.validation_loss", best.validation_loss)
-        if best.task_gain is not None:
-            client.log_metric(sweep_run, "best.task_gain", best.task_gain)
+        tracker.set_tags({"best_run_id": best.run_id})
+        best_metrics = {"best.validation_loss": best.validation_loss, "best.task_gain": best.task_gain}
+        tracker.log_metrics({key: value for key, value in best_metrics.items() if value is not None})
     markdown = trials_markdown(outcomes, best, registration)
     with tempfile.TemporaryDirectory() as folder:
         table = Path(folder) / "sweep_trials.md"
         table.write_text(markdown)
-        client.log_artifact(sweep_run, str(table))
-        client.log_artifact(sweep_run, str(pareto_plot(outcomes, Path(folder) / "sweep_pareto.png")))
-    client.log_metric(sweep_run, "trials.feasible", sum(outcome.feasible for outcome in outcomes))
-    client.set_terminated(sweep_run, status="FINISHED")
+        tracker.log_artifact(table)
+        tracker.log_artifact(pareto_plot(outcomes, Path(folder) / "sweep_pareto.png"))
+    tracker.log_metrics({"trials.feasible": sum(outcome.feasible for outcome in outcomes)})
+    close_run(sweep_run)
     create_markdown_artifact(markdown, key=artifact_key(f"{config.name}-sweep"), description="qlora sweep")
     logger.info("%s", registration)
     return SweepResult(

@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import mlflow
-from mlflow.entities import Metric
-
-from tasks.io.tracking import MlflowTracker, configure_mlflow, flatten, log_dataset_inputs
+from tasks.io.tracking import (
+    MlflowTracker,
+    close_run,
+    configure_mlflow,
+    create_run,
+    flatten,
+    log_dataset_inputs,
+    newest_run,
+    reopen_run,
+)
 from tasks.io.versioning import provenance
 from tasks.lib import threads
 from tasks.lib.config import ConfigError, RunConfig
@@ -42,25 +47,15 @@ def start_pipeline_run(
     run_dir.mkdir(parents=True, exist_ok=True)
     experiment_id = configure_mlflow(config.tracking.uri, config.tracking.experiment, config.tracking.artifact_location)
     marker = RunLayout.of(run_dir).mlflow_marker
-    client = mlflow.MlflowClient()
     marker_existed = marker.is_file()
     if marker_existed:
         stored = json.loads(marker.read_text())
         refuse_changed_resume(run_id, run_dir, config, data, stored)
         parent_run_id = stored["parent_run_id"]
-        close_killed_step_runs(client, experiment_id, parent_run_id)
-        client.update_run(parent_run_id, status="RUNNING")
+        reopen_run(experiment_id, parent_run_id)
     else:
-        parent_run_id = client.create_run(
-            experiment_id,
-            run_name=f"{config.name}-{run_id}",
-            tags={
-                "pipeline": "qlora",
-                "run_id": run_id,
-                "config_name": config.name,
-                **({"mlflow.parentRunId": mlflow_parent_run_id} if mlflow_parent_run_id else {}),
-            },
-        ).info.run_id
+        tags = {"pipeline": "qlora", "run_id": run_id, "config_name": config.name}
+        parent_run_id = create_run(experiment_id, f"{config.name}-{run_id}", tags, mlflow_parent_run_id)
         marker.write_text(json.dumps({"parent_run_id": parent_run_id, "data_fingerprint": data.fingerprint}))
         (run_dir / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))
     tracker = MlflowTracker(parent_run_id)
@@ -105,16 +100,6 @@ def refuse_changed_resume(run_id: str, run_dir: Path, config: RunConfig, data: D
         )
 
 
-def close_killed_step_runs(client: mlflow.MlflowClient, experiment_id: str, parent_run_id: str) -> None:
-    """Step runs of a killed attempt still say RUNNING; nothing else can be running under this parent now."""
-    stale = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'",
-    )
-    for run in stale:
-        client.set_terminated(run.info.run_id, status="KILLED")
-
-
 def headline_metrics(result: PipelineResult) -> dict[str, float]:
     """What Compare in the MLflow UI needs on the parent run: is it better, did it forget, did it ship."""
     metrics: dict[str, float] = {}
@@ -142,26 +127,22 @@ def headline_metrics(result: PipelineResult) -> dict[str, float]:
 
 
 def finish_pipeline_run(context: RunContext, result: PipelineResult, failed: bool) -> None:
-    client = mlflow.MlflowClient()
     summary = RunLayout.of(context.run_dir).result_file
     summary.write_text(result.model_dump_json(indent=2))
-    client.log_artifact(context.parent_run_id, str(summary))
-    client.log_batch(
-        context.parent_run_id,
-        metrics=[Metric(key, value, int(time.time() * 1000), 0) for key, value in headline_metrics(result).items()],
-    )
+    tracker = MlflowTracker(context.parent_run_id)
+    tracker.log_artifact(summary)
+    tracker.log_metrics(headline_metrics(result))
     tags = {"outcome": "failed" if failed else "completed"}
     if result.forgetting is not None:
         tags["gate"] = "passed" if result.forgetting.passed else "failed"
     if result.registration is not None and result.registration.version:
         tags["registered_version"] = result.registration.version
-    for key, value in tags.items():
-        client.set_tag(context.parent_run_id, key, value)
+    tracker.set_tags(tags)
     if result.train is not None and result.train.adapter_model_id:
         verdicts = {f"pipeline.{key}": value for key, value in tags.items()}
         gate = result.forgetting.tags if result.forgetting is not None else {}
-        client.set_logged_model_tags(result.train.adapter_model_id, {**verdicts, **gate})
-    client.set_terminated(context.parent_run_id, status="FAILED" if failed else "FINISHED")
+        tracker.set_logged_model_tags(result.train.adapter_model_id, {**verdicts, **gate})
+    close_run(context.parent_run_id, "FAILED" if failed else "FINISHED")
 
 
 def last_attempt(config: RunConfig) -> dict[str, str] | None:
@@ -169,13 +150,8 @@ def last_attempt(config: RunConfig) -> dict[str, str] | None:
 
     A run that crashed is not an attempt to remember: the next schedule retries it."""
     experiment_id = configure_mlflow(config.tracking.uri, config.tracking.experiment, config.tracking.artifact_location)
-    runs = mlflow.MlflowClient().search_runs(
-        [experiment_id],
-        filter_string=f"tags.pipeline = 'qlora' and tags.config_name = '{config.name}' and tags.outcome = 'completed'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return dict(runs[0].data.tags) if runs else None
+    newest = newest_run(experiment_id, {"pipeline": "qlora", "config_name": config.name, "outcome": "completed"})
+    return newest.tags if newest else None
 
 
 def unchanged_since_last_attempt(config: RunConfig, data: DataRef) -> str | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
 
@@ -51,7 +50,7 @@ def champion_scores_on(
     Reused from the champion's tags when it was scored on the same items; otherwise the champion
     (`models:/<name>@champion`) is loaded and scored on them now.
     """
-    current = champion(MlflowClient(), config.registry.model_name)
+    current = champion(config.registry.model_name)
     if current is None:
         return None, "no champion"
     version, tags = current
@@ -84,7 +83,7 @@ def run_registration(config: RunConfig, context: RunContext, data: DataRef, resu
         champion_items, source = champion_scores_on(config, evaluation, rows, get_run_logger_or_none())
         _, challenger_items = evaluation.paired_scores()
         # Each confirmation on these test items spends part of their error budget (tasks/lib/promotion.py).
-        ledger = read_confirmation_ledger(MlflowClient(), name, evaluation.test_fingerprint)
+        ledger = read_confirmation_ledger(name, evaluation.test_fingerprint)
         look = ledger.look_of(context.run_id)
         alpha = look_alpha(config.gate.alpha, look) if champion_items is not None else config.gate.alpha
         decision = decide_promotion(True, challenger_items, champion_items, alpha)
@@ -117,7 +116,7 @@ def run_registration(config: RunConfig, context: RunContext, data: DataRef, resu
             example_prompt=user_prompt(rows[0]) if rows else "Hello!",
         )
         if champion_items is not None:
-            record_test_look(MlflowClient(), name, ledger)
+            record_test_look(name, ledger)
         round_trip = registered.round_trip.model_dump() if registered.round_trip else None
         if round_trip:
             tracker.log_metrics({f"round_trip.{key}": value for key, value in round_trip.items()})

@@ -67,8 +67,9 @@ def _pip_requirements() -> list[str]:
     return pins
 
 
-def champion(client: MlflowClient, model_name: str) -> tuple[int, dict[str, str]] | None:
+def champion(model_name: str) -> tuple[int, dict[str, str]] | None:
     """(version, tags) of the version holding the champion alias, or None."""
+    client = MlflowClient()
     try:
         registered = client.get_registered_model(model_name)
     except MlflowException as error:
@@ -84,10 +85,10 @@ def champion(client: MlflowClient, model_name: str) -> tuple[int, dict[str, str]
 LEDGER_TAG_PREFIX = "test_ledger."
 
 
-def read_confirmation_ledger(client: MlflowClient, model_name: str, fingerprint: str) -> ConfirmationLedger:
+def read_confirmation_ledger(model_name: str, fingerprint: str) -> ConfirmationLedger:
     """The registered model's record of confirmations made on the test set `fingerprint` (none yet: 0 looks)."""
     try:
-        tags = client.get_registered_model(model_name).tags
+        tags = MlflowClient().get_registered_model(model_name).tags
     except MlflowException as error:
         if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
             return ConfirmationLedger(fingerprint=fingerprint)
@@ -96,9 +97,10 @@ def read_confirmation_ledger(client: MlflowClient, model_name: str, fingerprint:
     return ConfirmationLedger.model_validate_json(stored) if stored else ConfirmationLedger(fingerprint=fingerprint)
 
 
-def record_test_look(client: MlflowClient, model_name: str, ledger: ConfirmationLedger) -> None:
+def record_test_look(model_name: str, ledger: ConfirmationLedger) -> None:
     """Write the ledger after a confirmation (under the registry lock, so looks are never lost to a race)."""
-    client.set_registered_model_tag(model_name, LEDGER_TAG_PREFIX + ledger.fingerprint, ledger.model_dump_json())
+    key = LEDGER_TAG_PREFIX + ledger.fingerprint
+    MlflowClient().set_registered_model_tag(model_name, key, ledger.model_dump_json())
 
 
 def version_of_pipeline_run(client: MlflowClient, model_name: str, pipeline_run_id: str) -> int | None:

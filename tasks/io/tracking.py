@@ -1,4 +1,4 @@
-"""Experiment tracking: a small protocol, an MLflow implementation and a null one.
+"""Experiment tracking: the one place runs are created, logged into, looked up and closed in MLflow.
 
 Everything sent to MLflow passes through `scrub`, so a secret never reaches the store: values
 of secret-looking keys are dropped and credentials embedded in URIs are masked.
@@ -12,8 +12,9 @@ import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from tasks.lib.errors import UserError
 
@@ -63,31 +64,81 @@ def tracking_uri(configured: str | None) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-class Tracker(Protocol):
-    def log_params(self, params: Mapping[str, Any]) -> None: ...
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
-    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
-    def log_text(self, text: str, artifact_file: str) -> None: ...
+@dataclass(frozen=True)
+class RunSummary:
+    """What the pipeline reads back from a run: its id, name, tags, metrics and times (seconds)."""
+
+    run_id: str
+    name: str
+    experiment_id: str
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    start: float
+    end: float | None  # None while it runs
+
+    @classmethod
+    def of(cls, run: Any) -> RunSummary:
+        info = run.info
+        end = info.end_time / 1000 if info.end_time else None
+        tags, metrics = dict(run.data.tags), dict(run.data.metrics)
+        return cls(info.run_id, info.run_name, info.experiment_id, tags, metrics, info.start_time / 1000, end)
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.end is None else self.end - self.start
 
 
-class NullTracker:
-    """Stands in where no tracking is wanted (unit tests, dry runs)."""
+def create_run(experiment_id: str, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None) -> str:
+    """A new run (nested under `parent_run_id` when given), left RUNNING; returns its id."""
+    import mlflow
 
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        pass
+    nested = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
+    return mlflow.MlflowClient().create_run(experiment_id, run_name=run_name, tags={**tags, **nested}).info.run_id
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        pass
 
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        pass
+def reopen_run(experiment_id: str, run_id: str) -> None:
+    """A resumed run is RUNNING again; the child runs a killed attempt left RUNNING are closed as KILLED
+    (nothing else can be running under it now)."""
+    for child in child_runs(experiment_id, run_id, status="RUNNING"):
+        close_run(child.run_id, "KILLED")
+    close_run(run_id, "RUNNING")
 
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        pass
 
-    def log_text(self, text: str, artifact_file: str) -> None:
-        pass
+def close_run(run_id: str, status: str = "FINISHED") -> None:
+    """FINISHED, FAILED or KILLED (or RUNNING again)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if status == "RUNNING":
+        client.update_run(run_id, status="RUNNING")
+    else:
+        client.set_terminated(run_id, status=status)
+
+
+def get_run(run_id: str) -> RunSummary:
+    import mlflow
+
+    return RunSummary.of(mlflow.MlflowClient().get_run(run_id))
+
+
+def child_runs(experiment_id: str, parent_run_id: str, status: str | None = None) -> list[RunSummary]:
+    """The runs nested under `parent_run_id` (e.g. a pipeline run's steps), oldest first."""
+    import mlflow
+
+    where = f"tags.mlflow.parentRunId = '{parent_run_id}'" + (f" and attributes.status = '{status}'" if status else "")
+    runs = mlflow.MlflowClient().search_runs([experiment_id], filter_string=where)
+    return sorted((RunSummary.of(run) for run in runs), key=lambda run: run.start)
+
+
+def newest_run(experiment_id: str, tags: Mapping[str, str]) -> RunSummary | None:
+    """The newest run of the experiment carrying all of `tags`, or None."""
+    import mlflow
+
+    where = " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
+    runs = mlflow.MlflowClient().search_runs(
+        [experiment_id], filter_string=where, order_by=["attributes.start_time DESC"], max_results=1
+    )
+    return RunSummary.of(runs[0]) if runs else None
 
 
 class MlflowTracker:
@@ -143,6 +194,9 @@ class MlflowTracker:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in scrub_mapping(tags).items():
             self.client.set_tag(self.run_id, key, value)
+
+    def set_logged_model_tags(self, model_id: str, tags: Mapping[str, Any]) -> None:
+        self.client.set_logged_model_tags(model_id, scrub_mapping(tags))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         path = Path(path)
@@ -209,19 +263,13 @@ def mlflow_run(
     experiment_id: str, run_name: str, run_id: str | None = None, parent_run_id: str | None = None
 ) -> Iterator[str]:
     """Starts (or resumes, given run_id) a run without touching MLflow's global active-run stack."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
     if run_id is None:
-        tags = {"mlflow.runName": run_name}
-        if parent_run_id:
-            tags["mlflow.parentRunId"] = parent_run_id
-        run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+        run_id = create_run(experiment_id, run_name, {"mlflow.runName": run_name}, parent_run_id)
     else:
-        client.update_run(run_id, status="RUNNING")
+        close_run(run_id, "RUNNING")
     try:
         yield run_id
     except BaseException:
-        client.set_terminated(run_id, status="FAILED")
+        close_run(run_id, "FAILED")
         raise
-    client.set_terminated(run_id, status="FINISHED")
+    close_run(run_id)

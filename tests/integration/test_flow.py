@@ -403,7 +403,7 @@ def test_racing_registrations_leave_the_better_model_champion(tmp_path: Path, ti
 
     def register(label: str) -> None:
         with registry_lock("race-model"):
-            current = champion(mlflow.MlflowClient(), "race-model")
+            current = champion("race-model")
             incumbent = decode_correct(current[1]["test_items_correct"]) if current else None
             if label != "old":
                 try:
