@@ -83,6 +83,7 @@ def main() -> int:
     import tasks.forgetting
     import tasks.lib.benchmarks
     from tasks.data import run_prepare
+    from tasks.lib.gate import task_row
     from tasks.lib.refs import MergeRef, TaskEvalRef
     from tasks.pipeline_run import start_pipeline_run
 
@@ -107,7 +108,13 @@ def main() -> int:
         )
         metric = config.evaluation.primary_metric
         evaluation = TaskEvalRef(
-            base={metric: 0.0}, tuned={metric: 1.0}, primary_metric=metric, n_items=0, markdown="", mlflow_run_id=""
+            base={metric: 0.0},
+            tuned={metric: 1.0},
+            primary_metric=metric,
+            n_items=0,
+            markdown="",
+            mlflow_run_id="",
+            task=task_row(None, None, config.gate, metric),
         )
 
         passes, lm_eval_calls = Calls(), Calls()

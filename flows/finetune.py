@@ -20,7 +20,6 @@ from tasks.forgetting import check_forgetting
 from tasks.lib import threads
 from tasks.lib.config import load_config
 from tasks.lib.errors import UserError
-from tasks.lib.gate import task_row
 from tasks.lib.preflight import check_inputs
 from tasks.lib.refs import PipelineResult
 from tasks.merge import merge_adapter_task
@@ -28,10 +27,6 @@ from tasks.pipeline_run import artifact_key, finish_pipeline_run, start_pipeline
 from tasks.register import register_model
 from tasks.report import pipeline_markdown
 from tasks.train import train
-
-
-def task_row_passes(config, evaluation) -> bool:
-    return task_row(*evaluation.paired_scores(), config.gate, evaluation.primary_metric).passed
 
 
 @flow(name="qlora-finetune", persist_result=True)
@@ -102,7 +97,7 @@ def run_pipeline(
     try:
         result.train = train(config, context, data)
         result.evaluation = evaluate_target_task(config, context, data, result.train)
-        if task_row_passes(config, result.evaluation) or config.forgetting.run_when_task_fails:
+        if result.evaluation.task.passed or config.forgetting.run_when_task_fails:
             result.merge = merge_adapter_task(config, context, data, result.train)
         else:
             logger.info("the target-task row failed: no merge, forgetting benchmarks skipped, nothing registered")

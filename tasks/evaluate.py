@@ -9,6 +9,7 @@ from prefect import get_run_logger, task
 from tasks.common import once, retry_only_transient, step_run
 from tasks.io.models import load_adapter_model, load_tokenizer
 from tasks.lib.config import RunConfig
+from tasks.lib.gate import task_row
 from tasks.lib.merge import adapter_reference, save_reference
 from tasks.lib.promotion import items_fingerprint
 from tasks.lib.refs import DataRef, RunContext, TaskEvalRef, TrainRef
@@ -44,6 +45,8 @@ def run_target_eval(config: RunConfig, context: RunContext, data: DataRef, train
         report.write_text(markdown)
         tracker.log_artifact(predictions, "evaluation")
         tracker.log_artifact(report, "evaluation")
+        base_scores = [record.score for record in base.predictions]
+        tuned_scores = [record.score for record in tuned.predictions]
         return TaskEvalRef(
             base=base.metrics,
             tuned=tuned.metrics,
@@ -55,8 +58,9 @@ def run_target_eval(config: RunConfig, context: RunContext, data: DataRef, train
             test_fingerprint=evaluated_items_fingerprint(rows, config),
             base_correct=[record.correct for record in base.predictions],
             tuned_correct=[record.correct for record in tuned.predictions],
-            base_scores=[record.score for record in base.predictions],
-            tuned_scores=[record.score for record in tuned.predictions],
+            base_scores=base_scores,
+            tuned_scores=tuned_scores,
+            task=task_row(base_scores, tuned_scores, config.gate, config.evaluation.primary_metric),
         )
 
 

@@ -148,8 +148,7 @@ def run_forgetting_check(
         looks = gate_looks(config) if base_scores else None
 
         def decide_now(tuned: dict) -> GateResult:
-            task_scores = evaluation.paired_scores()
-            return decide(base_scores, tuned, config.gate, *task_scores, evaluation.primary_metric, margins, looks)
+            return decide(base_scores, tuned, config.gate, evaluation.task, margins, looks)
 
         if base_scores:
             tuned_scores = tuned_scores_in_looks(config, merge.merged_dir, decide_now, looks)

@@ -565,7 +565,7 @@ def _task_verdict(change: str, delta: float, p_better: float, p_name: str, gate:
 
 
 def task_row(
-    base_scores: Sequence[float] | None, tuned_scores: Sequence[float] | None, gate: GateConfig, metric: str
+    base_scores: Sequence[float] | None, tuned_scores: Sequence[float] | None, gate: GateConfig, metric: str = "correct"
 ) -> GateRow:
     """Tuned against base on the same test items: per-item right/wrong (exact McNemar), or graded per-item scores
     such as ROUGE-L (a sign-flip permutation test of the mean difference)."""
@@ -638,23 +638,20 @@ def decide(
     base: dict[str, dict[str, Any]],
     tuned: dict[str, dict[str, Any]],
     gate: GateConfig,
-    task_base_scores: Sequence[float] | None = None,
-    task_tuned_scores: Sequence[float] | None = None,
-    task_metric: str = "correct",
+    task: GateRow | None = None,
     margins: Mapping[str, float] | None = None,
     looks: Mapping[str, sequential.Looks] | None = None,
 ) -> GateResult:
-    """Compare base and tuned benchmark results ({name: {metric: value, "items": {doc: result}}}) and the task.
+    """Compare base and tuned benchmark results ({name: {metric: value, "items": {doc: result}}}); with the task row
+    (`task_row`, decided once by the evaluation; None: no task results) the overall verdict.
 
-    `task_*_scores` are base's and tuned's per-item results on the same test items, in the same order: right/wrong
-    (0/1) or graded scores in [0, 1].
     `margins`: a benchmark's own margin (accuracy points, or a relative perplexity rise) instead of the gate's.
     `looks`: group-sequential (every row Bonferroni at alpha/k): the rows named there are looked at after every block
     of their items in the given order and stop at the first boundary crossed; other rows are judged once. None: the
     fixed design, Holm across the rows.
     """
     rows = _benchmark_rows(base, tuned, gate, margins or {}, looks)
-    task = task_row(task_base_scores, task_tuned_scores, gate, task_metric)
+    task = task or task_row(None, None, gate, "correct")
     verdict = overall_verdict([*rows, task])
     return GateResult(
         verdict=verdict,

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from tasks.lib.gate import GateResult
+from tasks.lib.gate import GateResult, GateRow
 
 
 class RunContext(BaseModel):
@@ -51,6 +51,7 @@ class TaskEvalRef(BaseModel):
     tuned_correct: list[bool] = Field(default_factory=list)
     base_scores: list[float] = Field(default_factory=list)  # per item, the primary metric: the paired task test
     tuned_scores: list[float] = Field(default_factory=list)
+    task: GateRow  # the gate's task row, decided once by the evaluation: tuned against base on these items
 
     def paired_scores(self) -> tuple[list[float], list[float]]:
         """(base, tuned) per-item results the task row and promotion compare (right/wrong from older runs)."""

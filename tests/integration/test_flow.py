@@ -450,6 +450,7 @@ def test_a_better_free_text_challenger_replaces_its_champion_through_the_registr
 
     from tasks.io.registry import PIPELINE_RUN_TAG, register_merged_model
     from tasks.lib.config import RunConfig
+    from tasks.lib.gate import task_row
     from tasks.lib.promotion import decide_promotion, encode_scores
     from tasks.lib.refs import TaskEvalRef
     from tasks.register import TEST_FINGERPRINT_TAG, TEST_SCORES_TAG, champion_scores_on
@@ -477,6 +478,7 @@ def test_a_better_free_text_challenger_replaces_its_champion_through_the_registr
         evaluation = TaskEvalRef(
             base={}, tuned={}, primary_metric="rougeL", n_items=120, markdown="", mlflow_run_id="",
             test_fingerprint="items-v1", base_scores=[0.0] * 120, tuned_scores=scores,
+            task=task_row([0.0] * 120, scores, config.gate, "rougeL"),
         )  # fmt: skip
         incumbent, _ = champion_scores_on(config, evaluation, [])
         decision = decide_promotion(True, scores, incumbent)

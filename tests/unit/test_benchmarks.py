@@ -267,7 +267,7 @@ def test_mmlu_items_carry_their_subject_and_the_gate_sums_subjects_to_the_row(
     assert len(set(base["mmlu"]["groups"].values())) == 57  # interleaved: the first 57 items span every subject
     assert set(base["mmlu"]["groups"]) == set(base["mmlu"]["items"]) and base["mmlu"]["chance"] == 0.25
     flipped = {"mmlu": {**base["mmlu"], "items": {k: 1.0 - v for k, v in base["mmlu"]["items"].items()}}}
-    row = decide(base, flipped, GateConfig(), [0, 1], [1, 1]).rows[0]
+    row = decide(base, flipped, GateConfig()).rows[0]
     assert sum(group.gains for group in row.groups) == row.gains and sum(g.losses for g in row.groups) == row.losses
     assert row.gains + row.losses == 60 and sum(group.n for group in row.groups) == 60
 

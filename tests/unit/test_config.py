@@ -176,37 +176,6 @@ def test_shipped_accelerate_configs_and_the_fsdp_storage_rule(tmp_path, config_f
         check_inputs(config_from_dict(raw))
 
 
-def test_every_config_field_says_what_it_does():
-    """Every key a user can set has a description (what `qlora validate` and the schema show), sections included
-    wherever they nest: a new knob without one fails here."""
-    import typing
-
-    from pydantic import BaseModel
-
-    from tasks.lib.config import RunConfig
-
-    def sections(annotation) -> list[type[BaseModel]]:
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            return [annotation]
-        return [section for argument in typing.get_args(annotation) for section in sections(argument)]
-
-    undocumented, seen = [], set()
-
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        if model in seen:
-            return
-        seen.add(model)
-        for name, field in model.model_fields.items():
-            nested = sections(field.annotation)
-            for section in nested:
-                walk(section, f"{prefix}{name}.")
-            if not nested and not field.description:
-                undocumented.append(f"{prefix}{name}")
-
-    walk(RunConfig, "")
-    assert undocumented == [], undocumented
-
-
 def test_benchmark_names_are_checked_with_suggestions_and_custom_ones_must_be_scored(tmp_path):
     import time
 

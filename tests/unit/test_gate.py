@@ -11,10 +11,11 @@ import pytest
 
 from tasks.lib import stats
 from tasks.lib.config import GateConfig
-from tasks.lib.gate import GateResult, GateRow, decide
+from tasks.lib.gate import GateResult, GateRow, decide, task_row
 from tasks.lib.gate_calibration import perplexity_pass_rate, verdict_rates
 
 GATE = GateConfig(max_accuracy_drop=5.0, max_perplexity_increase=0.10, require_task_improvement=True)
+ONE_GAIN = task_row([0, 1], [1, 1], GATE)  # a task row for tests about the benchmark rows
 
 
 def _accuracy(correct: list[int]) -> dict:
@@ -138,7 +139,7 @@ def test_the_gate_at_the_margin_passes_and_fails_at_most_alpha_simulated() -> No
     p_gain, p_loss = (discordance - margin) / 2, (discordance + margin) / 2
     counts = rng.multinomial(n, [p_gain, p_loss, 1 - p_gain - p_loss], size=reps)
     verdicts = [
-        _row(decide({"piqa": _accuracy(b)}, {"piqa": _accuracy(t)}, GATE, [0, 1], [1, 1]), "piqa").verdict
+        _row(decide({"piqa": _accuracy(b)}, {"piqa": _accuracy(t)}, GATE, ONE_GAIN), "piqa").verdict
         for b, t in (_pairs(n, gains=int(g), losses=int(c), both=n // 2) for g, c, _ in counts)
     ]
     assert verdicts.count("pass") / reps <= 0.05 + 0.015
@@ -177,7 +178,7 @@ def test_the_issue_example_cannot_pass_on_five_documents() -> None:
 
 def test_unchanged_model_with_enough_items_passes() -> None:
     base, tuned = _pairs(1000, gains=50, losses=50, both=400)
-    result = decide({"arc_easy": _accuracy(base)}, {"arc_easy": _accuracy(tuned)}, GATE, [0, 1], [1, 1])
+    result = decide({"arc_easy": _accuracy(base)}, {"arc_easy": _accuracy(tuned)}, GATE, ONE_GAIN)
     row = _row(result, "arc_easy")
     assert row.verdict == "pass" and row.passed
     assert row.ci_low > -GATE.max_accuracy_drop and row.gains == row.losses == 50
@@ -185,7 +186,7 @@ def test_unchanged_model_with_enough_items_passes() -> None:
 
 def test_clear_drop_beyond_the_margin_fails() -> None:
     base, tuned = _pairs(1000, gains=20, losses=120, both=300)  # -10 points
-    result = decide({"piqa": _accuracy(base)}, {"piqa": _accuracy(tuned)}, GATE, [0, 1], [1, 1])
+    result = decide({"piqa": _accuracy(base)}, {"piqa": _accuracy(tuned)}, GATE, ONE_GAIN)
     row = _row(result, "piqa")
     assert row.verdict == "fail" and not row.passed and not result.passed
     assert row.delta == pytest.approx(-10.0) and row.ci_high < 0
@@ -194,31 +195,25 @@ def test_clear_drop_beyond_the_margin_fails() -> None:
 
 def test_few_items_are_inconclusive_and_say_how_many_would_settle_it() -> None:
     base, tuned = _pairs(60, gains=5, losses=5, both=20)
-    result = decide({"piqa": _accuracy(base)}, {"piqa": _accuracy(tuned)}, GATE, [0, 1], [1, 1])
+    result = decide({"piqa": _accuracy(base)}, {"piqa": _accuracy(tuned)}, GATE, ONE_GAIN)
     row = _row(result, "piqa")
     assert row.verdict == "inconclusive" and not row.passed and result.verdict == "inconclusive"
     assert row.detectable_drop > GATE.max_accuracy_drop and row.items_needed > 60
-    lenient = decide(
-        {"piqa": _accuracy(base)},
-        {"piqa": _accuracy(tuned)},
-        GATE.model_copy(update={"on_inconclusive": "pass"}),
-        [0, 1],
-        [1, 1],
-    )
+    gate = GATE.model_copy(update={"on_inconclusive": "pass"})
+    lenient = decide({"piqa": _accuracy(base)}, {"piqa": _accuracy(tuned)}, gate, task_row([0, 1], [1, 1], gate))
     assert lenient.passed and _row(lenient, "piqa").verdict == "inconclusive"
 
 
 def test_holm_makes_a_borderline_row_inconclusive_among_several() -> None:
     base, tuned = _pairs(500, gains=30, losses=30, both=200)  # alone: passes at alpha 0.05
-    alone = decide({"arc_easy": _accuracy(base)}, {"arc_easy": _accuracy(tuned)}, GATE, [0, 1], [1, 1])
+    alone = decide({"arc_easy": _accuracy(base)}, {"arc_easy": _accuracy(tuned)}, GATE, ONE_GAIN)
     p_alone = _row(alone, "arc_easy").p_noninferior
     weak_b, weak_t = _pairs(100, gains=10, losses=10, both=40)
     together = decide(
         {"arc_easy": _accuracy(base), "piqa": _accuracy(weak_b), "hellaswag": _accuracy(weak_b)},
         {"arc_easy": _accuracy(tuned), "piqa": _accuracy(weak_t), "hellaswag": _accuracy(weak_t)},
         GATE,
-        [0, 1],
-        [1, 1],
+        ONE_GAIN,
     )
     assert _row(together, "arc_easy").p_noninferior == pytest.approx(min(1.0, 3 * p_alone))
 
@@ -227,8 +222,8 @@ def test_perplexity_rows_use_document_pairs() -> None:
     docs = [[-1000.0 - 10 * i, 300.0] for i in range(20)]
     same = {"word_perplexity": 1.0, "items": {str(i): d for i, d in enumerate(docs)}}
     worse = {"word_perplexity": 1.0, "items": {str(i): [ll * 1.2, w] for i, (ll, w) in enumerate(docs)}}
-    assert _row(decide({"wikitext": same}, {"wikitext": same}, GATE, [0, 1], [1, 1]), "wikitext").verdict == "pass"
-    row = _row(decide({"wikitext": same}, {"wikitext": worse}, GATE, [0, 1], [1, 1]), "wikitext")
+    assert _row(decide({"wikitext": same}, {"wikitext": same}, GATE, ONE_GAIN), "wikitext").verdict == "pass"
+    row = _row(decide({"wikitext": same}, {"wikitext": worse}, GATE, ONE_GAIN), "wikitext")
     assert row.verdict == "fail" and row.delta > 10.0 and row.kind == "perplexity"
 
 
@@ -243,33 +238,33 @@ def test_fewer_than_ten_documents_decide_nothing() -> None:
         for key, scores in {"same": same, "worse": worse}.items()
     }
     for tuned in (nine["same"], nine["worse"]):
-        row = _row(decide({"wikitext": nine["same"]}, {"wikitext": tuned}, GATE, [0, 1], [1, 1]), "wikitext")
+        row = _row(decide({"wikitext": nine["same"]}, {"wikitext": tuned}, GATE, ONE_GAIN), "wikitext")
         assert row.verdict == "inconclusive" and row.n == 9
         assert row.detectable_drop is None and row.items_needed is None
         assert "too few to decide" in row.reason and "items would settle" not in row.reason
-    assert _row(decide({"wikitext": same}, {"wikitext": same}, GATE, [0, 1], [1, 1]), "wikitext").verdict == "pass"
-    assert _row(decide({"wikitext": same}, {"wikitext": worse}, GATE, [0, 1], [1, 1]), "wikitext").verdict == "fail"
+    assert _row(decide({"wikitext": same}, {"wikitext": same}, GATE, ONE_GAIN), "wikitext").verdict == "pass"
+    assert _row(decide({"wikitext": same}, {"wikitext": worse}, GATE, ONE_GAIN), "wikitext").verdict == "fail"
 
 
 def test_task_superiority_is_a_paired_test() -> None:
     base, tuned = _pairs(200, gains=60, losses=5, both=80)
-    assert decide({}, {}, GATE, base, tuned).task.verdict == "pass"
+    assert decide({}, {}, GATE, task_row(base, tuned, GATE)).task.verdict == "pass"
     base, tuned = _pairs(200, gains=6, losses=3, both=80)  # a gain the items cannot confirm
-    assert decide({}, {}, GATE, base, tuned).task.verdict == "inconclusive"
+    assert decide({}, {}, GATE, task_row(base, tuned, GATE)).task.verdict == "inconclusive"
     base, tuned = _pairs(200, gains=3, losses=6, both=80)
-    assert decide({}, {}, GATE, base, tuned).task.verdict == "fail"
+    assert decide({}, {}, GATE, task_row(base, tuned, GATE)).task.verdict == "fail"
     not_required = GATE.model_copy(update={"require_task_improvement": False})
-    assert decide({}, {}, not_required, base, tuned).task.passed
+    assert decide({}, {}, not_required, task_row(base, tuned, not_required)).task.passed
 
 
 def test_missing_or_unpaired_items_fail_the_row() -> None:
     base, tuned = _pairs(50, gains=1, losses=1, both=20)
-    result = decide({"piqa": _accuracy(base)}, {"piqa": {"acc_norm": 0.5}}, GATE, [0, 1], [1, 1])
+    result = decide({"piqa": _accuracy(base)}, {"piqa": {"acc_norm": 0.5}}, GATE, ONE_GAIN)
     assert _row(result, "piqa").verdict == "fail" and "per-item" in _row(result, "piqa").reason
     shorter = _accuracy(tuned[:40])
-    result = decide({"piqa": _accuracy(base)}, {"piqa": shorter}, GATE, [0, 1], [1, 1])
+    result = decide({"piqa": _accuracy(base)}, {"piqa": shorter}, GATE, ONE_GAIN)
     assert "different items" in _row(result, "piqa").reason
-    assert _row(decide({"nope": {}}, {"nope": {}}, GATE, [0, 1], [1, 1]), "nope").verdict == "fail"
+    assert _row(decide({"nope": {}}, {"nope": {}}, GATE, ONE_GAIN), "nope").verdict == "fail"
 
 
 # ---------------------------------------------------------------- calibration (seeded simulation)
@@ -295,7 +290,9 @@ def test_a_drop_shown_within_reach_of_the_margin_is_a_drop_not_a_fail_and_never_
     base, tuned = _pairs(400, gains=12, losses=24, both=200)
     lenient = GATE.model_copy(update={"on_inconclusive": "pass"})
     for gate in (GATE, lenient):
-        row = _row(decide({"piqa": _accuracy(base)}, {"piqa": _accuracy(tuned)}, gate, [0, 1], [1, 1]), "piqa")
+        row = _row(
+            decide({"piqa": _accuracy(base)}, {"piqa": _accuracy(tuned)}, gate, task_row([0, 1], [1, 1], gate)), "piqa"
+        )
         assert row.verdict == "drop" and not row.passed, row.reason
     assert "a drop is shown" in row.reason and "not beyond the 5 pts margin" in row.reason
 
@@ -322,7 +319,7 @@ def test_a_benchmark_the_base_only_guesses_on_is_uninformative_and_decides_nothi
     base = {"mmlu": {**_accuracy(guessing), "metric": "acc", "chance": 0.25}, "arc_easy": _accuracy(able)}
     base["arc_easy"]["chance"] = 0.25
     tuned = {"mmlu": {**_accuracy(collapsed), "metric": "acc"}, "arc_easy": _accuracy(able)}
-    result = decide(base, tuned, GATE, [0, 0, 1, 1] * 10, [1, 1, 1, 1] * 10)
+    result = decide(base, tuned, GATE, task_row([0, 0, 1, 1] * 10, [1, 1, 1, 1] * 10, GATE))
     mmlu, arc = _row(result, "mmlu"), _row(result, "arc_easy")
     assert mmlu.verdict == "uninformative" and mmlu.passed and mmlu.p_above_chance >= GATE.alpha
     assert mmlu.delta < -20  # reported, not judged
@@ -330,7 +327,7 @@ def test_a_benchmark_the_base_only_guesses_on_is_uninformative_and_decides_nothi
     assert result.passed and result.verdict == "pass" and "mmlu" not in result.decided_by
     # The same base accuracy well above chance is judged: the collapse fails.
     base["mmlu"]["chance"] = 0.05
-    assert _row(decide(base, tuned, GATE, [0, 1], [1, 1]), "mmlu").verdict == "fail"
+    assert _row(decide(base, tuned, GATE, ONE_GAIN), "mmlu").verdict == "fail"
 
 
 def test_a_benchmarks_own_margin_and_metric_are_used_and_subjects_sum_to_the_row() -> None:
@@ -338,8 +335,8 @@ def test_a_benchmarks_own_margin_and_metric_are_used_and_subjects_sum_to_the_row
     base = {"mmlu": {**_accuracy(base_items), "metric": "acc"}}
     tuned = {"mmlu": {**_accuracy(tuned_items), "metric": "acc"}}
     base["mmlu"]["groups"] = {str(i): ("algebra", "anatomy", "law")[i % 3] for i in range(400)}
-    wide = decide(base, tuned, GATE, [0, 1], [1, 1], margins={"mmlu": 12.0})
-    narrow = decide(base, tuned, GATE, [0, 1], [1, 1], margins={"mmlu": 1.0})
+    wide = decide(base, tuned, GATE, ONE_GAIN, margins={"mmlu": 12.0})
+    narrow = decide(base, tuned, GATE, ONE_GAIN, margins={"mmlu": 1.0})
     assert _row(wide, "mmlu").margin == 12.0 and _row(wide, "mmlu").verdict == "pass"
     assert _row(narrow, "mmlu").verdict in ("fail", "drop") and _row(narrow, "mmlu").metric == "acc"
     row = _row(wide, "mmlu")
@@ -381,9 +378,9 @@ def test_the_free_text_task_test_holds_its_level_and_finds_a_005_rouge_gain_at_t
 
 def test_a_graded_task_row_reads_the_mean_score_difference() -> None:
     base, tuned = _graded(1, 64, 0.08, seed=3)
-    row = decide({}, {}, GATE, list(base[0]), list(tuned[0]), "rougeL").task
+    row = decide({}, {}, GATE, task_row(list(base[0]), list(tuned[0]), GATE, "rougeL")).task
     assert row.verdict == "pass" and row.metric == "rougeL" and "sign-flip" in row.reason
     assert row.delta == pytest.approx(100 * float((tuned - base).mean()))
     assert row.ci_low < row.delta < row.ci_high and row.gains + row.losses <= 64
-    same = decide({}, {}, GATE, list(base[0]), list(base[0]), "rougeL").task
+    same = decide({}, {}, GATE, task_row(list(base[0]), list(base[0]), GATE, "rougeL")).task
     assert same.verdict == "fail" and same.delta == 0.0  # no gain over base

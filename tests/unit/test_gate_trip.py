@@ -118,7 +118,7 @@ def test_destructive_fine_tune_trips_the_gate(
     assert result.best_eval_loss < result.first_eval_loss  # it did learn the narrow task
 
     tuned = _scores(model, config)
-    gate = decide(base_scores, tuned, GATE, None, None)
+    gate = decide(base_scores, tuned, GATE)
 
     assert not gate.passed and gate.verdict == "fail"
     failed = {row.name: row for row in gate.failures()}
@@ -141,7 +141,7 @@ def test_harmless_fine_tune_passes_the_gate(
     assert any(value.abs().sum() > 0 for name, value in weights.items() if "lora_B" in name)
 
     tuned = _scores(model, config)
-    gate = decide(base_scores, tuned, GATE, None, None)
+    gate = decide(base_scores, tuned, GATE)
 
     # A handful of items per benchmark cannot show non-inferiority, but nothing may be called forgetting.
     assert gate.verdict != "fail", [row.reason for row in gate.failures()]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tasks.lib.config import GateConfig
-from tasks.lib.gate import GateResult, decide
+from tasks.lib.gate import GateResult, decide, task_row
 from tasks.lib.report import forgetting_delta_chart, forgetting_markdown
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -32,7 +32,7 @@ def failing() -> GateResult:
         "arc_easy": _items([0, 1] * 20),  # every answer changed, net zero
         "wikitext": _docs(1.0),
     }
-    return decide(BASE, tuned, GateConfig(), *TASK)
+    return decide(BASE, tuned, GateConfig(), task_row(*TASK, GateConfig()))
 
 
 def _table_rows(markdown: str) -> dict[str, list[str]]:

@@ -10,7 +10,7 @@ from scipy.stats import norm
 from tasks.lib import sequential, stats
 from tasks.lib.benchmarks import BenchmarkPlan, block_plan, look_order, merge_block, score_in_looks
 from tasks.lib.config import GateConfig, load_config
-from tasks.lib.gate import GateRow, decide
+from tasks.lib.gate import GateRow, decide, task_row
 
 GATE = GateConfig(max_accuracy_drop=5.0, max_perplexity_increase=0.10, require_task_improvement=True)
 REPS = 4000
@@ -105,7 +105,9 @@ def _unchanged(n: int, changed_every: int, seed: int = 0) -> tuple[list[int], li
 def _gate_row(base: list[int], tuned: list[int] | dict, order: list[str]) -> GateRow:
     tuned_scores = tuned if isinstance(tuned, dict) else _benchmark(tuned)
     looks = {"piqa": sequential.Looks(tuple(order), 100)}
-    result = decide({"piqa": _benchmark(base)}, {"piqa": tuned_scores}, GATE, [0, 1], [1, 1], "correct", None, looks)
+    result = decide(
+        {"piqa": _benchmark(base)}, {"piqa": tuned_scores}, GATE, task_row([0, 1], [1, 1], GATE), looks=looks
+    )
     return result.rows[0]
 
 
