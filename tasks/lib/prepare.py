@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import string
 from collections import Counter
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from tasks.lib.chat_rows import check_template_columns, detect_format, row_to_messages, template_columns
 from tasks.lib.config import DataConfig, RunConfig
 from tasks.lib.data_formats import (
     DataError,
@@ -42,161 +42,6 @@ PREP_VERSION = 3  # bump when the output of this module changes for the same inp
 SPLITS = ("train", "validation", "test")
 IGNORE_INDEX = -100
 MAX_LABEL_CLASSES = 20
-_ROLES = {"system", "user", "assistant"}
-_SHAREGPT_ROLES = {
-    "system": "system",
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-}
-_AUTO_KEYS = {
-    "alpaca": ("instruction", "output"),
-    "chat": ("messages",),
-    "sharegpt": ("conversations",),
-    "prompt_completion": ("prompt", "completion"),
-}
-
-
-# ---------------------------------------------------------------- rows -> messages
-
-
-def detect_format(row: dict[str, Any], source: str) -> str:
-    """The format a row's keys imply; a DataError when none or several match."""
-    found = sorted(
-        {"chat" if name == "sharegpt" else name for name, keys in _AUTO_KEYS.items() if all(key in row for key in keys)}
-    )
-    if len(found) == 1:
-        return found[0]
-    columns = ", ".join(map(str, row)) or "(none)"
-    if not found:
-        raise DataError(
-            f"{source}: cannot detect the data format from columns [{columns}]; expected instruction/output "
-            "(alpaca), messages or conversations (chat), prompt/completion, or set data.format: template"
-        )
-    raise DataError(f"{source}: ambiguous data format, columns [{columns}] match {found}; set data.format")
-
-
-def _text(row: dict[str, Any], key: str, where: str, required: bool = True) -> str:
-    value = row.get(key)
-    if value is None:
-        if required:
-            raise DataError(f"{where}: missing field {key!r} (columns: {', '.join(map(str, row))})")
-        return ""
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise DataError(f"{where}: field {key!r} must be text, got {type(value).__name__}")
-    text = str(value)
-    if required and not text.strip():
-        raise DataError(f"{where}: field {key!r} is empty")
-    return text
-
-
-def template_columns(template: str) -> set[str]:
-    """Column names used as {placeholders} in a str.format template."""
-    names = set()
-    for _, field, _, _ in string.Formatter().parse(template):
-        if field is not None:
-            names.add(field.split(".")[0].split("[")[0])
-    return names
-
-
-def check_template_columns(columns: list[str], data: DataConfig, source: str) -> None:
-    """One error naming every template/value_map column absent from the data, with the available ones."""
-    used = template_columns(data.prompt_template or "") | template_columns(data.completion_template or "")
-    if "" in used:
-        raise DataError(f"{source}: templates must name columns, e.g. {{sentence}}; positional {{}} is not allowed")
-    missing = sorted((used | set(data.value_maps)) - set(columns))
-    if missing:
-        raise DataError(
-            f"{source}: column(s) {', '.join(map(repr, missing))} used by data.prompt_template / "
-            f"data.completion_template / data.value_maps not found; available columns: {', '.join(columns)}"
-        )
-
-
-def _render_template(template: str, row: dict[str, Any], data: DataConfig, where: str) -> str:
-    values = {}
-    for column in template_columns(template):
-        if row.get(column) is None:
-            raise DataError(f"{where}: missing value for column {column!r}")
-        value = _text(row, column, where, required=False)
-        mapping = data.value_maps.get(column)
-        if mapping is not None:
-            if value not in mapping:
-                raise DataError(
-                    f"{where}: column {column!r} value {value!r} is not in data.value_maps.{column} "
-                    f"({', '.join(map(repr, mapping))})"
-                )
-            value = mapping[value]
-        values[column] = value
-    return template.format_map(values)
-
-
-def _chat_messages(row: dict[str, Any], where: str) -> list[dict[str, str]]:
-    sharegpt = "messages" not in row and "conversations" in row
-    raw = row["conversations"] if sharegpt else row.get("messages")
-    if not isinstance(raw, list) or not raw:
-        raise DataError(f"{where}: field {'conversations' if sharegpt else 'messages'!r} must be a non-empty list")
-    messages = []
-    for number, message in enumerate(raw, start=1):
-        role_key, content_key = ("from", "value") if sharegpt else ("role", "content")
-        if not isinstance(message, dict) or role_key not in message or content_key not in message:
-            raise DataError(f"{where}: message {number} must be an object with {role_key!r} and {content_key!r}")
-        role = message[role_key]
-        role = _SHAREGPT_ROLES.get(role, role) if sharegpt else role
-        if role not in _ROLES:
-            raise DataError(
-                f"{where}: message {number} has role {message[role_key]!r}; expected one of system, user, assistant"
-            )
-        content = message[content_key]
-        if not isinstance(content, str) or not content.strip():
-            raise DataError(f"{where}: message {number} ({role}) has empty or non-text content")
-        messages.append({"role": role, "content": content})
-    return messages
-
-
-def validate_messages(messages: list[dict[str, str]], where: str) -> None:
-    """Optional system first, then user/assistant alternating, ending with an assistant answer."""
-    turns = messages[1:] if messages and messages[0]["role"] == "system" else messages
-    expected = ["user", "assistant"] * ((len(turns) + 1) // 2)
-    roles = [message["role"] for message in turns]
-    if not turns or roles != expected[: len(roles)] or roles[-1] != "assistant":
-        raise DataError(
-            f"{where}: chat roles out of order: {roles}; expected an optional system turn, "
-            "then user/assistant alternating, ending with assistant"
-        )
-
-
-def row_to_messages(row: dict[str, Any], data: DataConfig, where: str) -> list[dict[str, str]]:
-    """Normalise one raw row to validated chat messages; `where` ("file line N") prefixes every error."""
-    fmt = detect_format(row, where) if data.format == "auto" else data.format
-    if fmt == "alpaca":
-        instruction, extra = _text(row, "instruction", where), _text(row, "input", where, required=False)
-        user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-        messages = [
-            {"role": "user", "content": user},
-            {"role": "assistant", "content": _text(row, "output", where)},
-        ]
-    elif fmt == "prompt_completion":
-        messages = [
-            {"role": "user", "content": _text(row, "prompt", where)},
-            {"role": "assistant", "content": _text(row, "completion", where)},
-        ]
-    elif fmt == "template":
-        prompt = _render_template(data.prompt_template or "", row, data, where)
-        answer = _render_template(data.completion_template or "", row, data, where)
-        if not prompt.strip() or not answer.strip():
-            raise DataError(f"{where}: the {'prompt' if not prompt.strip() else 'completion'} template renders empty")
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-    else:
-        messages = _chat_messages(row, where)
-    if data.system_prompt:
-        if messages[0]["role"] == "system":
-            messages[0] = {"role": "system", "content": data.system_prompt}
-        else:
-            messages.insert(0, {"role": "system", "content": data.system_prompt})
-    validate_messages(messages, where)
-    return messages
-
 
 # ---------------------------------------------------------------- tokenising + masking
 
@@ -569,19 +414,27 @@ def split_lengths(processed_dir: Path) -> dict[str, list[int]]:
     }
 
 
-def prepare_dataset(
-    config: RunConfig, tokenizer, out_dir: Path, stats_path: Path | None = None, replace: bool = True
-) -> dict[str, Any]:
-    """Write train/validation/test.jsonl, manifest.json and stats.json to out_dir (atomically), stats also to
-    stats_path (the file DVC tracks as a metric). replace=False keeps a folder another process published first."""
-    data, out_dir = config.data, Path(out_dir)
-    fingerprint = input_fingerprint(config, tokenizer)
-    rejects: list[dict] = []
+class _Selection(NamedTuple):
+    """The rows each split gets, and what choosing them dropped."""
+
+    parts: dict[str, list[SourceRow]]
+    fmt: str
+    rows_read: int
+    duplicates: int
+    rows_selected: int
+    rejects: list[dict]
+    decontamination: dict[str, int]
+    replayed: int
+
+
+def _select_rows(config: RunConfig) -> _Selection:
+    """Read and normalise every source, deduplicate, rank by the seeded hash, cut the splits, decontaminate, mix
+    in replay rows."""
+    data, rejects = config.data, []
     rows, fmt = _normalise_source(data.path, data.hub_split, data, rejects=rejects)
     rows_read = len(rows)
     if data.deduplicate:
         rows = _deduplicate(rows)
-    duplicates = rows_read - len(rows)
     ranked = _ranked(rows, config.seed)
     ranked = ranked[: data.max_rows] if data.max_rows else ranked
     parts = _cut(ranked, _split_counts(len(ranked), data))
@@ -593,90 +446,105 @@ def prepare_dataset(
             parts[name] = [row for _, row in _ranked(held_out, config.seed)]
     decontamination = _decontaminate(parts)
     replayed = _add_replay(parts, data, config.seed) if data.replay else 0
+    return _Selection(parts, fmt, rows_read, rows_read - len(rows), len(ranked), rejects, decontamination, replayed)
 
-    files, stats = (
-        {},
-        {
-            "source": data.path,
-            "format": fmt,
-            "fingerprint": fingerprint,
-            "rows_read": rows_read,
-            "duplicates_removed": duplicates,
-            "rows_selected": len(ranked),
-            "invalid_rows_dropped": len(rejects),
-            "rejects_file": "rejects.jsonl" if rejects else None,
-            "sources": {
-                "train": data.path,
-                "validation": data.validation_path or f"{data.path} ({data.split.validation:g} of it)",
-                "test": data.test_path or f"{data.path} ({data.split.test:g} of it)",
-            },
-            "decontamination": decontamination,
-            "replay_rows": replayed,
-            "dropped_overlong": 0,
-            "truncated": 0,
-            "rows": {},
-            "length_tokens": {},
-            "tokens": {},
-            "answer_tokens": {},
-            "max_tokens": {},
-        },
-    )
+
+def _tokenise_splits(parts: dict[str, list[SourceRow]], tokenizer, data: DataConfig) -> tuple[dict, dict, dict]:
+    """Each split as JSONL lines of messages, input ids and masked labels; the token statistics; the answers."""
+    files: dict[str, str] = {}
     answers: dict[str, Counter] = {}
+    stats: dict[str, Any] = {"dropped_overlong": 0, "truncated": 0, "rows": {}, "length_tokens": {}}
+    stats.update({"tokens": {}, "answer_tokens": {}, "max_tokens": {}})
     for split in SPLITS:
         lines, answers[split], lengths = [], Counter(), []
+        tokens = answer_tokens = longest = 0
         for row_id, _, messages, _ in parts[split]:
             encoded = tokenize_conversation(messages, tokenizer, data.max_length, data.overlong)
             if encoded is None:
                 stats["dropped_overlong"] += 1
                 continue
             stats["truncated"] += encoded["truncated"]
-            row = {
-                "id": row_id,
-                "messages": messages,
-                "input_ids": encoded["input_ids"],
-                "labels": encoded["labels"],
-            }
+            row = {"id": row_id, "messages": messages, "input_ids": encoded["input_ids"], "labels": encoded["labels"]}
             lines.append(json.dumps(row, ensure_ascii=False))
             answers[split][messages[-1]["content"]] += 1
-            lengths.append(len(encoded["input_ids"]))
-            stats["tokens"][split] = stats["tokens"].get(split, 0) + len(encoded["input_ids"])
-            stats["answer_tokens"][split] = stats["answer_tokens"].get(split, 0) + sum(
-                label != IGNORE_INDEX for label in encoded["labels"]
-            )
-            stats["max_tokens"][split] = max(stats["max_tokens"].get(split, 0), len(encoded["input_ids"]))
+            length = len(encoded["input_ids"])
+            lengths.append(length)
+            tokens += length
+            answer_tokens += sum(label != IGNORE_INDEX for label in encoded["labels"])
+            longest = max(longest, length)
         files[f"{split}.jsonl"] = "".join(line + "\n" for line in lines)
         stats["rows"][split] = len(lines)
         stats["length_tokens"][split] = length_summary(lengths)
-        for key in ("tokens", "answer_tokens", "max_tokens"):
-            stats[key].setdefault(split, 0)
-    for split in SPLITS:  # every split must carry the run: refused now, not after training
+        stats["tokens"][split], stats["answer_tokens"][split], stats["max_tokens"][split] = (
+            tokens,
+            answer_tokens,
+            longest,
+        )
+    return files, stats, answers
+
+
+def _refuse_empty_splits(stats: dict[str, Any], selection: _Selection, data: DataConfig) -> None:
+    """Every split must carry the run: refused now, not after training."""
+    for split in SPLITS:
         if stats["rows"][split] == 0:
             source = getattr(data, f"{split}_path", None) or data.path
             raise DataError(
-                f"{source}: no {split} rows left after deduplication ({duplicates} duplicates removed), splitting "
-                f"and dropping overlong rows ({stats['dropped_overlong']} over data.max_length={data.max_length}); "
+                f"{source}: no {split} rows left after deduplication ({selection.duplicates} duplicates removed), "
+                f"splitting and dropping overlong rows ({stats['dropped_overlong']} over "
+                f"data.max_length={data.max_length}); "
                 f"{'add rows or raise data.split.' + split if split != 'train' else 'add rows'}"
             )
+
+
+def prepare_dataset(
+    config: RunConfig, tokenizer, out_dir: Path, stats_path: Path | None = None, replace: bool = True
+) -> dict[str, Any]:
+    """Write train/validation/test.jsonl, manifest.json and stats.json to out_dir (atomically), stats also to
+    stats_path (the file DVC tracks as a metric). replace=False keeps a folder another process published first."""
+    data, out_dir = config.data, Path(out_dir)
+    fingerprint = input_fingerprint(config, tokenizer)
+    selection = _select_rows(config)
+    files, token_stats, answers = _tokenise_splits(selection.parts, tokenizer, data)
+    _refuse_empty_splits(token_stats, selection, data)
+
     distinct = set().union(*answers.values())
-    stats["warnings"] = artefact_warnings(parts["train"], tokenizer, free_text=len(distinct) > MAX_LABEL_CLASSES)
-    stats["label_balance"] = (
-        {split: dict(sorted(counts.items())) for split, counts in answers.items()}
-        if len(distinct) <= MAX_LABEL_CLASSES
-        else None
-    )
+    stats = {
+        "source": data.path,
+        "format": selection.fmt,
+        "fingerprint": fingerprint,
+        "rows_read": selection.rows_read,
+        "duplicates_removed": selection.duplicates,
+        "rows_selected": selection.rows_selected,
+        "invalid_rows_dropped": len(selection.rejects),
+        "rejects_file": "rejects.jsonl" if selection.rejects else None,
+        "sources": {
+            "train": data.path,
+            "validation": data.validation_path or f"{data.path} ({data.split.validation:g} of it)",
+            "test": data.test_path or f"{data.path} ({data.split.test:g} of it)",
+        },
+        "decontamination": selection.decontamination,
+        "replay_rows": selection.replayed,
+        **token_stats,
+        "warnings": artefact_warnings(selection.parts["train"], tokenizer, free_text=len(distinct) > MAX_LABEL_CLASSES),
+        "label_balance": (
+            {split: dict(sorted(counts.items())) for split, counts in answers.items()}
+            if len(distinct) <= MAX_LABEL_CLASSES
+            else None
+        ),
+    }
     manifest = {
         "source": data.path,
         "hub_split": data.hub_split if is_dataset_source(data.path) else None,
         "fingerprint": fingerprint,
         "prep_version": PREP_VERSION,
-        "format": fmt,
+        "format": selection.fmt,
         "seed": config.seed,
         "rows": stats["rows"],
         "data_config": data.model_dump(mode="json"),
     }
     files["manifest.json"] = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    if rejects:
-        files["rejects.jsonl"] = "".join(json.dumps(reject, ensure_ascii=False) + "\n" for reject in rejects)
+    if selection.rejects:
+        files["rejects.jsonl"] = "".join(json.dumps(reject, ensure_ascii=False) + "\n" for reject in selection.rejects)
     files["stats.json"] = json.dumps(stats, indent=2, sort_keys=True) + "\n"
     _write_files(out_dir, files, replace)
     if stats_path is not None:

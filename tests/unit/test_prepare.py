@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.lib.chat_rows import row_to_messages
 from tasks.lib.config import DataConfig, RunConfig, config_from_dict
 from tasks.lib.data_formats import DataError, resolved_hub_revision
 from tasks.lib.prepare import (
@@ -16,7 +17,6 @@ from tasks.lib.prepare import (
     input_fingerprint,
     is_up_to_date,
     prepare_dataset,
-    row_to_messages,
     tokenize_conversation,
 )
 
