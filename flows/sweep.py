@@ -100,12 +100,91 @@ def _finish(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> 
     study.tell(trial, outcome.validation_loss)
 
 
+def _trial_budget(spec) -> int:
+    """`sweep.trials`, or fewer when a grid has fewer points."""
+    if spec.sampler == "grid":
+        return min(spec.trials, math.prod(len(choices) for choices in grid_space(spec.parameters).values()))
+    return spec.trials
+
+
+def _submit_trial(
+    study: optuna.Study, config: RunConfig, config_path: str, overrides: list[str], deployment: str, sweep_run: str
+) -> tuple[optuna.Trial, TrialOutcome, str]:
+    """Ask Optuna for the next values and start their pipeline run on the work pool (registry off); returns the
+    trial, its pending outcome and the flow run's id."""
+    trial = study.ask()
+    values = suggest(trial, config.sweep.parameters)
+    outcome = TrialOutcome(trial.number, values, f"sweep-t{trial.number:03d}-{secrets.token_hex(2)}")
+    outcome.run_dir = str(config.runs_dir() / outcome.run_id)
+    flow_run = run_deployment(
+        name=deployment,
+        parameters={
+            "config_path": config_path,
+            "overrides": [*overrides, *overrides_for(values), "registry.enabled=false"],
+            "run_id": outcome.run_id,
+            "mlflow_parent_run_id": sweep_run,
+        },
+        timeout=0,
+        tags=["sweep", f"trial-{trial.number}"],
+    )
+    get_run_logger().info("trial #%d %s -> flow run %s", trial.number, values, flow_run.name)
+    return trial, outcome, flow_run.id
+
+
+def _collect_finished(study: optuna.Study, in_flight: dict, experiment_id: str, timeout_s: float) -> None:
+    """Tell Optuna the outcome of every trial whose flow run ended (or ran past `timeout_s`); drop it from
+    `in_flight` (flow run id -> (trial, outcome, started))."""
+    with get_client(sync_client=True) as prefect:
+        for flow_run_id, (trial, outcome, started) in list(in_flight.items()):
+            state = prefect.read_flow_run(flow_run_id).state
+            timed_out = time.monotonic() - started > timeout_s
+            if not (state is not None and state.is_final()) and not timed_out:
+                continue
+            del in_flight[flow_run_id]
+            _read_outcome(experiment_id, outcome)
+            if timed_out:
+                outcome.state = "failed"
+                outcome.notes.append(f"still running after {timeout_s} s")
+            _finish(study, trial, outcome)
+            get_run_logger().info(
+                "trial #%d %s: validation loss %s, gate %s",
+                trial.number,
+                outcome.state,
+                outcome.validation_loss,
+                outcome.verdict,
+            )
+
+
+def _register_best(best: TrialOutcome | None, tracker: MlflowTracker) -> str:
+    """The best gate-passing trial through the normal registry rules; what happened, in words."""
+    from flows.steps import rerun_step
+
+    if best is None:
+        return "No trial passed the gate: nothing registered."
+    ref = rerun_step("register", Path(best.run_dir), ["registry.enabled=true"])
+    tracker.set_tags({"best_run_id": best.run_id})
+    best_metrics = {"best.validation_loss": best.validation_loss, "best.task_gain": best.task_gain}
+    tracker.log_metrics({key: value for key, value in best_metrics.items() if value is not None})
+    if ref.registered:
+        return f"Registered as {ref.model_name} v{ref.version} (aliases {ref.aliases})."
+    return f"Not registered: {ref.reason}."
+
+
+def _report(config: RunConfig, tracker: MlflowTracker, outcomes: list[TrialOutcome], best, registration: str) -> None:
+    """The trials table and Pareto plot on the sweep's MLflow run, the table as a Prefect artifact."""
+    markdown = trials_markdown(outcomes, best, registration)
+    with tempfile.TemporaryDirectory() as folder:
+        table = Path(folder) / "sweep_trials.md"
+        table.write_text(markdown)
+        tracker.log_artifact(table)
+        tracker.log_artifact(pareto_plot(outcomes, Path(folder) / "sweep_pareto.png"))
+    tracker.log_metrics({"trials.feasible": sum(outcome.feasible for outcome in outcomes)})
+    create_markdown_artifact(markdown, key=artifact_key(f"{config.name}-sweep"), description="qlora sweep")
+
+
 @flow(name="qlora-sweep")
 def sweep(config_path: str = "configs/demo.yaml", overrides: list[str] | None = None) -> SweepResult:
     """Run `sweep.trials` pipeline trials on the work pool and register the best gate-passing one."""
-    from flows.steps import rerun_step
-
-    logger = get_run_logger()
     overrides = list(overrides or [])
     config = load_config(config_path, overrides)
     if config.sweep is None:
@@ -122,74 +201,19 @@ def sweep(config_path: str = "configs/demo.yaml", overrides: list[str] | None = 
 
     outcomes: list[TrialOutcome] = []
     in_flight: dict = {}  # flow run id -> (trial, outcome, started)
-    asked, wanted = 0, spec.trials
-    if spec.sampler == "grid":
-        wanted = min(wanted, math.prod(len(choices) for choices in grid_space(spec.parameters).values()))
-    while asked < wanted or in_flight:
-        while asked < wanted and len(in_flight) < spec.parallel:
-            trial = study.ask()
-            values = suggest(trial, spec.parameters)
-            outcome = TrialOutcome(trial.number, values, f"sweep-t{trial.number:03d}-{secrets.token_hex(2)}")
-            outcome.run_dir = str(config.runs_dir() / outcome.run_id)
-            flow_run = run_deployment(
-                name=deployment,
-                parameters={
-                    "config_path": config_path,
-                    "overrides": [*overrides, *overrides_for(values), "registry.enabled=false"],
-                    "run_id": outcome.run_id,
-                    "mlflow_parent_run_id": sweep_run,
-                },
-                timeout=0,
-                tags=["sweep", f"trial-{trial.number}"],
-            )
-            logger.info("trial #%d %s -> flow run %s", trial.number, values, flow_run.name)
-            in_flight[flow_run.id] = (trial, outcome, time.monotonic())
+    budget = _trial_budget(spec)
+    while len(outcomes) < budget or in_flight:
+        while len(outcomes) < budget and len(in_flight) < spec.parallel:
+            trial, outcome, flow_run_id = _submit_trial(study, config, config_path, overrides, deployment, sweep_run)
+            in_flight[flow_run_id] = (trial, outcome, time.monotonic())
             outcomes.append(outcome)
-            asked += 1
         time.sleep(POLL_SECONDS)
-        with get_client(sync_client=True) as prefect:
-            for flow_run_id, (trial, outcome, started) in list(in_flight.items()):
-                state = prefect.read_flow_run(flow_run_id).state
-                timed_out = time.monotonic() - started > spec.trial_timeout_s
-                if not (state is not None and state.is_final()) and not timed_out:
-                    continue
-                del in_flight[flow_run_id]
-                _read_outcome(experiment_id, outcome)
-                if timed_out:
-                    outcome.state = "failed"
-                    outcome.notes.append(f"still running after {spec.trial_timeout_s} s")
-                _finish(study, trial, outcome)
-                logger.info(
-                    "trial #%d %s: validation loss %s, gate %s",
-                    trial.number,
-                    outcome.state,
-                    outcome.validation_loss,
-                    outcome.verdict,
-                )
+        _collect_finished(study, in_flight, experiment_id, spec.trial_timeout_s)
 
     best = best_feasible(outcomes)
-    if best is None:
-        registration = "No trial passed the gate: nothing registered."
-    else:
-        ref = rerun_step("register", Path(best.run_dir), ["registry.enabled=true"])
-        registration = (
-            f"Registered as {ref.model_name} v{ref.version} (aliases {ref.aliases})."
-            if ref.registered
-            else f"Not registered: {ref.reason}."
-        )
-        tracker.set_tags({"best_run_id": best.run_id})
-        best_metrics = {"best.validation_loss": best.validation_loss, "best.task_gain": best.task_gain}
-        tracker.log_metrics({key: value for key, value in best_metrics.items() if value is not None})
-    markdown = trials_markdown(outcomes, best, registration)
-    with tempfile.TemporaryDirectory() as folder:
-        table = Path(folder) / "sweep_trials.md"
-        table.write_text(markdown)
-        tracker.log_artifact(table)
-        tracker.log_artifact(pareto_plot(outcomes, Path(folder) / "sweep_pareto.png"))
-    tracker.log_metrics({"trials.feasible": sum(outcome.feasible for outcome in outcomes)})
+    registration = _register_best(best, tracker)
+    _report(config, tracker, outcomes, best, registration)
     close_run(sweep_run)
-    create_markdown_artifact(markdown, key=artifact_key(f"{config.name}-sweep"), description="qlora sweep")
-    logger.info("%s", registration)
-    return SweepResult(
-        sweep_run_id=sweep_run, best_run_id=best.run_id if best else None, registration=registration, trials=outcomes
-    )
+    get_run_logger().info("%s", registration)
+    best_run_id = best.run_id if best else None
+    return SweepResult(sweep_run_id=sweep_run, best_run_id=best_run_id, registration=registration, trials=outcomes)

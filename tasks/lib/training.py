@@ -385,6 +385,58 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
     return str(max(steps)[1]) if steps else None
 
 
+def _quantized_lora_model(config: RunConfig, load_base: Callable[[], PreTrainedModel], checkpointing: bool):
+    """The 4-bit base with its attention implementation chosen and the LoRA attached: (model, attention)."""
+    torch.manual_seed(config.seed)
+    base = load_base()
+    pin_cpu_4bit_kernel(base)
+    attention = resolve_attention(
+        config.train.attention,
+        config.train.packing,
+        torch.cuda.is_available(),
+        importlib.util.find_spec("flash_attn") is not None,
+    )
+    attention = set_attention(base, attention)
+    return attach_lora(base, config, checkpointing), attention
+
+
+def _callbacks(
+    config: RunConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    collator: TokenCountingCollator,
+    metrics_sink: MetricsSink | None,
+    general_text: Sequence[str],
+    extra_callbacks: Sequence[TrainerCallback],
+) -> tuple[list[TrainerCallback], ForgettingProxy | None]:
+    """The Trainer's callbacks (divergence guard, metrics, early stopping, the forgetting proxy when it has text),
+    and the proxy among them."""
+    callbacks: list[TrainerCallback] = [DivergenceGuard(), BetweenSteps()]
+    if metrics_sink is not None:
+        callbacks.append(MetricsCallback(metrics_sink, collator))
+    if config.train.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.train.early_stopping_patience))
+    proxy_config, proxy = config.train.forgetting_proxy, None
+    if proxy_config.enabled and general_text:
+        windows = general_text_windows(general_text, tokenizer, proxy_config.windows, proxy_config.window_tokens)
+        proxy = ForgettingProxy(windows, proxy_config.max_increase, metrics_sink)
+        callbacks.append(proxy)
+    return [*callbacks, *extra_callbacks], proxy
+
+
+def _first_evaluation(
+    trainer: Trainer, run_dir: Path, metrics_sink: MetricsSink | None, resuming: bool
+) -> float | None:
+    """The validation loss before any training step: measured on a fresh start, read back on a resume."""
+    if resuming:
+        return _first_eval_loss(run_dir)
+    first_eval = trainer.evaluate()["eval_loss"]
+    if trainer.is_world_process_zero():
+        _remember_first_eval(run_dir, first_eval)
+    if metrics_sink is not None:
+        metrics_sink({"eval_loss": first_eval}, 0)
+    return first_eval
+
+
 def train_adapter(
     config: RunConfig,
     load_base: Callable[[], PreTrainedModel],
@@ -406,18 +458,7 @@ def train_adapter(
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     last_checkpoint = last_complete_checkpoint(checkpoint_dir)
     optimizer, checkpointing = _resolve_auto(config)
-
-    torch.manual_seed(config.seed)
-    base = load_base()
-    pin_cpu_4bit_kernel(base)
-    attention = resolve_attention(
-        config.train.attention,
-        config.train.packing,
-        torch.cuda.is_available(),
-        importlib.util.find_spec("flash_attn") is not None,
-    )
-    attention = set_attention(base, attention)
-    model = attach_lora(base, config, checkpointing)
+    model, attention = _quantized_lora_model(config, load_base, checkpointing)
     trainable, total = model.get_nb_trainable_parameters()
 
     train_set = read_token_split(Path(data_dir) / "train.jsonl")
@@ -427,19 +468,7 @@ def train_adapter(
     collator = TokenCountingCollator(
         build_collator(tokenizer, config.train.packing, answer_logits_only, share_prefix), tokenizer.pad_token_id
     )
-    callbacks: list[TrainerCallback] = [DivergenceGuard(), BetweenSteps()]
-    if metrics_sink is not None:
-        callbacks.append(MetricsCallback(metrics_sink, collator))
-    if config.train.early_stopping_patience is not None:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.train.early_stopping_patience))
-    proxy_config = config.train.forgetting_proxy
-    proxy = None
-    if proxy_config.enabled and general_text:
-        windows = general_text_windows(general_text, tokenizer, proxy_config.windows, proxy_config.window_tokens)
-        proxy = ForgettingProxy(windows, proxy_config.max_increase, metrics_sink)
-        callbacks.append(proxy)
-    callbacks.extend(extra_callbacks)
-
+    callbacks, proxy = _callbacks(config, tokenizer, collator, metrics_sink, general_text, extra_callbacks)
     trainer = Trainer(
         model=model,
         args=training_arguments(config, checkpoint_dir, optimizer, checkpointing),
@@ -449,14 +478,8 @@ def train_adapter(
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    resumed_from = int(Path(last_checkpoint).name.split("-")[-1]) if last_checkpoint else None
-    first_eval = None
-    if last_checkpoint is None:
-        first_eval = trainer.evaluate()["eval_loss"]
-        if trainer.is_world_process_zero():
-            _remember_first_eval(run_dir, first_eval)
-        if metrics_sink is not None:
-            metrics_sink({"eval_loss": first_eval}, 0)
+
+    first_eval = _first_evaluation(trainer, run_dir, metrics_sink, resuming=last_checkpoint is not None)
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=last_checkpoint)
     elapsed = time.perf_counter() - started
@@ -468,11 +491,9 @@ def train_adapter(
         model.save_pretrained(adapter_dir, safe_serialization=True)
     history = trainer.state.log_history
     eval_losses = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
-    if first_eval is None:
-        first_eval = _first_eval_loss(run_dir)
     return TrainResult(
         adapter_dir=adapter_dir,
-        resumed_from_step=resumed_from,
+        resumed_from_step=int(Path(last_checkpoint).name.split("-")[-1]) if last_checkpoint else None,
         global_step=output.global_step,
         best_eval_loss=min(eval_losses) if eval_losses else None,
         first_eval_loss=first_eval,
