@@ -21,7 +21,7 @@ from tasks.lib.config import ConfigError, EvaluationConfig
 from tasks.lib.data_formats import read_jsonl
 from tasks.lib.generation import generate, model_device, render_chat
 
-METRICS_DIR = Path(__file__).resolve().parent / "metrics"
+METRIC_MODULE = Path(__file__).resolve().parent / "metrics" / "task_metrics"
 LABEL_METRICS = ("accuracy", "exact_match", "f1")
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
 _SURROUNDING = string.punctuation + string.whitespace + "\u201c\u201d\u2018\u2019"
@@ -192,10 +192,9 @@ def _choice_labels(references: list[str], eval_cfg: EvaluationConfig) -> list[st
 def _metric_module(name: str):
     import evaluate  # heavy import, only when metrics are computed
 
-    folder = METRICS_DIR / name
-    if not (folder / f"{name}.py").is_file():
-        raise ValueError(f"unknown metric {name!r}: no module at {folder}")
-    return evaluate.load(str(folder), keep_in_memory=True)
+    if name not in (*LABEL_METRICS, "rouge"):
+        raise ValueError(f"unknown metric {name!r}: one of {', '.join((*LABEL_METRICS, 'rouge'))}")
+    return evaluate.load(str(METRIC_MODULE), config_name=name, keep_in_memory=True)
 
 
 def compute_metrics(

@@ -1,4 +1,4 @@
-"""The local evaluate metric modules, loaded offline from their folders, on hand-made answers."""
+"""The local evaluate metric module, loaded offline from its folder once per metric, on hand-made answers."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import os
 import evaluate
 import pytest
 
-from tasks.lib.task_eval import METRICS_DIR
+from tasks.lib.task_eval import METRIC_MODULE
 
 
 def _load(name: str):
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
-    return evaluate.load(str(METRICS_DIR / name), keep_in_memory=True)
+    return evaluate.load(str(METRIC_MODULE), config_name=name, keep_in_memory=True)
 
 
 def test_accuracy_three_of_four():
@@ -56,3 +56,8 @@ def test_rouge_identical_and_partial():
     assert part["rougeL"] == pytest.approx(0.8)
     disjoint = metric.compute(predictions=["dog"], references=["cat"])
     assert disjoint["rouge1"] == 0.0
+
+
+def test_an_unknown_metric_is_refused_by_name():
+    with pytest.raises(KeyError, match="unknown metric 'bleu'"):
+        _load("bleu")
