@@ -73,22 +73,22 @@ lint:  ## ruff
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 bench:  ## performance benchmarks on the demo (minutes); results in benchmarks/results/
-	$(BIN)/python benchmarks/train_throughput.py
-	$(BIN)/python benchmarks/validation_cost.py
-	$(BIN)/python benchmarks/forgetting_cache.py
-	$(BIN)/python benchmarks/orchestration_overhead.py
-	$(BIN)/python benchmarks/gate_calibration.py
-	$(BIN)/python benchmarks/cost_curves.py
-	$(BIN)/python benchmarks/replay.py
+	$(BIN)/python -m benchmarks.train_throughput
+	$(BIN)/python -m benchmarks.validation_cost
+	$(BIN)/python -m benchmarks.forgetting_cache
+	$(BIN)/python -m benchmarks.orchestration_overhead
+	$(BIN)/python -m benchmarks.gate_calibration
+	$(BIN)/python -m benchmarks.cost_curves
+	$(BIN)/python -m benchmarks.replay
 
 bench-quick:  ## smoke versions of the benchmarks
-	$(BIN)/python benchmarks/train_throughput.py --quick
-	$(BIN)/python benchmarks/validation_cost.py --quick
-	$(BIN)/python benchmarks/forgetting_cache.py --quick
-	$(BIN)/python benchmarks/orchestration_overhead.py --quick
-	$(BIN)/python benchmarks/gate_calibration.py --quick
-	$(BIN)/python benchmarks/cost_curves.py --quick
-	$(BIN)/python benchmarks/replay.py --quick
+	$(BIN)/python -m benchmarks.train_throughput --quick
+	$(BIN)/python -m benchmarks.validation_cost --quick
+	$(BIN)/python -m benchmarks.forgetting_cache --quick
+	$(BIN)/python -m benchmarks.orchestration_overhead --quick
+	$(BIN)/python -m benchmarks.gate_calibration --quick
+	$(BIN)/python -m benchmarks.cost_curves --quick
+	$(BIN)/python -m benchmarks.replay --quick
 
 clean:  ## remove runs, local MLflow store and stack state (keeps data, model and .venv)
 	rm -rf runs mlruns.db mlartifacts .stack .cache

@@ -7,7 +7,6 @@ import json
 import os
 import platform
 import re
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,8 +33,6 @@ def quiet_libraries() -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
 
 
 def parser(description: str) -> argparse.ArgumentParser:

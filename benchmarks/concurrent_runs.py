@@ -6,20 +6,17 @@ Each training is the pipeline's own (`train_adapter` on the demo's prepared rows
 in its own process, as two `qlora run`s or two sweep trials on one worker machine would be. Wall time from the first
 start to the last end; the sequential pair is the baseline, measured in the same run.
 
-    python benchmarks/concurrent_runs.py [--quick] [--steps 15] [--config configs/demo.yaml] [--set k=v]
+    python -m benchmarks.concurrent_runs [--quick] [--steps 15] [--config configs/demo.yaml] [--set k=v]
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import load_run_config, parser, quiet_libraries, ratio, write_results  # noqa: E402
+from benchmarks._common import load_run_config, parser, quiet_libraries, ratio, write_results
 
 
 def train_once(

@@ -13,7 +13,7 @@ Each curve's baseline is its own smallest size, measured in the same run: the pr
 (per row, per item, per token) relative to it, so 1.0 everywhere means linear growth. Writes
 benchmarks/results/cost_curves.json|md and cost_curves.png.
 
-    python benchmarks/cost_curves.py [--quick] [--curves prep,forgetting,training]
+    python -m benchmarks.cost_curves [--quick] [--curves prep,forgetting,training]
 """
 
 from __future__ import annotations
@@ -24,9 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import RESULTS_DIR, load_run_config, parser, quiet_libraries, ratio, stopwatch, write_results  # noqa: E402
+from benchmarks._common import RESULTS_DIR, load_run_config, parser, quiet_libraries, ratio, stopwatch, write_results
 
 ALPACA_CONFIG = "configs/alpaca.yaml"
 CURVES = ("prep", "forgetting", "training")

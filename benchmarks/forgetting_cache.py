@@ -12,7 +12,7 @@ multiple-choice tasks and LAMBADA, a document for WikiText), comes from timing e
 The adapter is --adapter DIR, else a freshly initialised LoRA adapter (scoring costs the same whatever its
 weights). MLflow logging and the score cache go to a temporary folder: the shared ones are not touched.
 
-    python benchmarks/forgetting_cache.py [--quick] [--adapter DIR] [--config configs/demo.yaml] [--set k=v]
+    python -m benchmarks.forgetting_cache [--quick] [--adapter DIR] [--config configs/demo.yaml] [--set k=v]
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (  # noqa: E402
+from benchmarks._common import (
     Calls,
     isolated_overrides,
     load_run_config,

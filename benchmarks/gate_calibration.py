@@ -18,15 +18,14 @@ per row and family-wise, how often rows that truly dropped exactly the margin pa
 spread over the benchmarks), how often WikiText passes with its rise exactly at the margin, how often an unchanged
 model is kept out, and how many items a row scores. Clustered items: tests/unit/test_sequential.py.
 
-    python benchmarks/gate_calibration.py [--quick]
+    python -m benchmarks.gate_calibration [--quick]
 """
 
 from __future__ import annotations
 
 import math
 
-from _common import parser, write_results
-
+from benchmarks._common import parser, write_results
 from tasks.lib import stats
 from tasks.lib.config import GateConfig, RunConfig, load_config
 from tasks.lib.gate_calibration import family_rates, perplexity_pass_rate, verdict_rates

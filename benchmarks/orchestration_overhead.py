@@ -11,7 +11,7 @@ $PREFECT_API_URL when set, else its ephemeral local server, which is started (an
 It also counts every model and tokenizer load (`from_pretrained`) by step, and whether it loaded the base or
 another model (the merged folder, the registered copy).
 
-    python benchmarks/orchestration_overhead.py [--quick] [--fresh-score-cache] [--config configs/demo.yaml] [--set k=v]
+    python -m benchmarks.orchestration_overhead [--quick] [--fresh-score-cache] [--config configs/demo.yaml] [--set k=v]
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (  # noqa: E402
+from benchmarks._common import (
     Calls,
     isolated_overrides,
     load_run_config,

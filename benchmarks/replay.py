@@ -7,19 +7,16 @@ interval and verdict), and the change replay made to each; writes benchmarks/res
 registered; prepared data, MLflow and run folders go to a temporary folder (base benchmark scores come from the
 usual cache).
 
-    python benchmarks/replay.py [--quick] [--learning-rate 2e-3] [--fraction 0.3] [--set k=v]
+    python -m benchmarks.replay [--quick] [--learning-rate 2e-3] [--fraction 0.3] [--set k=v]
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import REPO_ROOT, isolated_overrides, parser, quiet_libraries, stopwatch, write_results  # noqa: E402
+from benchmarks._common import REPO_ROOT, isolated_overrides, parser, quiet_libraries, stopwatch, write_results
 
 REPLAY_SOURCE = "data/raw/alpaca_gpt4_en_demo/alpaca_en_demo.json"
 

@@ -6,7 +6,7 @@ drift in the machine's speed falls on both. Prints items per second of each and 
 per-item results are the same (the log-likelihoods themselves are compared request by request in
 tests/unit/test_shared_context_lm.py).
 
-    python benchmarks/scoring_speed.py [--quick] [--items 100] [--documents 4] [--config configs/demo.yaml]
+    python -m benchmarks.scoring_speed [--quick] [--items 100] [--documents 4] [--config configs/demo.yaml]
 """
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import load_run_config, parser, quiet_libraries, ratio, stopwatch, write_results  # noqa: E402
+from benchmarks._common import load_run_config, parser, quiet_libraries, ratio, stopwatch, write_results
 
 
 @contextmanager

@@ -18,7 +18,7 @@ neighbour on shared cores slows all variants alike, and step i of every variant 
 
 Also measured: the memory of the base weights, fp32 (plain LoRA) vs 4-bit NF4 (QLoRA).
 
-    python benchmarks/train_throughput.py [--quick] [--steps 20] [--config configs/demo.yaml] [--set k=v]
+    python -m benchmarks.train_throughput [--quick] [--steps 20] [--config configs/demo.yaml] [--set k=v]
 """
 
 from __future__ import annotations
@@ -32,9 +32,7 @@ from pathlib import Path
 from queue import Empty
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (  # noqa: E402
+from benchmarks._common import (
     load_run_config,
     parser,
     peak_memory,

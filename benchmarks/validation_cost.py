@@ -8,7 +8,7 @@ for --repeats rounds after an untimed warm-up of each; the result is the ratio o
 each computes, and the two validation losses (early stopping compares these: equal losses mean equal
 decisions).
 
-    python benchmarks/validation_cost.py [--quick] [--repeats 5] [--config configs/demo.yaml] [--set k=v]
+    python -m benchmarks.validation_cost [--quick] [--repeats 5] [--config configs/demo.yaml] [--set k=v]
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import load_run_config, parser, quiet_libraries, ratio, stopwatch, write_results  # noqa: E402
+from benchmarks._common import load_run_config, parser, quiet_libraries, ratio, stopwatch, write_results
 
 VARIANTS = {"plain packing": False, "shared prompt prefix": True}
 
