@@ -16,9 +16,9 @@ from tasks.io.score_cache import benchmark_key_parts, get_or_compute
 from tasks.lib.benchmarks import block_size, configured_plans, look_order, score_benchmarks, score_in_looks
 from tasks.lib.config import RunConfig
 from tasks.lib.gate import VERDICT_CODE, GateResult, decide
+from tasks.lib.gate_report import forgetting_delta_chart, forgetting_markdown
 from tasks.lib.modeling import resolve_compute_dtype
 from tasks.lib.refs import ForgettingRef, MergeRef, RunContext, TaskEvalRef
-from tasks.lib.report import forgetting_delta_chart, forgetting_markdown
 from tasks.lib.sequential import Looks
 
 

@@ -36,6 +36,7 @@ from tasks.lib.data_formats import (
     resolved_hub_revision,
 )
 from tasks.lib.hashing import file_md5
+from tasks.lib.plots import pyplot, save_png
 from tasks.lib.publish import publish_dir, publish_text
 
 PREP_VERSION = 3  # bump when the output of this module changes for the same inputs
@@ -412,6 +413,20 @@ def split_lengths(processed_dir: Path) -> dict[str, list[int]]:
         split: [len(row["input_ids"]) for _, row in read_jsonl(Path(processed_dir) / f"{split}.jsonl")]
         for split in SPLITS
     }
+
+
+def data_length_histogram(lengths: dict[str, list[int]], max_length: int, path: Path) -> Path:
+    """PNG: the token-length distribution of each prepared split, with the data.max_length limit."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(7, 3.2))
+    bins = range(0, max_length + 9, max(1, (max_length + 8) // 40))
+    for split, values in lengths.items():
+        axis.hist(values, bins=bins, histtype="step", density=True, linewidth=1.5, label=f"{split} ({len(values)})")
+    axis.axvline(max_length, color="grey", linestyle="--", linewidth=0.8, label="data.max_length")
+    axis.set_xlabel("tokens per row (prompt + answer)")
+    axis.set_ylabel("share of rows")
+    axis.legend(fontsize=8)
+    return save_png(figure, path)
 
 
 class _Selection(NamedTuple):

@@ -344,7 +344,7 @@ def test_a_benchmarks_own_margin_and_metric_are_used_and_subjects_sum_to_the_row
     assert sum(group.gains for group in row.groups) == row.gains == 10
     assert sum(group.losses for group in row.groups) == row.losses == 26
     assert sum(group.n for group in row.groups) == row.n
-    from tasks.lib.report import forgetting_markdown
+    from tasks.lib.gate_report import forgetting_markdown
 
     markdown = forgetting_markdown(wide)
     assert "### mmlu by subject (3 subjects, 400 items)" in markdown and "| law |" in markdown

@@ -8,7 +8,7 @@ import pytest
 
 from tasks.lib.config import GateConfig
 from tasks.lib.gate import GateResult, decide, task_row
-from tasks.lib.report import forgetting_delta_chart, forgetting_markdown
+from tasks.lib.gate_report import forgetting_delta_chart, forgetting_markdown
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -185,17 +185,3 @@ def forgetting_delta_chart(result: GateResult, path: Path) -> Path:
     axis.set_xlabel("tuned - base (left is worse); | marks the margin; colour = verdict")
     axis.set_title(f"Gate: {result.verdict}", color=colours[result.verdict])
     return save_png(figure, path, dpi=110)
-
-
-def data_length_histogram(lengths: dict[str, list[int]], max_length: int, path: Path) -> Path:
-    """PNG: the token-length distribution of each prepared split, with the data.max_length limit."""
-    plt = pyplot()
-    figure, axis = plt.subplots(figsize=(7, 3.2))
-    bins = range(0, max_length + 9, max(1, (max_length + 8) // 40))
-    for split, values in lengths.items():
-        axis.hist(values, bins=bins, histtype="step", density=True, linewidth=1.5, label=f"{split} ({len(values)})")
-    axis.axvline(max_length, color="grey", linestyle="--", linewidth=0.8, label="data.max_length")
-    axis.set_xlabel("tokens per row (prompt + answer)")
-    axis.set_ylabel("share of rows")
-    axis.legend(fontsize=8)
-    return save_png(figure, path)
