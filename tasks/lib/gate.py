@@ -210,12 +210,17 @@ def _crossed(outcome: np.ndarray) -> Verdict:
     return {sequential.PASS: "pass", sequential.FAIL: "fail"}.get(int(outcome[0]), "inconclusive")
 
 
-def _looks_seen(plan: sequential.SequentialDesign, order: Sequence[str], tuned_items: Mapping[str, Any]) -> int:
-    """How many of the design's looks the tuned model's items cover (a look needs every item of its blocks)."""
-    seen = 0
-    while seen < len(plan.looks) and all(key in tuned_items for key in order[: plan.looks[seen]]):
+def _design_and_looks_seen(
+    looks: sequential.Looks, level: float, tuned_items: Mapping[str, Any], unit: str
+) -> tuple[sequential.SequentialDesign, int] | str:
+    """The row's design at `level` per tail and how many of its looks the tuned model's items cover (a look needs
+    every item of its blocks); why the row cannot be judged when they cover none."""
+    plan, seen = sequential.design(looks.counts, level), 0
+    while seen < len(plan.looks) and all(key in tuned_items for key in looks.order[: plan.looks[seen]]):
         seen += 1
-    return seen
+    if seen == 0:
+        return f"the tuned model was scored on fewer {unit} than the first look ({plan.looks[0]})"
+    return plan, seen
 
 
 def _sequential_accuracy_pending(
@@ -231,10 +236,10 @@ def _sequential_accuracy_pending(
     """A group-sequential row: looks after every block of its items in their seeded order, at level alpha/k per
     tail, stopping at the first boundary crossed (tasks/lib/sequential.py)."""
     margin, order = margin_points / 100.0, looks.order
-    plan = sequential.design(looks.counts, gate.alpha / k)
-    seen = _looks_seen(plan, order, tuned_items)
-    if seen == 0:
-        return f"the tuned model was scored on fewer items than the first look ({plan.looks[0]})"
+    designed = _design_and_looks_seen(looks, gate.alpha / k, tuned_items, "items")
+    if isinstance(designed, str):
+        return designed
+    plan, seen = designed
     counts = [stats.count_pairs(*_items_at(base_items, tuned_items, order[:n])) for n in plan.looks[:seen]]
     outcome, stop = sequential.paired_outcomes(
         plan, np.array([c.gains for c in counts]), np.array([c.losses for c in counts]), margin
@@ -276,10 +281,10 @@ def _sequential_perplexity_pending(
     into the normal quantile it equals (Jennison & Turnbull's significance-level approach for t-tests in group
     sequential designs) and read against the boundary; the interval is the t-interval at the boundary's level."""
     order, bound = looks.order, math.log1p(margin_relative)
-    plan = sequential.design(looks.counts, gate.alpha / k)
-    seen = _looks_seen(plan, order, tuned_items)
-    if seen == 0:
-        return f"the tuned model was scored on fewer documents than the first look ({plan.looks[0]})"
+    designed = _design_and_looks_seen(looks, gate.alpha / k, tuned_items, "documents")
+    if isinstance(designed, str):
+        return designed
+    plan, seen = designed
     ratios = []
     for n in plan.looks[:seen]:
         base, tuned = _items_at(base_items, tuned_items, order[:n])
