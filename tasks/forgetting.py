@@ -10,7 +10,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from tasks.common import once, retry_only_transient, step_run
-from tasks.io.models import load_scored_model, load_tokenizer, model_version
+from tasks.io.models import default_device, load_scored_model, load_tokenizer, model_version
 from tasks.io.ray_cluster import score_on_ray
 from tasks.io.score_cache import benchmark_key_parts, get_or_compute
 from tasks.lib.benchmarks import block_size, configured_plans, look_order, score_benchmarks, score_in_looks
@@ -28,9 +28,7 @@ def base_model_version(config: RunConfig) -> str:
     The base is scored as the model the adapter is merged into (merge.strategy: the dequantized 4-bit base,
     or the original); quantization, compute dtype, device and library versions all change scores.
     """
-    import torch
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device().split(":")[0]
     dtype = str(resolve_compute_dtype(config.quantization.compute_dtype)) if config.quantization.enabled else "fp32"
     libraries = {name: version(name) for name in ("torch", "transformers", "bitsandbytes", "peft", "lm_eval")}
     return json.dumps(

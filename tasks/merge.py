@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from transformers import AutoModelForCausalLM
 
 from tasks.common import once, retry_only_transient, step_run
-from tasks.io.models import load_adapter_model, load_tokenizer, merge_base_loader
+from tasks.io.models import load_adapter_model, load_merged, load_tokenizer, merge_base_loader
 from tasks.lib.config import RunConfig
 from tasks.lib.merge import adapter_reference, check_merge, load_reference, merge_adapter, merge_check
 from tasks.lib.refs import DataRef, MergeRef, RunContext, TrainRef
@@ -28,7 +27,7 @@ def run_merge(config: RunConfig, context: RunContext, data: DataRef, trained: Tr
             reference = load_reference(layout.merge_reference, len(rows))
             if reference is None:  # a run evaluated before the evaluation saved it
                 reference = adapter_reference(load_adapter_model(config, trained.adapter_dir), rows)
-            merged = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
+            merged = load_merged(folder, for_scoring=False)
             report = merge_check(reference, merged, rows)
             tracker.log_params({"merge.strategy": config.merge.strategy})
             tracker.log_metrics(

@@ -214,8 +214,11 @@ def merge_base_loader(config: RunConfig):
     return lambda: load_base_model(config.model, config.quantization)
 
 
-def load_merged(merged_dir: str):
-    """A merged model folder, on this process's device (it scores at base speed)."""
+def load_merged(merged_dir: str | Path, for_scoring: bool = True):
+    """A merged model folder: for scoring, in its stored dtype on this process's device (it scores at base speed);
+    otherwise as transformers loads it by default, on the CPU (what the merge check compares)."""
+    if not for_scoring:
+        return AutoModelForCausalLM.from_pretrained(merged_dir, use_safetensors=True)
     return AutoModelForCausalLM.from_pretrained(merged_dir, use_safetensors=True, dtype="auto").to(default_device())
 
 
