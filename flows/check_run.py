@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tasks.io.tracking import shown_tracking_uri
 from tasks.io.versioning import cpu_name, git_commit
 from tasks.lib.config import RunConfig, read_run_config
 from tasks.lib.promotion import CHAMPION
 from tasks.lib.refs import PipelineResult
 from tasks.lib.run_layout import RunLayout
+from tasks.lib.run_report import pipeline_markdown
 
 
 @dataclass
@@ -85,8 +87,6 @@ def machine_description() -> str:
 
 def run_report(run_dir: Path, check: RunCheck) -> str:
     """The committed demo report: provenance, timings and the run's own pipeline report."""
-    from tasks.report import pipeline_markdown
-
     config, result = load_run(run_dir)
     lines = [
         f"# Demo run report: `{config.name}` run `{result.run_id}`",
@@ -100,6 +100,8 @@ def run_report(run_dir: Path, check: RunCheck) -> str:
         "|---|---|",
         *[f"| {name} | {seconds:.0f} |" for name, seconds in check.steps.items()],
         "",
-        pipeline_markdown(config, result).replace("# QLoRA pipeline", "## QLoRA pipeline", 1),
+        pipeline_markdown(config, result, shown_tracking_uri(config.tracking.uri)).replace(
+            "# QLoRA pipeline", "## QLoRA pipeline", 1
+        ),
     ]
     return "\n".join(lines) + "\n"

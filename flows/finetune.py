@@ -17,15 +17,16 @@ from prefect.states import Failed
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate_target_task
 from tasks.forgetting import check_forgetting
+from tasks.io.tracking import shown_tracking_uri
 from tasks.lib import threads
 from tasks.lib.config import load_config
 from tasks.lib.errors import UserError
 from tasks.lib.preflight import check_inputs
 from tasks.lib.refs import PipelineResult
+from tasks.lib.run_report import pipeline_markdown
 from tasks.merge import merge_adapter_task
 from tasks.pipeline_run import artifact_key, finish_pipeline_run, start_pipeline_run, unchanged_since_last_attempt
 from tasks.register import register_model
-from tasks.report import pipeline_markdown
 from tasks.train import train
 
 
@@ -108,6 +109,8 @@ def run_pipeline(
         raise
     finish_pipeline_run(context, result, failed=False)
     create_markdown_artifact(
-        pipeline_markdown(config, result), key=artifact_key(config.name), description="QLoRA pipeline report"
+        pipeline_markdown(config, result, shown_tracking_uri(config.tracking.uri)),
+        key=artifact_key(config.name),
+        description="QLoRA pipeline report",
     )
     return result

@@ -8,9 +8,9 @@ from typing import Any
 
 
 def _mlflow_ui_hint(experiment_id: str, run_id: str) -> str:
-    from tasks.io.tracking import scrub, tracking_uri
+    from tasks.io.tracking import shown_tracking_uri
 
-    uri = scrub(tracking_uri(None))
+    uri = shown_tracking_uri(None)
     if uri.startswith("http"):
         return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
     return f"`mlflow ui --backend-store-uri {uri}` (or `make up`), then open http://127.0.0.1:5000 (run {run_id})"

@@ -19,7 +19,7 @@ from tasks.io.registry import (
     register_merged_model,
     verify_round_trip,
 )
-from tasks.io.tracking import scrub_mapping
+from tasks.io.tracking import scrub_mapping, shown_tracking_uri
 from tasks.io.versioning import provenance
 from tasks.lib.config import RunConfig
 from tasks.lib.promotion import (
@@ -32,9 +32,9 @@ from tasks.lib.promotion import (
 )
 from tasks.lib.publish import publish_text
 from tasks.lib.refs import DataRef, PipelineResult, RegistrationRef, RunContext, TaskEvalRef
+from tasks.lib.run_report import model_card_markdown
 from tasks.lib.stats import is_binary
 from tasks.lib.task_eval import evaluate_task, load_split
-from tasks.report import model_card_markdown
 
 TEST_FINGERPRINT_TAG = "test_fingerprint"
 TEST_CORRECT_TAG = "test_items_correct"
@@ -89,7 +89,8 @@ def run_registration(config: RunConfig, context: RunContext, data: DataRef, resu
         decision = decide_promotion(True, challenger_items, champion_items, alpha)
 
         provenance_tags = provenance(config, data)
-        card = model_card_markdown(config, result, provenance_tags, promotion=decision.reason)
+        tracking = shown_tracking_uri(config.tracking.uri)
+        card = model_card_markdown(config, result, provenance_tags, tracking, promotion=decision.reason)
         publish_text(Path(result.merge.merged_dir) / "README.md", card)  # beside the weights, as on the HF hub
         tags = version_tags(config, context, result, provenance_tags, source)
         if champion_items is not None:

@@ -64,6 +64,11 @@ def tracking_uri(configured: str | None) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def shown_tracking_uri(configured: str | None) -> str:
+    """The tracking URI as reports and the console may show it: credentials masked."""
+    return scrub(tracking_uri(configured))
+
+
 @dataclass(frozen=True)
 class RunSummary:
     """What the pipeline reads back from a run: its id, name, tags, metrics and times (seconds)."""

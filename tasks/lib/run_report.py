@@ -1,8 +1,10 @@
-"""The pipeline run's markdown report, published as a Prefect artifact."""
+"""The pipeline run's markdown report (a Prefect artifact) and the registered model's card.
+
+`tracking` is the tracking URI as it may be shown: already scrubbed of credentials by the caller.
+"""
 
 from __future__ import annotations
 
-from tasks.io.tracking import scrub, tracking_uri
 from tasks.lib.config import RunConfig
 from tasks.lib.refs import PipelineResult
 
@@ -23,7 +25,7 @@ def merge_summary(strategy: str, check: dict) -> str:
     )
 
 
-def pipeline_markdown(config: RunConfig, result: PipelineResult) -> str:
+def pipeline_markdown(config: RunConfig, result: PipelineResult, tracking: str) -> str:
     lines = [f"# QLoRA pipeline `{config.name}`, run `{result.run_id}`", ""]
     if result.data is not None:
         stats = result.data.stats
@@ -56,7 +58,6 @@ def pipeline_markdown(config: RunConfig, result: PipelineResult) -> str:
         )
     else:
         lines.append(f"Nothing registered: {registration.reason if registration else 'the run did not finish'}.")
-    tracking = scrub(tracking_uri(config.tracking.uri))
     lines += [
         "",
         f"MLflow parent run `{result.mlflow_run_id}` in experiment `{config.tracking.experiment}` ({tracking}).",
@@ -86,7 +87,7 @@ def serving_commands(model_name: str, tracking: str, port: int = 5001) -> str:
 
 
 def model_card_markdown(
-    config: RunConfig, result: PipelineResult, provenance: dict[str, str], promotion: str = ""
+    config: RunConfig, result: PipelineResult, provenance: dict[str, str], tracking: str, promotion: str = ""
 ) -> str:
     """The registered version's description and the README.md beside its weights."""
     model, lora, train = config.model, config.lora, config.train
@@ -129,6 +130,5 @@ def model_card_markdown(
         lines += ["", forgetting.markdown.replace("## Catastrophic-forgetting check", "## Forgetting gate", 1)]
     if merge is not None:
         lines += ["", "## Merge check", "", merge_summary(merge.strategy, merge.fidelity)]
-    tracking = scrub(tracking_uri(config.tracking.uri))
     lines += ["", "## Serving", "", serving_commands(config.registry.model_name, tracking), ""]
     return "\n".join(lines)
