@@ -2,6 +2,7 @@
 
 - tasks/lib is pure logic: no Prefect, no MLflow, nothing from tasks/io, the steps or flows.
 - tasks/io is the outside world (Prefect's server among it: events, concurrency limits); no step, no flow.
+  It is the only place MLflow is imported: steps and flows reach MLflow through it.
 - A step module (tasks/*.py) never imports another step module, only the shared glue in tasks/common.py and
   tasks/pipeline_run.py, and nothing in tasks/ imports flows/.
 """
@@ -52,6 +53,13 @@ def test_lib_is_pure_logic(path):
 @pytest.mark.parametrize("path", sources("tasks/io"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_io_imports_no_step_or_flow(path):
     assert forbidden(imported_modules(path), {"flows", *STEP_MODULES, *SHARED_GLUE}) == []
+
+
+@pytest.mark.parametrize(
+    "path", [*sorted((ROOT / "tasks").glob("*.py")), *sources("flows")], ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_mlflow_only_behind_io(path):
+    assert forbidden(imported_modules(path), {"mlflow"}) == []
 
 
 @pytest.mark.parametrize("module", sorted(STEP_MODULES))
