@@ -11,6 +11,8 @@ multiple-choice tasks and LAMBADA, a document for WikiText), comes from timing e
 
 The adapter is --adapter DIR, else a freshly initialised LoRA adapter (scoring costs the same whatever its
 weights). MLflow logging and the score cache go to a temporary folder: the shared ones are not touched.
+Both checks score every item in one look (`forgetting.look_every=null`): the cache's effect is read on whole
+scoring passes; a group-sequential gate reads the same cached base scores and scores the tuned model in blocks.
 
     python -m benchmarks.forgetting_cache [--quick] [--adapter DIR] [--config configs/demo.yaml] [--set k=v]
 """
@@ -72,6 +74,9 @@ def scoring_passes(calls: Calls, phases: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
+FIXED_DESIGN = ["forgetting.look_every=null", "forgetting.perplexity_look_every=null"]
+
+
 def main() -> int:
     quiet_libraries()
     arguments = parser(__doc__.splitlines()[0])
@@ -88,6 +93,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="qlora-bench-forgetting-") as work:
         root = Path(work)
         overrides = [
+            *FIXED_DESIGN,
             *args.overrides,
             *(["forgetting.limit=1"] if args.quick else []),
             *isolated_overrides(root),
@@ -117,7 +123,7 @@ def main() -> int:
 
         passes, lm_eval_calls = Calls(), Calls()
         undo = [
-            patch_timer(passes, tasks.forgetting, "run_benchmarks"),
+            patch_timer(passes, tasks.forgetting, "score_benchmarks"),
             patch_timer(lm_eval_calls, tasks.lib.benchmarks, "evaluate_lm"),
         ]
         try:
@@ -161,7 +167,7 @@ def main() -> int:
         "forgetting_cache",
         {
             "config": args.config,
-            "overrides": args.overrides + (["forgetting.limit=1"] if args.quick else []),
+            "overrides": FIXED_DESIGN + args.overrides + (["forgetting.limit=1"] if args.quick else []),
             "benchmarks": list(bench.benchmarks),
             "limit": bench.limit,
             "batch_size": bench.batch_size,
