@@ -51,6 +51,9 @@ QUICK = [
     "train.eval_max_rows=8",
     "evaluation.max_items=4",
     "forgetting.limit=1",
+    "forgetting.look_every=null",  # one look: the demo's looks need 10 of its 20 articles
+    "forgetting.perplexity_look_every=null",
+    "forgetting.perplexity_limit=1",
     "merge.num_fidelity_prompts=9",
     # Two steps teach nothing: open the gate so merge and registration run too.
     "gate.require_task_improvement=false",
