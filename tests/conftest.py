@@ -17,6 +17,28 @@ DEMO_MODEL_DIR = REPO_ROOT / "models" / "smollm2-135m-instruct"
 RAW_DATA_DIR = REPO_ROOT / "data" / "raw"
 TINY_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
 
+# The integration files from longest to shortest (`--durations`, 2 cores), run before everything else so that the
+# two xdist workers end together; pytest-xdist's own order (most tests first, switched off in pyproject.toml) ran
+# these one-test files last, one worker finishing them alone.
+LONGEST_FIRST = [
+    "test_flow.py",
+    "test_kills.py",
+    "test_sweep.py",
+    "test_stack.py",
+    "test_ray.py",
+    "test_deployment.py",
+    "test_resume.py",
+    "test_ddp.py",
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the rest keep their collection order
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -65,6 +65,9 @@ def prefect_server(home: Path, **settings: str) -> Iterator[tuple[str, dict[str,
         PREFECT_API_URL=api,
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_SERVER_UI_ENABLED="false",
+        # Served deployments and workers look for scheduled runs every second instead of every 10 s.
+        PREFECT_RUNNER_POLL_FREQUENCY="1",
+        PREFECT_WORKER_QUERY_SECONDS="1",
         **settings,
     )
     env.pop("MLFLOW_TRACKING_URI", None)
