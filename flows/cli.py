@@ -70,7 +70,7 @@ VERBS = [
     Verb("benchmarks", verbs.benchmarks, "the benchmarks the gate can score, their metric and data",
          (arg("--data-dir", default="data/benchmarks"),)),
     Verb("data-updated", verbs.data_updated, "announce new data: the retraining deployment starts a run", CONFIG),
-    Verb("score-base", verbs.score_base, "score the base model on the forgetting benchmarks once (cached)", CONFIG),
+    Verb("score-base", verbs.score_base, "score the base on the test items and benchmarks, once (cached)", CONFIG),
     *(Verb(step, verbs.rerun_step, text, RUN_DIR, {"step": step}) for step, text in STEPS.items()),
     Verb("chat", verbs.chat, "talk to a model: models:/NAME@ALIAS, a merged folder or a run directory", (
          arg("model"), arg("--prompt", help="answer this one prompt and exit (for scripts)"),

@@ -61,6 +61,12 @@ def check_summary(run_dir: Path, check: Any) -> str:
     return "\n".join(lines)
 
 
+def base_task_summary(result: Any, cached: bool, cache_dir: str) -> str:
+    state = "already cached" if cached else f"scored and cached in {cache_dir}"
+    metrics = ", ".join(f"{name} {value:.4f}" for name, value in result.metrics.items())
+    return f"base model answers on {result.n_items} test items {state}: {metrics}"
+
+
 def base_scores_summary(scores: dict[str, dict], cached: bool, cache_dir: str) -> str:
     state = "already cached" if cached else f"scored and cached in {cache_dir}"
     return f"base model benchmark results {state}: " + ", ".join(f"{k} n={int(s['n'])}" for k, s in scores.items())

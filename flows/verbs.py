@@ -124,13 +124,18 @@ def data_updated(config: str, overrides: list[str]) -> ExitCode:
 
 
 def score_base(config: str, overrides: list[str]) -> ExitCode:
+    from tasks.data import run_prepare
+    from tasks.evaluate import score_base_task
     from tasks.forgetting import score_base_model
     from tasks.lib import threads
 
     loaded = load_checked(config, overrides)
     threads.hold_share(loaded.resources.configured_threads())
-    scores, cached = score_base_model(loaded)
-    print(summaries.base_scores_summary(scores, cached, loaded.forgetting.cache_dir))
+    task, cached = score_base_task(loaded, run_prepare(loaded))
+    print(summaries.base_task_summary(task, cached, loaded.forgetting.cache_dir))
+    if loaded.forgetting.enabled and loaded.forgetting.benchmarks:
+        scores, cached = score_base_model(loaded)
+        print(summaries.base_scores_summary(scores, cached, loaded.forgetting.cache_dir))
     return ExitCode.OK
 
 

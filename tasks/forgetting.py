@@ -4,45 +4,31 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from importlib.metadata import version
 from pathlib import Path
 
 from prefect import get_run_logger, task
 
 from tasks.common import once, retry_only_transient, step_run
-from tasks.io.models import default_device, load_scored_model, load_tokenizer, model_version
+from tasks.io.models import load_scored_model, load_tokenizer, scoring_identity
 from tasks.io.ray_cluster import score_on_ray
 from tasks.io.score_cache import benchmark_key_parts, get_or_compute
 from tasks.lib.benchmarks import block_size, configured_plans, look_order, score_benchmarks, score_in_looks
 from tasks.lib.config import RunConfig
 from tasks.lib.gate import VERDICT_CODE, GateResult, decide
 from tasks.lib.gate_report import forgetting_delta_chart, forgetting_markdown
-from tasks.lib.modeling import resolve_compute_dtype
 from tasks.lib.refs import ForgettingRef, MergeRef, RunContext, TaskEvalRef
 from tasks.lib.sequential import Looks
 
 
 def base_model_version(config: RunConfig) -> str:
-    """The base weights, how they are loaded and what computes them: each can change a score.
-
-    The base is scored as the model the adapter is merged into (merge.strategy: the dequantized 4-bit base,
-    or the original); quantization, compute dtype, device and library versions all change scores.
-    """
-    device = default_device().split(":")[0]
-    dtype = str(resolve_compute_dtype(config.quantization.compute_dtype)) if config.quantization.enabled else "fp32"
-    libraries = {name: version(name) for name in ("torch", "transformers", "bitsandbytes", "peft", "lm_eval")}
-    return json.dumps(
-        {
-            "weights": model_version(config.model),
-            "quantization": config.quantization.model_dump(mode="json"),
-            "scored_as": f"dense merge base ({config.merge.strategy})",
-            "scorer": "lm-eval requests in packed rows, each context once (SharedContextLM)",
-            "compute_dtype": dtype,
-            "device": device,
-            "versions": libraries,
-        },
-        sort_keys=True,
-    )
+    """What the base benchmark scores depend on: the base as the adapter is merged into it (merge.strategy: the
+    dequantized 4-bit base, or the original) and the scorer."""
+    identity = {
+        **scoring_identity(config),
+        "scored_as": f"dense merge base ({config.merge.strategy})",
+        "scorer": "lm-eval requests in packed rows, each context once (SharedContextLM)",
+    }
+    return json.dumps(identity, sort_keys=True)
 
 
 def scores_of(config: RunConfig, merged_dir: str | None) -> dict:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -169,6 +170,29 @@ def model_version(model: ModelConfig) -> str:
     if not path.exists():
         return f"{model.name_or_path}@{model.revision or 'main'}"
     files = sorted(path.glob("*.safetensors")) + sorted(path.glob("config.json"))
+    return digest_files(files, "sha256", lambda file: file.name)[:16]
+
+
+def scoring_identity(config: RunConfig) -> dict:
+    """The base weights, how they are loaded and what computes them: each can change a cached base score
+    (quantization, compute dtype, device and library versions included)."""
+    dtype = str(resolve_compute_dtype(config.quantization.compute_dtype)) if config.quantization.enabled else "fp32"
+    return {
+        "weights": model_version(config.model),
+        "quantization": config.quantization.model_dump(mode="json"),
+        "compute_dtype": dtype,
+        "device": default_device().split(":")[0],
+        "versions": {name: version(name) for name in ("torch", "transformers", "bitsandbytes", "peft", "lm_eval")},
+    }
+
+
+def tokenizer_version(model: ModelConfig) -> str:
+    """Identifies the tokenizer, chat template and generation defaults: the hub revision, or a hash of the local
+    folder's small files (everything but the weights)."""
+    path = Path(resolve_model_path(model))
+    if not path.is_dir():
+        return f"{model.name_or_path}@{model.revision or 'main'}"
+    files = sorted(file for file in path.iterdir() if file.is_file() and file.suffix != ".safetensors")
     return digest_files(files, "sha256", lambda file: file.name)[:16]
 
 

@@ -52,6 +52,7 @@ class TaskEvalRef(BaseModel):
     base_scores: list[float] = Field(default_factory=list)  # per item, the primary metric: the paired task test
     tuned_scores: list[float] = Field(default_factory=list)
     task: GateRow  # the gate's task row, decided once by the evaluation: tuned against base on these items
+    base_cached: bool = False  # the base's answers came from the base-score cache (`qlora score-base`)
 
     def paired_scores(self) -> tuple[list[float], list[float]]:
         """(base, tuned) per-item results the task row and promotion compare (right/wrong from older runs)."""

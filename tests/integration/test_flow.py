@@ -112,7 +112,7 @@ def test_flow_trains_evaluates_registers_and_reuses_base_scores(
     assert first.train.global_step == 12 and first.train.trainable_params > 0
     assert Path(first.train.adapter_dir, "adapter_model.safetensors").is_file()
     assert set(first.evaluation.base) == set(first.evaluation.tuned) >= {"accuracy", "f1"}
-    assert first.forgetting.passed and not first.forgetting.base_scores_cached
+    assert first.forgetting.passed and not first.forgetting.base_scores_cached and not first.evaluation.base_cached
     assert first.merge.fidelity["argmax_agreement"] >= 0.99
     assert first.registration.registered and first.registration.version == "1"
     assert set(first.registration.aliases) == {"champion", "challenger"}
@@ -187,6 +187,8 @@ def test_flow_trains_evaluates_registers_and_reuses_base_scores(
 
     second = finetune(config_path=str(config_path), overrides=["lora.r=4"])
     assert second.data.reused and second.forgetting.base_scores_cached
+    # The base's answers on the same test items come from the cache too, the same answers.
+    assert second.evaluation.base_cached and second.evaluation.base_scores == first.evaluation.base_scores
     # Same seed, same data: the same score, and a tie keeps the incumbent champion.
     assert second.registration.version == "2" and second.registration.aliases == ["challenger"]
     assert str(client.get_model_version_by_alias("tiny-sst2", "champion").version) == "1"

@@ -136,3 +136,35 @@ def test_failed_compute_leaves_no_cache(tmp_path: Path, key_of: Callable[..., di
     _, cached = get_or_compute(key_of(), compute, tmp_path / "cache")
     assert not cached
     assert compute.calls == 1
+
+
+def test_the_bases_task_answers_are_cached_and_are_those_of_the_adapter_model_with_its_adapter_off(
+    tiny_config_file: Path,
+) -> None:
+    """`qlora score-base` (the plain 4-bit base) and the evaluate step (the adapter model, adapter disabled) answer
+    the same; the second call reads the cache; other settings or other items are another key."""
+    from peft import LoraConfig, get_peft_model
+
+    from tasks.data import run_prepare
+    from tasks.evaluate import base_task_key_parts, score_base_task
+    from tasks.io.models import load_base_model, load_tokenizer
+    from tasks.lib.config import load_config
+    from tasks.lib.task_eval import evaluate_task, load_split
+
+    config = load_config(tiny_config_file)
+    data = run_prepare(config)
+    first, cached = score_base_task(config, data)
+    assert not cached and first.n_items == config.evaluation.max_items
+    again, cached = score_base_task(config, data)
+    assert cached and again == first
+
+    rows = load_split(Path(data.processed_dir), "test")
+    base = load_base_model(config.model, config.quantization, for_training=False)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).eval()
+    with model.disable_adapter():
+        assert evaluate_task(model, load_tokenizer(config.model), rows, config.evaluation) == first
+
+    key = base_task_key_parts(config, rows)
+    other_settings = load_config(tiny_config_file, ["evaluation.max_new_tokens=5"])
+    assert base_task_key_parts(other_settings, rows) != key
+    assert base_task_key_parts(config, list(reversed(rows))) != key
