@@ -21,7 +21,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import sys
 import tempfile
+import time
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 from benchmarks._common import RESULTS_DIR, load_run_config, parser, quiet_libraries, ratio, stopwatch, write_results
@@ -97,8 +99,7 @@ def forgetting_curve(config_path: str, overrides: list[str], quick: bool) -> dic
 def _train_at_length(length: int, overrides: list[str], work: str, queue: Any) -> None:
     """One length in its own process (its own memory; nothing cached from another length)."""
     quiet_libraries()
-    from train_throughput import Baton, _lockstep_timer, train_pipeline
-
+    from benchmarks.train_throughput import Baton, _lockstep_timer, train_pipeline
     from tasks.data import run_prepare
 
     steps = TRAIN_STEPS + 1
@@ -123,6 +124,20 @@ def _train_at_length(length: int, overrides: list[str], work: str, queue: Any) -
     queue.put({"max_length": length, "real_tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds})
 
 
+def _result_of(process: Any, queue: Any, timeout: float = 3600.0) -> dict[str, Any]:
+    """What the process put on the queue; an error as soon as it died without a result (not an hour's wait)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return queue.get(timeout=5)
+        except Empty:
+            if not process.is_alive():
+                code = process.exitcode
+                raise RuntimeError(f"the training process exited with code {code} before its result") from None
+    process.kill()
+    raise TimeoutError(f"no training result within {timeout:.0f} s")
+
+
 def training_curve(overrides: list[str], quick: bool, work: Path) -> list[dict[str, Any]]:
     context = mp.get_context("spawn")
     points = []
@@ -130,7 +145,7 @@ def training_curve(overrides: list[str], quick: bool, work: Path) -> list[dict[s
         queue = context.Queue()
         process = context.Process(target=_train_at_length, args=(length, overrides, str(work), queue))
         process.start()
-        point = queue.get(timeout=3600)
+        point = _result_of(process, queue)
         process.join()
         points.append(point)
         print(f"training max_length {length:>5}: {point['tokens_per_second']:6.1f} real tokens/s", flush=True)
