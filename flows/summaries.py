@@ -61,15 +61,18 @@ def check_summary(run_dir: Path, check: Any) -> str:
     return "\n".join(lines)
 
 
+def _cache_state(cached: bool, cache_dir: str) -> str:
+    return "already cached" if cached else f"scored and cached in {cache_dir}"
+
+
 def base_task_summary(result: Any, cached: bool, cache_dir: str) -> str:
-    state = "already cached" if cached else f"scored and cached in {cache_dir}"
     metrics = ", ".join(f"{name} {value:.4f}" for name, value in result.metrics.items())
-    return f"base model answers on {result.n_items} test items {state}: {metrics}"
+    return f"base model answers on {result.n_items} test items {_cache_state(cached, cache_dir)}: {metrics}"
 
 
 def base_scores_summary(scores: dict[str, dict], cached: bool, cache_dir: str) -> str:
-    state = "already cached" if cached else f"scored and cached in {cache_dir}"
-    return f"base model benchmark results {state}: " + ", ".join(f"{k} n={int(s['n'])}" for k, s in scores.items())
+    counts = ", ".join(f"{name} n={int(values['n'])}" for name, values in scores.items())
+    return f"base model benchmark results {_cache_state(cached, cache_dir)}: {counts}"
 
 
 def benchmarks_table(rows: list[Any]) -> str:

@@ -61,7 +61,6 @@ def score_base_task(config: RunConfig, data: DataRef) -> tuple[TaskEvalResult, b
 
     def evaluate_base() -> TaskEvalResult:
         model = load_base_model(config.model, config.quantization, for_training=False)
-        model.eval()
         return evaluate_task(model, load_tokenizer(config.model), rows, config.evaluation)
 
     return base_task_eval(config, rows, evaluate_base)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
@@ -164,13 +165,17 @@ def load_adapter_model(config: RunConfig, adapter_dir: str):
     return model
 
 
-def model_version(model: ModelConfig) -> str:
-    """Identifies the base weights: the hub revision, or a streamed hash of the local weight files' content."""
+def _content_version(model: ModelConfig, files_of: Callable[[Path], list[Path]]) -> str:
+    """The hub revision, or a streamed hash of the chosen files of the local model folder."""
     path = Path(resolve_model_path(model))
-    if not path.exists():
+    if not path.is_dir():
         return f"{model.name_or_path}@{model.revision or 'main'}"
-    files = sorted(path.glob("*.safetensors")) + sorted(path.glob("config.json"))
-    return digest_files(files, "sha256", lambda file: file.name)[:16]
+    return digest_files(files_of(path), "sha256", lambda file: file.name)[:16]
+
+
+def model_version(model: ModelConfig) -> str:
+    """Identifies the base weights (the weight files and config.json)."""
+    return _content_version(model, lambda path: sorted(path.glob("*.safetensors")) + sorted(path.glob("config.json")))
 
 
 def scoring_identity(config: RunConfig) -> dict:
@@ -187,13 +192,10 @@ def scoring_identity(config: RunConfig) -> dict:
 
 
 def tokenizer_version(model: ModelConfig) -> str:
-    """Identifies the tokenizer, chat template and generation defaults: the hub revision, or a hash of the local
-    folder's small files (everything but the weights)."""
-    path = Path(resolve_model_path(model))
-    if not path.is_dir():
-        return f"{model.name_or_path}@{model.revision or 'main'}"
-    files = sorted(file for file in path.iterdir() if file.is_file() and file.suffix != ".safetensors")
-    return digest_files(files, "sha256", lambda file: file.name)[:16]
+    """Identifies the tokenizer, chat template and generation defaults: every file of the folder but the weights."""
+    return _content_version(
+        model, lambda path: sorted(file for file in path.iterdir() if file.is_file() and file.suffix != ".safetensors")
+    )
 
 
 def load_config_only(model: ModelConfig):
