@@ -28,7 +28,6 @@ from tasks.lib.promotion import (
     decode_scores,
     encode_correct,
     encode_scores,
-    look_alpha,
 )
 from tasks.lib.publish import publish_text
 from tasks.lib.refs import DataRef, PipelineResult, RegistrationRef, RunContext, TaskEvalRef
@@ -83,10 +82,15 @@ def run_registration(config: RunConfig, context: RunContext, data: DataRef, resu
         champion_items, source = champion_scores_on(config, evaluation, rows, get_run_logger_or_none())
         _, challenger_items = evaluation.paired_scores()
         # Each confirmation on these test items spends part of their error budget (tasks/lib/promotion.py).
-        ledger = read_confirmation_ledger(name, evaluation.test_fingerprint)
-        look = ledger.look_of(context.run_id)
-        alpha = look_alpha(config.gate.alpha, look) if champion_items is not None else config.gate.alpha
-        decision = decide_promotion(True, challenger_items, champion_items, alpha)
+        ledger = read_confirmation_ledger(name, evaluation.test_fingerprint).opened(
+            config.registry.confirmation_horizon, config.registry.horizon_renewals
+        )
+        look = ledger.look_of(context.run_id, config.gate.alpha)
+        decision = decide_promotion(True, challenger_items, champion_items, look)
+        logger = get_run_logger_or_none()
+        if champion_items is not None and logger:
+            log = logger.info if look.within_horizon else logger.warning
+            log("promotion (%s): %s", look.describe(), decision.reason)
 
         provenance_tags = provenance(config, data)
         tracking = shown_tracking_uri(config.tracking.uri)
@@ -94,8 +98,15 @@ def run_registration(config: RunConfig, context: RunContext, data: DataRef, resu
         publish_text(Path(result.merge.merged_dir) / "README.md", card)  # beside the weights, as on the HF hub
         tags = version_tags(config, context, result, provenance_tags, source)
         if champion_items is not None:
-            ledger = ledger.with_look(context.run_id, config.gate.alpha)
-            spent = {"look": look, "alpha": alpha, "alpha_spent": ledger.alpha_spent, "test_set": ledger.fingerprint}
+            ledger = ledger.with_look(context.run_id)
+            spent = {
+                "look": look.number,
+                "horizon": look.horizon,
+                "level": look.level,
+                "within_horizon": look.within_horizon,
+                "renewals": ledger.renewals,
+                "test_set": ledger.fingerprint,
+            }
             tags["test_ledger"] = json.dumps(spent)
         binary = is_binary(challenger_items)
         stored = encode_correct(challenger_items) if binary else encode_scores(challenger_items)

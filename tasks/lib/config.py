@@ -462,6 +462,19 @@ class MergeConfig(_Section):
 class RegistryConfig(_Section):
     enabled: bool = Field(True, description="Register a run whose gates pass; false: track it only.")
     model_name: str = Field(description="Registered model name in the MLflow Model Registry.")
+    confirmation_horizon: int = Field(
+        52,
+        ge=1,
+        description="Challenger-vs-champion confirmations one test set makes (52: a year of weekly retrains); "
+        "gate.alpha is spread evenly over them, so a model no better than the champion is promoted within the "
+        "horizon with probability <= gate.alpha, and a gain is found as often at the last look as at the first.",
+    )
+    horizon_renewals: int = Field(
+        0,
+        ge=0,
+        description="Raise by one to declare a new horizon on the same test items once the budget is spent (each "
+        "horizon spends another gate.alpha on them); fresh test items renew it too.",
+    )
 
 
 class TrackingConfig(_Section):

@@ -289,8 +289,14 @@ def _sequential_perplexity_pending(
     for n in plan.looks[:seen]:
         base, tuned = _items_at(base_items, tuned_items, order[:n])
         ratios.append(stats.log_ratio([b[0] for b in base], [t[0] for t in tuned], [b[1] for b in base]))
-    z_pass = np.array([[norm.isf(ratio.p_at_least(bound)) for ratio in ratios]])
-    z_fail = np.array([[norm.isf(ratio.p_at_most(bound)) for ratio in ratios]])
+    # A look on fewer than MIN_PERPLEXITY_DOCUMENTS decides nothing: its statistics cannot cross a boundary.
+    trusted = [ratio.n >= MIN_PERPLEXITY_DOCUMENTS for ratio in ratios]
+    z_pass = np.array(
+        [[norm.isf(r.p_at_least(bound)) if ok else -np.inf for r, ok in zip(ratios, trusted, strict=True)]]
+    )
+    z_fail = np.array(
+        [[norm.isf(r.p_at_most(bound)) if ok else -np.inf for r, ok in zip(ratios, trusted, strict=True)]]
+    )
     outcome, stop = sequential.crossings(plan, z_pass, z_fail)
     look = int(stop[0])
     base, tuned = _items_at(base_items, tuned_items, order[: plan.looks[look]])
@@ -301,7 +307,7 @@ def _sequential_perplexity_pending(
         update={
             "p_noninferior": plan.p_value(look, float(z_pass[0, look])),
             "p_beyond_margin": plan.p_value(look, float(z_fail[0, look])),
-            "p_worse": ratios[look].p_at_most(0.0) if at_maximum else 1.0,
+            "p_worse": ratios[look].p_at_most(0.0) if at_maximum and trusted[look] else 1.0,
             "crossed": _crossed(outcome),
         }
     )
@@ -573,7 +579,7 @@ def task_row(
     base_scores: Sequence[float] | None, tuned_scores: Sequence[float] | None, gate: GateConfig, metric: str = "correct"
 ) -> GateRow:
     """Tuned against base on the same test items: per-item right/wrong (exact McNemar), or graded per-item scores
-    such as ROUGE-L (a sign-flip permutation test of the mean difference)."""
+    such as ROUGE-L (a test of the mean difference by betting, valid for any shape of the differences)."""
     if not base_scores or not tuned_scores:
         if not gate.require_task_improvement:
             return GateRow(name="task", metric=metric, kind="task", verdict="pass", passed=True, reason="not required")
@@ -605,11 +611,11 @@ def task_row(
 
 def _graded_task_row(base: Sequence[float], tuned: Sequence[float], gate: GateConfig, metric: str) -> GateRow:
     paired = stats.PairedScores(tuple(base), tuple(tuned))
-    low, high = paired.interval(1.0 - 2.0 * gate.alpha)
-    p_better = paired.p_better()
+    low, high = paired.interval(gate.alpha)
+    p_better = paired.p_better(gate.alpha)
     change = f"{100 * paired.delta:+.1f} pts [{100 * low:+.1f}, {100 * high:+.1f}] mean {metric} ({paired.gains} items "
     change += f"better, {paired.losses} worse of {paired.n})"
-    verdict, reason = _task_verdict(change, paired.delta, p_better, "sign-flip p", gate)
+    verdict, reason = _task_verdict(change, paired.delta, p_better, "betting p", gate)
     sd = max(paired.sd, 0.05)
     return GateRow(
         name="task",

@@ -4,11 +4,11 @@ three-way verdicts, Holm across benchmarks, and a seeded calibration of its erro
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmarks.promotion_calibration import skewed_with_ties
 from tasks.lib import stats
 from tasks.lib.config import GateConfig
 from tasks.lib.gate import GateResult, GateRow, decide, task_row
@@ -246,6 +246,20 @@ def test_fewer_than_ten_documents_decide_nothing() -> None:
     assert _row(decide({"wikitext": same}, {"wikitext": worse}, GATE, ONE_GAIN), "wikitext").verdict == "fail"
 
 
+def test_the_ten_document_minimum_holds_in_the_group_sequential_path_too() -> None:
+    """perplexity_limit 8 with a look every 10 (both accepted): one look, at 8 documents, that all rose not at all.
+    It stays inconclusive; with 10 documents the same look passes."""
+    from tasks.lib import sequential
+
+    docs = [[-1000.0 - 10 * i, 300.0] for i in range(10)]
+    same = {"word_perplexity": 1.0, "items": {str(i): d for i, d in enumerate(docs)}}
+    for count, verdict in ((8, "inconclusive"), (10, "pass")):
+        scores = {**same, "items": dict(list(same["items"].items())[:count])}
+        looks = {"wikitext": sequential.Looks(tuple(scores["items"]), 10)}
+        row = _row(decide({"wikitext": scores}, {"wikitext": scores}, GATE, ONE_GAIN, looks=looks), "wikitext")
+        assert row.verdict == verdict and row.n == count, row.reason
+
+
 def test_task_superiority_is_a_paired_test() -> None:
     base, tuned = _pairs(200, gains=60, losses=5, both=80)
     assert decide({}, {}, GATE, task_row(base, tuned, GATE)).task.verdict == "pass"
@@ -360,26 +374,31 @@ def _graded(reps: int, n: int, gain: float, seed: int) -> tuple[np.ndarray, np.n
     return base, tuned
 
 
-def test_the_free_text_task_test_holds_its_level_and_finds_a_005_rouge_gain_at_the_alpaca_item_count() -> None:
-    """Seeded, 2,000 repetitions each; tolerance 0.015 on the level (3 simulation SEs)."""
-    import yaml
+@pytest.mark.parametrize("n", [40, 100, 200])
+def test_the_free_text_task_test_holds_its_level_on_skewed_tied_differences(n: int) -> None:
+    """Seeded, 4,000 repetitions each, through the task row's own test; level <= alpha + 0.01 on mean-zero
+    differences, 60% ties, skewed either way (the sign-flip test used before: 12.6% at 40 items, 8.0% at 200)."""
+    rng = np.random.default_rng(n)
+    for side in ("left", "right"):
+        size = float((stats.betting_p_values(skewed_with_ties(rng, 4000, n, side), 0.05) < 0.05).mean())
+        assert size <= 0.05 + 0.01, (n, side, size)
+    base, tuned = _graded(4000, n, 0.0, seed=n)
+    assert float((stats.betting_p_values(tuned - base, 0.05) < 0.05).mean()) <= 0.05 + 0.01
 
-    alpaca_items = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs/alpaca.yaml").read_text())[
-        "evaluation"
-    ]["max_items"]
-    for n in (40, alpaca_items, 200):
-        base, tuned = _graded(2000, n, 0.0, seed=n)
-        size = float((stats.sign_flip_p_values(tuned - base, 999, seed=1) < 0.05).mean())
-        assert size <= 0.05 + 0.015, (n, size)
-    base, tuned = _graded(2000, alpaca_items, 0.05, seed=7)
-    power = float((stats.sign_flip_p_values(tuned - base, 999, seed=2) < 0.05).mean())
-    assert power >= 0.80, power
+
+def test_the_free_text_task_test_finds_a_005_rouge_gain_at_the_item_count_its_docs_state() -> None:
+    """docs/pipeline.md: at SD ~0.14 per item, 120 items find a +0.05 ROUGE-L gain with >= 80% power (2,000 seeded
+    repetitions); configs/alpaca.yaml's 64 items do not, which is why it does not require the task gain."""
+    base, tuned = _graded(2000, 120, 0.05, seed=7)
+    assert float((stats.betting_p_values(tuned - base, 0.05) < 0.05).mean()) >= 0.80
+    base, tuned = _graded(2000, 64, 0.05, seed=8)
+    assert float((stats.betting_p_values(tuned - base, 0.05) < 0.05).mean()) < 0.5
 
 
 def test_a_graded_task_row_reads_the_mean_score_difference() -> None:
     base, tuned = _graded(1, 64, 0.08, seed=3)
     row = decide({}, {}, GATE, task_row(list(base[0]), list(tuned[0]), GATE, "rougeL")).task
-    assert row.verdict == "pass" and row.metric == "rougeL" and "sign-flip" in row.reason
+    assert row.verdict == "pass" and row.metric == "rougeL" and "betting" in row.reason
     assert row.delta == pytest.approx(100 * float((tuned - base).mean()))
     assert row.ci_low < row.delta < row.ci_high and row.gains + row.losses <= 64
     same = decide({}, {}, GATE, task_row(list(base[0]), list(base[0]), GATE, "rougeL")).task
