@@ -4,6 +4,7 @@ code. flows/cli.py maps the command line onto them; what they print comes from f
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -160,13 +161,19 @@ def _typed_prompts(model: str) -> Iterator[str]:
 
 def chat(model: str, prompt: str | None, system: str | None, max_new_tokens: int) -> ExitCode:
     from tasks.io.models import load_chat_model
-    from tasks.lib.generation import chat_reply
+    from tasks.lib.generation import PromptTooLong, chat_reply
 
     loaded, tokenizer = load_chat_model(model)
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     for text in [prompt] if prompt is not None else _typed_prompts(model):
         turn = [*history, {"role": "user", "content": text}]
-        reply = chat_reply(loaded, tokenizer, turn, max_new_tokens).text
+        try:
+            reply = chat_reply(loaded, tokenizer, turn, max_new_tokens).text
+        except PromptTooLong as error:  # one line; an interactive session goes on
+            print(f"error: {error}", file=sys.stderr)
+            if prompt is not None:
+                return ExitCode.USER_ERROR
+            continue
         history.extend([turn[-1], {"role": "assistant", "content": reply}])
         print(reply if prompt is not None else f"model> {reply}")
     return ExitCode.OK

@@ -2,8 +2,12 @@
 
 `mlflow models serve -m models:/NAME@champion` loads `ChatServer`, which answers with the model's chat template
 and the evaluation's own decoding (`tasks.lib.generation`, shipped with the model): greedy unless a request sets
-a temperature above 0. The merged folder (safetensors, tokenizer, chat template, model card) is the model's
-artifact under its own name (`artifacts/merged/`), loadable as it is by transformers, vLLM or TGI.
+a temperature above 0. A request reads `messages` and the params `max_tokens`, `temperature` and `top_p` (top
+level, beside `messages`); a conversation that leaves no room for `max_tokens` in the model's context window is
+refused (HTTP 400, naming the limit). Other fields are MLflow's scoring server's to handle: it ignores keys it does
+not know, logging a line on the server side. The merged folder (safetensors, tokenizer, chat template, model
+card) is the model's artifact under its own name (`artifacts/merged/`), loadable as it is by transformers, vLLM or
+TGI.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from mlflow.models import ModelSignature
 from mlflow.types.llm import CHAT_MODEL_OUTPUT_SCHEMA
 from mlflow.types.schema import Array, ColSpec, DataType, Object, ParamSchema, ParamSpec, Property, Schema
 
-from tasks.lib.generation import chat_reply, generation_config
+from tasks.lib.generation import PromptTooLong, chat_reply, generation_config
 
 MERGED_ARTIFACT = "merged_model"
 DEFAULT_MAX_TOKENS = 256
@@ -102,7 +106,10 @@ class ChatServer(mlflow.pyfunc.PythonModel):
             raise MlflowException.invalid_parameter_value(str(error)) from None
         completions = []
         for messages in batch:
-            reply = chat_reply(self.model, self.tokenizer, messages, max_tokens, temperature, top_p)
+            try:
+                reply = chat_reply(self.model, self.tokenizer, messages, max_tokens, temperature, top_p)
+            except PromptTooLong as error:  # HTTP 400 naming the limit, not an answer made of noise
+                raise MlflowException.invalid_parameter_value(str(error)) from None
             completions.append(
                 {
                     "id": f"chatcmpl-{uuid.uuid4().hex}",

@@ -103,8 +103,32 @@ def generate(
     return results  # type: ignore[return-value]
 
 
+class PromptTooLong(ValueError):
+    """A conversation that does not fit the model's context with room for the reply: the caller's error."""
+
+
+def context_window(model) -> int | None:
+    """The most tokens (prompt + reply) the model reads: its config's `max_position_embeddings`, when it says."""
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def check_fits(prompt_tokens: int, max_new_tokens: int, window: int | None) -> None:
+    """Refuse a prompt that leaves no room for `max_new_tokens` in the model's context window (beyond it a model
+    answers with noise, not an error)."""
+    if window is not None and prompt_tokens + max_new_tokens > window:
+        raise PromptTooLong(
+            f"the prompt is {prompt_tokens} tokens, but this model reads at most {window} tokens: with max_tokens "
+            f"{max_new_tokens} the prompt may have at most {max(window - max_new_tokens, 0)}; shorten the messages "
+            "or lower max_tokens"
+        )
+
+
 def chat_reply(
     model, tokenizer, messages: list[dict], max_new_tokens: int, temperature: float = 0.0, top_p: float | None = None
 ) -> Generation:
-    """The assistant's next turn after `messages` (what `qlora chat` and the served model answer)."""
-    return generate(model, tokenizer, [render_chat(tokenizer, messages)], max_new_tokens, 1, temperature, top_p)[0]
+    """The assistant's next turn after `messages` (what `qlora chat` and the served model answer); PromptTooLong
+    when the conversation and the reply do not fit the model's context window."""
+    prompt = render_chat(tokenizer, messages)
+    prompt_tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    check_fits(prompt_tokens, max_new_tokens, context_window(model))
+    return generate(model, tokenizer, [prompt], max_new_tokens, 1, temperature, top_p)[0]

@@ -54,12 +54,42 @@ def _benchmark_problems(config: RunConfig) -> list[str]:
         ]
     problems = []
     for name, spec in bench.custom.items():
-        if spec.kind != "lm_eval" and Path(spec.path).is_file():
+        if spec.kind == "lm_eval" and Path(spec.path).is_file():
+            problems += [f"forgetting.custom.{name}: {problem}" for problem in _lm_eval_yaml_problems(Path(spec.path))]
+        elif Path(spec.path).is_file():
             try:
                 convert_custom(name, spec.path, spec.kind)
             except DataError as error:
                 problems.append(f"forgetting.custom.{name}: {error}")
     return problems
+
+
+def _lm_eval_yaml_problems(path: Path) -> list[str]:
+    """A user's lm-eval task YAML: it parses, and every local file its `dataset_kwargs.data_files` names exists
+    (as `datasets` resolves it: from the working directory, globs allowed; remote addresses are not checked)."""
+    import glob
+
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)  # `!function ...`: resolved by lm-eval
+    try:
+        task = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
+    except yaml.YAMLError as error:
+        return [f"{path}: not valid YAML ({error})"]
+    if not isinstance(task, dict):
+        return [f"{path}: an lm-eval task YAML is a mapping of keys, got {type(task).__name__}"]
+    data_files = (task.get("dataset_kwargs") or {}).get("data_files")
+    named = data_files.values() if isinstance(data_files, dict) else [data_files]
+    files = [item for entry in named for item in (entry if isinstance(entry, list) else [entry]) if item]
+    missing = [
+        str(file)
+        for file in files
+        if "://" not in str(file) and not glob.glob(str(file)) and not Path(str(file)).exists()
+    ]
+    return [f"{path}: dataset_kwargs.data_files names {file}, which does not exist" for file in missing]
 
 
 def _launch_problems(config: RunConfig) -> list[str]:

@@ -141,6 +141,9 @@ def _served_champion_answers_as_qlora_chat(tmp_path: Path, env: dict[str, str]) 
         assert short.json()["usage"]["completion_tokens"] == 1
         bad = httpx.post(f"{url}/invocations", json={**request, "max_tokens": 0}, timeout=60)
         assert bad.status_code == 400 and "max_tokens must be at least 1" in bad.text  # the client's error, named
+        over_long = {"messages": [{"role": "user", "content": "word " * 600}], "max_tokens": 8}
+        refused = httpx.post(f"{url}/invocations", json=over_long, timeout=60)
+        assert refused.status_code == 400 and "reads at most 512 tokens" in refused.text, refused.text
 
 
 def _pipeline_run(mlflow_port: int):

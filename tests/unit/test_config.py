@@ -94,6 +94,37 @@ def test_missing_data_file_is_refused_before_work(tmp_path):
         check_inputs(config)
 
 
+def test_an_lm_eval_yaml_whose_data_file_is_missing_is_refused_before_work(tmp_path):
+    """Found by `qlora validate` and at the start of `qlora run`, in well under 3 s, not in the forgetting step after
+    training; a YAML whose files exist (`!function` tags and all) passes."""
+    import time
+
+    (tmp_path / "data.jsonl").write_text("")
+    present = tmp_path / "present.jsonl"
+    present.write_text('{"question": "q", "label": 0}\n')
+    yaml_text = (
+        "task: mine\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {files}\n"
+        "output_type: multiple_choice\ntest_split: test\ndoc_to_text: !function utils.doc_to_text\n"
+    )
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(yaml_text.format(files=f'"{present}"'))
+    bad.write_text(yaml_text.format(files=f'["{present}", "{tmp_path / "absent.jsonl"}"]'))
+
+    def config(path):
+        return config_from_dict(
+            minimal(
+                data={"path": str(tmp_path / "data.jsonl")},
+                forgetting={"benchmarks": ["mine"], "custom": {"mine": {"path": str(path), "kind": "lm_eval"}}},
+            )
+        )
+
+    check_inputs(config(good))
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="forgetting.custom.mine: .*absent.jsonl, which does not exist"):
+        check_inputs(config(bad))
+    assert time.monotonic() - started < 3.0
+
+
 @pytest.mark.parametrize("tied", [True, False])
 def test_lora_on_a_tied_lm_head_is_refused(tmp_path, tied):
     (tmp_path / "model").mkdir()

@@ -196,6 +196,12 @@ def test_the_registered_version_is_a_chat_model_answering_as_the_evaluation_does
     with pytest.raises(MlflowException, match="temperature must be >= 0") as refused:
         served.predict({"messages": ROWS[0]["messages"][:-1]}, params={"temperature": -1.0})
     assert refused.value.error_code == "INVALID_PARAMETER_VALUE"  # served as HTTP 400
+    long = [{"role": "user", "content": "word " * 600}]  # beyond the tiny model's 512-token window
+    with pytest.raises(MlflowException, match="reads at most 512 tokens") as too_long:
+        served.predict({"messages": long}, params={"max_tokens": 7})
+    assert too_long.value.error_code == "INVALID_PARAMETER_VALUE"
+    fits = [{"role": "user", "content": "word " * 100}]
+    assert served.predict({"messages": fits}, params={"max_tokens": 7})["object"] == "chat.completion"
 
 
 def expected_prompt(messages: list[dict]) -> str:
