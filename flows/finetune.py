@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Failed
 
+from flows.summaries import resume_command
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate_target_task
 from tasks.forgetting import check_forgetting
@@ -80,13 +81,8 @@ def run_pipeline(
             return PipelineResult(run_id="", run_dir="", mlflow_run_id="", skipped=True, reason=reason, data=data)
 
     context = start_pipeline_run(config, run_id, data, mlflow_parent_run_id)
-    logger.info(
-        "run %s in %s; if it dies, resume it with: qlora run %s --run-id %s",
-        context.run_id,
-        context.run_dir,
-        config_path,
-        context.run_id,
-    )
+    resume = resume_command(config_path, overrides, context.run_id)
+    logger.info("run %s in %s; if it dies, resume it with: %s", context.run_id, context.run_dir, resume)
     result = PipelineResult(
         run_id=context.run_id,
         run_dir=context.run_dir,

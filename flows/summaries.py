@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,12 @@ def _mlflow_ui_hint(experiment_id: str, run_id: str) -> str:
     if uri.startswith("http"):
         return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
     return f"`mlflow ui --backend-store-uri {uri}` (or `make up`), then open http://127.0.0.1:5000 (run {run_id})"
+
+
+def resume_command(config_path: str, overrides: list[str], run_id: str) -> str:
+    """The command that resumes a run as it was started: its config, every --set override, its run id."""
+    sets = [part for override in overrides for part in ("--set", override)]
+    return shlex.join([".venv/bin/qlora", "run", config_path, *sets, "--run-id", run_id])
 
 
 def run_summary(result: Any) -> str:

@@ -78,3 +78,17 @@ def test_delta_chart_is_a_png(tmp_path: Path, failing: GateResult) -> None:
     path = forgetting_delta_chart(failing, tmp_path / "nested" / "forgetting.png")
     data = path.read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 1000
+
+
+def test_the_resume_hint_is_a_command_that_resumes_the_run_as_it_was_started() -> None:
+    """The overrides a run was started with travel in the hint (run without them, the resume is refused: "config
+    keys changed"); the CLI parses it back to the same config, overrides and run id."""
+    import shlex
+
+    from flows.cli import build_parser
+    from flows.summaries import resume_command
+
+    overrides = ["train.max_steps=6", "data.path=my data/rows.jsonl"]
+    command = resume_command("configs/tiny.yaml", overrides, "20261207-abc")
+    parsed = vars(build_parser().parse_args(shlex.split(command)[1:]))
+    assert (parsed["config"], parsed["overrides"], parsed["run_id"]) == ("configs/tiny.yaml", overrides, "20261207-abc")
