@@ -31,7 +31,7 @@ from tasks.lib.promotion import (
 )
 from tasks.lib.publish import publish_text
 from tasks.lib.refs import DataRef, PipelineResult, RegistrationRef, RunContext, TaskEvalRef
-from tasks.lib.run_report import model_card_markdown
+from tasks.lib.run_report import model_card_markdown, registered_model_description
 from tasks.lib.stats import is_binary
 from tasks.lib.task_eval import evaluate_task, load_split
 
@@ -126,6 +126,13 @@ def run_registration(config: RunConfig, context: RunContext, data: DataRef, resu
             verify=lambda uri: verify_round_trip(uri, Path(result.merge.merged_dir)),
             description=card,
             example_prompt=user_prompt(rows[0]) if rows else "Hello!",
+            model_description=registered_model_description(config, tracking),
+            model_tags={
+                "base_model": tags["base_model"],
+                "task": config.name,
+                "task.metric": tags["task.metric"],
+                "confirmation_horizon": str(config.registry.confirmation_horizon),
+            },
         )
         if champion_items is not None:
             record_test_look(name, ledger)

@@ -139,11 +139,14 @@ def register_merged_model(
     verify: Callable[[str], RoundTripReport] | None = None,
     description: str = "",
     example_prompt: str = "Hello!",
+    model_description: str = "",
+    model_tags: dict[str, str] | None = None,
 ) -> RegistrationResult:
     """Register the merged folder (logged in run `run_id`), verify the version, and only then move aliases.
 
     `description` (the model card, markdown) becomes the version's description; `example_prompt` the input
-    example a served request is shown with.
+    example a served request is shown with; `model_description` and `model_tags` describe the registered model
+    itself (what its versions are, how they are promoted and served).
 
     Nothing is registered when the decision says so. A pipeline run that already registered a version (a
     retried task, a rerun) gets that version back instead of a second one. `verify(models:/NAME/VERSION)`
@@ -174,6 +177,10 @@ def register_merged_model(
         failpoint("register.version-created")
     if description:
         client.update_model_version(model_name, str(version), description=description)
+    if model_description:
+        client.update_registered_model(model_name, description=model_description)
+    for key, value in scrub_mapping(model_tags or {}).items():
+        client.set_registered_model_tag(model_name, key, value)
     round_trip = None
     if verify is not None:
         try:

@@ -86,6 +86,35 @@ def serving_commands(model_name: str, tracking: str, port: int = 5001) -> str:
     )
 
 
+def registered_model_description(config: RunConfig, tracking: str) -> str:
+    """The registered model's own description (each version has its model card): what it is, how a version gets
+    there and becomes `champion`, how to serve it."""
+    base = config.model.name_or_path + (f" @ `{config.model.revision}`" if config.model.revision else "")
+    registry = config.registry
+    return "\n".join(
+        [
+            f"QLoRA fine-tunes of **{base}** on `{config.name}` (data `{config.data.path}`), each merged into the "
+            "dequantized 4-bit base it was trained on.",
+            "",
+            "**How a version gets here.** Only a pipeline run whose gates passed is registered: the tuned model shown "
+            "better than the base on the task's test items, and not worse beyond the margins on the forgetting "
+            f"benchmarks ({', '.join(config.forgetting.benchmarks)}), by paired per-item tests at alpha "
+            f"{config.gate.alpha:g}; the merged model checked to reproduce the adapter model and loaded back from the "
+            "registry bit for bit before any alias moves. Each version's description is its model card.",
+            "",
+            "**Aliases.** `challenger`: the newest registered version. `champion`: the version to serve; it moves "
+            "only when a challenger is shown better on the same test items (exact McNemar, or a betting test for "
+            f"graded scores), each of the {registry.confirmation_horizon} confirmations a test set allows tested at "
+            f"{config.gate.alpha:g}/{registry.confirmation_horizon}; the version tags say which look it was and the "
+            "gain its items could confirm.",
+            "",
+            "**Serve the champion.**",
+            "",
+            serving_commands(registry.model_name, tracking),
+        ]
+    )
+
+
 def model_card_markdown(
     config: RunConfig, result: PipelineResult, provenance: dict[str, str], tracking: str, promotion: str = ""
 ) -> str:
