@@ -59,9 +59,9 @@ def _task_metrics_table(task_metrics: dict) -> list[str]:
         for metric in list(base) + [m for m in tuned if m not in base]:
             b, t = base.get(metric), tuned.get(metric)
             numeric = isinstance(b, int | float) and isinstance(t, int | float)
-            lines.append(
-                f"| {metric} | {_num(b) if isinstance(b, int | float) else b} | "
-                f"{_num(t) if isinstance(t, int | float) else t} | {_num(t - b) if numeric else 'n/a'} |"
+            lines.append(  # 4 decimals, as the evaluation's own table: 0.845 read 0.84 here and 0.8450 there
+                f"| {metric} | {_num(b, 4) if isinstance(b, int | float) else b} | "
+                f"{_num(t, 4) if isinstance(t, int | float) else t} | {f'{t - b:+.4f}' if numeric else 'n/a'} |"
             )
     else:
         lines += ["| metric | value |", "|---|---|"]
