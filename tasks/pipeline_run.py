@@ -25,6 +25,7 @@ from tasks.lib.gate import VERDICT_CODE
 from tasks.lib.prepare import data_length_histogram, split_lengths
 from tasks.lib.refs import DataRef, PipelineResult, RunContext
 from tasks.lib.run_layout import RunLayout
+from tasks.lib.run_report import verdict_line
 
 
 def new_run_id() -> str:
@@ -136,7 +137,9 @@ def finish_pipeline_run(context: RunContext, result: PipelineResult, failed: boo
         tags["gate"] = "passed" if result.forgetting.passed else "failed"
     if result.registration is not None and result.registration.version:
         tags["registered_version"] = result.registration.version
-    tracker.set_tags(tags)
+    tracker.set_tags({**tags, "mlflow.note.content": verdict_line(result)})  # the note: its description in the UI
+    if result.forgetting is not None:  # the gate's report on the run a user opens, not only on its step run
+        tracker.log_text(result.forgetting.markdown, "gate_report.md")
     if result.train is not None and result.train.adapter_model_id:
         verdicts = {f"pipeline.{key}": value for key, value in tags.items()}
         gate = result.forgetting.tags if result.forgetting is not None else {}

@@ -86,6 +86,26 @@ def serving_commands(model_name: str, tracking: str, port: int = 5001) -> str:
     )
 
 
+def verdict_line(result: PipelineResult) -> str:
+    """One line for the pipeline run's description in MLflow: what it registered, and why."""
+    parts = []
+    registration = result.registration
+    if registration is not None and registration.registered:
+        aliases = ", ".join(registration.aliases)
+        parts.append(f"registered {registration.model_name} v{registration.version} ({aliases})")
+    elif registration is not None:
+        parts.append(f"not registered: {registration.reason}")
+    else:
+        parts.append("not registered (the run stopped before registration)")
+    if result.evaluation is not None:
+        task = result.evaluation.task
+        parts.append(f"task {task.metric} {task.verdict}: {task.reason}")
+    if result.forgetting is not None:
+        gate = result.forgetting.gate
+        parts.append(f"forgetting gate {gate.verdict} ({', '.join(f'{r.name} {r.verdict}' for r in gate.rows)})")
+    return "; ".join(parts)
+
+
 def registered_model_description(config: RunConfig, tracking: str) -> str:
     """The registered model's own description (each version has its model card): what it is, how a version gets
     there and becomes `champion`, how to serve it."""

@@ -175,6 +175,11 @@ def test_flow_trains_evaluates_registers_and_reuses_base_scores(
     assert {item.dataset.digest for item in inputs.values()} == {first.data.raw_version[:36]}
     experiment = client.get_experiment(parent.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    # The run a user opens says what it did (its description) and holds the gate's report.
+    assert parent.data.tags["mlflow.note.content"].startswith("registered tiny-sst2 v1 (challenger, champion)")
+    assert "forgetting gate" in parent.data.tags["mlflow.note.content"]
+    gate_report = Path(client.download_artifacts(parent.info.run_id, "gate_report.md")).read_text()
+    assert gate_report == first.forgetting.markdown
 
     assert qlora(["check-run", first.run_dir]) == 0  # what CI runs on the demo
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
