@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 
-def _mlflow_ui_hint(experiment_id: str, run_id: str) -> str:
+def _mlflow_ui_hint(experiment_id: str, run_id: str, tracking: str | None) -> str:
+    """Where the run shows in MLflow's UI: the run's own store (the config's), not whatever `make up` serves."""
     from tasks.io.tracking import shown_tracking_uri
 
-    uri = shown_tracking_uri(None)
+    uri = shown_tracking_uri(tracking)
     if uri.startswith("http"):
         return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
     return f"`mlflow ui --backend-store-uri {uri}` (or `make up`), then open http://127.0.0.1:5000 (run {run_id})"
@@ -23,8 +24,9 @@ def resume_command(config_path: str, overrides: list[str], run_id: str) -> str:
     return shlex.join([".venv/bin/qlora", "run", config_path, *sets, "--run-id", run_id])
 
 
-def run_summary(result: Any) -> str:
-    """A finished `qlora run`: the task, every gate row, the registry, and where to look in the UIs."""
+def run_summary(result: Any, tracking: str | None = None) -> str:
+    """A finished `qlora run`: the task, every gate row, the registry (its aliases as they are now), and where to
+    look in the UIs; `tracking`: the config's tracking URI."""
     lines = ["", "=== qlora pipeline finished ==="]
     if result.skipped:
         return "\n".join([*lines, f"skipped: {result.reason}"])
@@ -39,14 +41,20 @@ def run_summary(result: Any) -> str:
         lines += [f"  {row.name:<12} {row.verdict:<12} {row.reason}" for row in [*gate.rows, gate.task]]
     if result.registration:
         reg = result.registration
-        where = f"{reg.model_name} v{reg.version} aliases={reg.aliases}" if reg.registered else "nothing registered"
+        where = "nothing registered"
+        if reg.registered:
+            from tasks.io.registry import current_aliases
+
+            now = current_aliases(reg.model_name, str(reg.version), tracking)
+            held = f"aliases now {now}" if now is not None else f"aliases when registered {reg.aliases}"
+            where = f"{reg.model_name} v{reg.version} {held}"
         lines.append(f"registry:       {where} ({reg.reason})")
     prefect_url = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
     if prefect_url:
         lines.append(f"Prefect UI:     {prefect_url}/runs/flow-run/{result.prefect_flow_run_id}")
     else:
         lines.append("Prefect UI:     ran on a temporary server; `make up` keeps the history and serves the UI")
-    lines.append(f"MLflow UI:      {_mlflow_ui_hint(result.mlflow_experiment_id, result.mlflow_run_id)}")
+    lines.append(f"MLflow UI:      {_mlflow_ui_hint(result.mlflow_experiment_id, result.mlflow_run_id, tracking)}")
     return "\n".join(lines)
 
 

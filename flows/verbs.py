@@ -33,12 +33,12 @@ def _use_local_stack() -> None:
 
 
 def run(config: str, overrides: list[str], run_id: str | None, skip_if_unchanged: bool) -> ExitCode:
-    load_checked(config, overrides)  # refuse a bad config before Prefect starts
+    loaded = load_checked(config, overrides)  # refuse a bad config before Prefect starts
     _use_local_stack()
     from flows.finetune import finetune
 
     result = finetune(config, overrides, run_id=run_id, skip_if_unchanged=skip_if_unchanged)
-    print(summaries.run_summary(result))
+    print(summaries.run_summary(result, loaded.tracking.uri))
     if result.skipped:
         return ExitCode.OK
     if result.forgetting is None or not result.forgetting.passed:

@@ -23,7 +23,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from tasks.io.serving import CHAT_SIGNATURE, MERGED_ARTIFACT, MODEL_CODE, ChatServer, shipped_code
-from tasks.io.tracking import scrub_mapping
+from tasks.io.tracking import scrub_mapping, tracking_uri
 from tasks.lib.errors import UserError
 from tasks.lib.failpoints import failpoint
 from tasks.lib.promotion import CHAMPION, ConfirmationLedger, PromotionDecision
@@ -83,6 +83,16 @@ def champion(model_name: str) -> tuple[int, dict[str, str]] | None:
 
 
 LEDGER_TAG_PREFIX = "test_ledger."
+
+
+def current_aliases(model_name: str, version: str, tracking: str | None) -> list[str] | None:
+    """The aliases `version` holds in the registry now (another run may have moved one since this run's result
+    was stored); None when the registry cannot be read."""
+    try:
+        found = MlflowClient(tracking_uri=tracking_uri(tracking)).get_model_version(model_name, version)
+    except MlflowException:
+        return None
+    return sorted(found.aliases)
 
 
 def read_confirmation_ledger(model_name: str, fingerprint: str) -> ConfirmationLedger:

@@ -108,6 +108,13 @@ def test_champion_moves_only_on_evidence_and_round_trips(mlflow_store, merged_di
     tags = client.get_model_version(NAME, "2").tags
     assert {key: tags[key] for key in TAGS} == TAGS
     assert float(tags["promotion.p_value"]) < 0.05 and tags["promoted"] == "true"
+    # A finished run's summary reads the aliases as they are now: v1 was champion when registered, not any more.
+    from flows.summaries import run_summary
+    from tasks.lib.refs import PipelineResult, RegistrationRef
+
+    stored = RegistrationRef(registered=True, model_name=NAME, version="1", aliases=first.aliases, reason="x")
+    summary = run_summary(PipelineResult(run_id="r1", run_dir="d", mlflow_run_id="m", registration=stored))
+    assert f"{NAME} v1 aliases now []" in summary and "champion" in first.aliases
 
     artifacts = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{NAME}@champion"))
     assert list((artifacts / "artifacts" / merged_dir.name).glob("*.safetensors"))
