@@ -78,6 +78,7 @@ bench:  ## performance benchmarks on the demo (minutes); results in benchmarks/r
 	$(BIN)/python -m benchmarks.forgetting_cache
 	$(BIN)/python -m benchmarks.orchestration_overhead
 	$(BIN)/python -m benchmarks.gate_calibration
+	$(BIN)/python -m benchmarks.promotion_calibration
 	$(BIN)/python -m benchmarks.cost_curves
 	$(BIN)/python -m benchmarks.replay
 
@@ -87,6 +88,7 @@ bench-quick:  ## smoke versions of the benchmarks
 	$(BIN)/python -m benchmarks.forgetting_cache --quick
 	$(BIN)/python -m benchmarks.orchestration_overhead --quick
 	$(BIN)/python -m benchmarks.gate_calibration --quick
+	$(BIN)/python -m benchmarks.promotion_calibration --quick
 	$(BIN)/python -m benchmarks.cost_curves --quick
 	$(BIN)/python -m benchmarks.replay --quick
 
