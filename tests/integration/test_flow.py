@@ -502,4 +502,4 @@ def test_a_better_free_text_challenger_replaces_its_champion_through_the_registr
     assert register("no better") == ["challenger"]
     client = MlflowClient()
     assert client.get_model_version_by_alias("ft", "champion").tags[PIPELINE_RUN_TAG] == "better"
-    assert "sign-flip" in client.get_model_version("ft", "2").tags["promotion_reason"]
+    assert "betting" in client.get_model_version("ft", "2").tags["promotion_reason"]
