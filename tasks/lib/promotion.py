@@ -15,7 +15,7 @@
   alpha / horizon, so (a) P(a model no better than the champion is ever promoted within the horizon) <= alpha,
   whatever the models and however the champion's stored results are reused; (b) a worse model is promoted at any
   look with probability <= alpha / horizon; (c) a given gain is found with the same power at look 52 as at look 1.
-  (A budget that decays with the look number, as used before, alpha * 6 / (pi^2 k^2), left a 5-point gain 0.1%
+  (A budget that decays with the look number, as used before, alpha * 6 / (pi^2 k^2), left a 5-point gain 0.6%
   power by look 52: weekly retraining silently stopped promoting.) Each decision states the gain this test set can
   confirm at 80% power at this level, so a test set too small for the gains that matter shows at once. Past the
   horizon nothing is promoted and the run says so; fresh test items (a new fingerprint) or a declared new horizon
