@@ -265,6 +265,7 @@ def items_needed_t(se_per_item: float, margin: float, alpha: float, power: float
 
 BETTING_ORDERS = 16  # seeded orders of the items whose capitals are averaged (less dependence on any one order)
 BETTING_TRUNCATION = 0.9  # the largest stake, as a fraction of the one that a difference of -1 would wipe out
+BETTING_CHUNK = 4_000_000  # values (rows x orders x items) a block of rows holds
 BETTING_PRIOR_VARIANCE = 0.25  # one prior item of this variance starts the running estimate
 
 
@@ -350,6 +351,14 @@ def betting_p_values(
         raise ValueError("betting tests need per-item differences in [-1, 1] (scores in [0, 1])")
     rng = np.random.default_rng(seed)
     permutations = np.stack([rng.permutation(n) for _ in range(orders)])  # (orders, n)
+    step = max(1, BETTING_CHUNK // (orders * n))  # rows at a time: memory bounded however many items
+    return np.concatenate(
+        [_betting_p(x[start : start + step], permutations, level, null_mean) for start in range(0, rows, step)]
+    )
+
+
+def _betting_p(x: np.ndarray, permutations: np.ndarray, level: float, null_mean: float) -> np.ndarray:
+    n = x.shape[1]
     ordered = x[:, permutations]  # (rows, orders, n)
     count = np.arange(1, n + 1)
     # Predictable plug-in (WSR 2024, section 5): mean and variance of the items before each one, with a prior item.
