@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import binom
 
 from benchmarks._common import parser, write_results
 from tasks.lib import stats
@@ -91,8 +90,7 @@ def decaying_rule(champion: np.ndarray, new: np.ndarray, look: ConfirmationLook)
     """The rule used before, for contrast: exact McNemar at alpha * 6 / (pi^2 k^2) at the k-th look, no horizon."""
     gains = ((new == 1) & (champion == 0)).sum(axis=-1)
     losses = ((new == 0) & (champion == 1)).sum(axis=-1)
-    p_values = np.where(gains + losses > 0, binom.sf(gains - 1, gains + losses, 0.5), 1.0)
-    return p_values < look.alpha * 6.0 / (math.pi**2 * look.number**2)
+    return stats.mcnemar_p_better(gains, losses) < look.alpha * 6.0 / (math.pi**2 * look.number**2)
 
 
 def confirmable_gain(look: ConfirmationLook, seed: int = 3) -> float:

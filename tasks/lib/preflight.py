@@ -84,11 +84,7 @@ def _lm_eval_yaml_problems(path: Path) -> list[str]:
     data_files = (task.get("dataset_kwargs") or {}).get("data_files")
     named = data_files.values() if isinstance(data_files, dict) else [data_files]
     files = [item for entry in named for item in (entry if isinstance(entry, list) else [entry]) if item]
-    missing = [
-        str(file)
-        for file in files
-        if "://" not in str(file) and not glob.glob(str(file)) and not Path(str(file)).exists()
-    ]
+    missing = [str(file) for file in files if "://" not in str(file) and not glob.glob(str(file))]
     return [f"{path}: dataset_kwargs.data_files names {file}, which does not exist" for file in missing]
 
 

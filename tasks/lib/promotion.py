@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from pydantic import BaseModel
-from scipy.stats import binom
 
 from tasks.lib import stats
 
@@ -149,7 +148,7 @@ def decide_promotion(
         promoted, reason = True, "no champion yet: promoted"
     else:
         comparison = compare(champion_scores, challenger_scores, look)
-        promoted = bool(promotes(np.asarray(champion_scores), np.asarray(challenger_scores)[None, :], look)[0])
+        promoted = look.within_horizon and comparison.p_value < look.level  # the rule `promotes` applies
         if not look.within_horizon:
             outcome = (
                 f"not promoted: the test items' confirmation budget is spent ({look.describe()}, past the "
@@ -176,7 +175,7 @@ def promotes(champion: np.ndarray, challengers: np.ndarray, look: ConfirmationLo
     if stats.is_binary(champion.ravel()) and stats.is_binary(challengers.ravel()):
         gains = ((challengers == 1) & (champion == 0)).sum(axis=-1)
         losses = ((challengers == 0) & (champion == 1)).sum(axis=-1)
-        p_values = np.where(gains + losses > 0, binom.sf(gains - 1, gains + losses, 0.5), 1.0)  # exact McNemar
+        p_values = stats.mcnemar_p_better(gains, losses)
     else:
         p_values = stats.betting_p_values(challengers - champion, look.level)
     return p_values < look.level

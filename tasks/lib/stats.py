@@ -132,9 +132,13 @@ def p_worse(pairs: BinaryPairs) -> float:
 
 def p_better(pairs: BinaryPairs) -> float:
     """Exact one-sided McNemar p-value against "tuned gains more items than it loses"."""
-    if pairs.discordant == 0:
-        return 1.0
-    return float(binomtest(pairs.gains, pairs.discordant, 0.5, alternative="greater").pvalue)
+    return float(mcnemar_p_better(pairs.gains, pairs.losses))
+
+
+def mcnemar_p_better(gains, losses) -> np.ndarray:
+    """`p_better` over arrays of counts: P(Binomial(gains + losses, 1/2) >= gains); 1 with no discordant item."""
+    gains, losses = np.asarray(gains), np.asarray(losses)
+    return np.where(gains + losses > 0, binom.sf(gains - 1, gains + losses, 0.5), 1.0)
 
 
 def p_above_chance(correct: int, n: int, chance: float) -> float:
