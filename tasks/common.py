@@ -11,19 +11,18 @@ from pydantic import BaseModel
 
 from tasks.io.tracking import MlflowTracker, configure_mlflow, mlflow_run
 from tasks.lib.config import RunConfig
+from tasks.lib.errors import cannot_heal
 from tasks.lib.failpoints import failpoint
 from tasks.lib.publish import publish_text
 from tasks.lib.refs import RunContext
 
-TRANSIENT_ERRORS = (ConnectionError, TimeoutError, OSError)
-
 
 def retry_only_transient(task, task_run, state) -> bool:
-    """Retry network and disk hiccups; never bad data, bad config, a diverged run or a failed gate."""
+    """Retry network and disk hiccups; never bad data, bad config, a missing file, a diverged run or a failed gate."""
     try:
         state.result()
-    except TRANSIENT_ERRORS as error:
-        return not isinstance(error, FileNotFoundError | PermissionError | IsADirectoryError)
+    except OSError as error:  # ConnectionError and TimeoutError are OSErrors
+        return not cannot_heal(error)
     except Exception:
         return False
     return False

@@ -73,10 +73,17 @@ def benchmark_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write_tiny_config(
-    root: Path, model_dir: Path, benchmark_dir: Path, overrides: dict | None = None, rows: int = 240
+    root: Path,
+    model_dir: Path,
+    benchmark_dir: Path,
+    overrides: dict | None = None,
+    rows: int = 240,
+    relative: bool = False,
 ) -> Path:
     """configs/tiny.yaml for the tiny model on the first `rows` of real SST-2, everything under `root`;
-    `overrides` (dotted key -> value) go through the config's own override rule."""
+    `overrides` (dotted key -> value) go through the config's own override rule. `relative`: `root` is a project
+    (a pyproject.toml, the model linked in as models/tiny) and the config, in root/configs/, names its paths
+    relative to it, as a user's config does."""
     import json
 
     import yaml
@@ -98,10 +105,22 @@ def write_tiny_config(
         "tracking.uri": f"sqlite:///{root / 'mlflow.db'}",
         "tracking.artifact_location": (root / "mlartifacts").as_uri(),
     }
+    path = root / "tiny.yaml"
+    if relative:
+        (root / "pyproject.toml").write_text("[project]\nname = 'user-project'\n")
+        (root / "models").mkdir(exist_ok=True)
+        (root / "models" / "tiny").unlink(missing_ok=True)
+        (root / "models" / "tiny").symlink_to(model_dir)
+        under_root["model.name_or_path"] = str(root / "models" / "tiny")
+        under_root = {
+            key: value.replace(f"{root}/", "") if isinstance(value, str) else value for key, value in under_root.items()
+        }
+        under_root["tracking.artifact_location"] = "mlartifacts"
+        (root / "configs").mkdir(exist_ok=True)
+        path = root / "configs" / "tiny.yaml"
     settings = {**under_root, **(overrides or {})}
     config = yaml.safe_load(TINY_CONFIG.read_text(encoding="utf-8"))
     config = apply_overrides(config, [f"{key}={json.dumps(value)}" for key, value in settings.items()])
-    path = root / "tiny.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 

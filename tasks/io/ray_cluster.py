@@ -7,7 +7,9 @@ directory, early stopping), on `ray.num_workers` workers over gloo (CPU) or NCCL
 A worker that dies is Ray's to replace (`max_failures`): the new worker group starts the same function, which
 resumes from the last checkpoint in the run directory. That directory must be reachable from every worker: any
 folder on a one-machine cluster, shared storage (NFS, a mounted bucket) on several machines. Rank 0 writes the
-result; the pipeline logs its history to MLflow once, as for torchrun.
+result; the pipeline logs its history to MLflow once, as for torchrun. An error a new worker would hit again
+(`cannot_heal`: a bad config, a missing file, a model that cannot load) ends the run at once, with its cause in
+one line, instead of being retried.
 
 Scoring (`forgetting.engine: ray`): the benchmarks are split over `ray.num_workers` Ray tasks; each loads the model
 (the merged folder, or the base) and scores its benchmarks with the local scorer; the results are joined by name.
@@ -20,6 +22,7 @@ from pathlib import Path
 from tasks.io.launch import LaunchError, read_result, train_this_rank
 from tasks.lib.benchmarks import score_benchmarks
 from tasks.lib.config import RunConfig
+from tasks.lib.errors import cannot_heal
 from tasks.lib.run_layout import RunLayout
 from tasks.lib.training import TrainResult
 
@@ -28,14 +31,20 @@ def _train_loop(settings: dict) -> None:
     import ray.train
 
     context = ray.train.get_context()
-    train_this_rank(
-        RunConfig.model_validate_json(settings["config"]),
-        Path(settings["data_dir"]),
-        Path(settings["run_dir"]),
-        settings["general_text"],
-        Path(settings["result_file"]),
-        context.get_world_rank(),
-    )
+    try:
+        train_this_rank(
+            RunConfig.model_validate_json(settings["config"]),
+            Path(settings["data_dir"]),
+            Path(settings["run_dir"]),
+            settings["general_text"],
+            Path(settings["result_file"]),
+            context.get_world_rank(),
+        )
+    except Exception as error:
+        if not cannot_heal(error):
+            raise  # Ray replaces the worker group (max_failures); the new one resumes from the last checkpoint
+        # A replacement would fail the same way: end this worker normally and leave the cause for the driver.
+        Path(settings["fatal_file"]).write_text(f"{type(error).__name__}: {error}", encoding="utf-8")
 
 
 def _connect(address: str | None) -> bool:
@@ -90,9 +99,10 @@ def ray_training(config: RunConfig, data_dir: Path, run_dir: Path, general_text:
     settings = config.ray
     run_dir = Path(run_dir).resolve()
     layout = RunLayout.of(run_dir)
-    launch_dir, result_file = layout.launch_dir, layout.launch_result
+    launch_dir, result_file, fatal_file = layout.launch_dir, layout.launch_result, layout.launch_fatal_error
     launch_dir.mkdir(parents=True, exist_ok=True)
     result_file.unlink(missing_ok=True)
+    fatal_file.unlink(missing_ok=True)
     gpu = settings.gpus_per_worker > 0
     resources = {"CPU": settings.cpus_per_worker, **({"GPU": settings.gpus_per_worker} if gpu else {})}
     started_here = _connect(settings.address)
@@ -105,6 +115,7 @@ def ray_training(config: RunConfig, data_dir: Path, run_dir: Path, general_text:
                 "run_dir": str(run_dir),
                 "general_text": general_text,
                 "result_file": str(result_file),
+                "fatal_file": str(fatal_file),
             },
             torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=gpu, resources_per_worker=resources),
@@ -124,6 +135,9 @@ def ray_training(config: RunConfig, data_dir: Path, run_dir: Path, general_text:
     finally:
         if started_here:
             ray.shutdown()
+    if not result_file.is_file() and fatal_file.is_file():
+        cause = fatal_file.read_text(encoding="utf-8").strip()
+        raise LaunchError(f"Ray training stopped, not retried (a new worker would fail the same way): {cause}")
     if not result_file.is_file():
         raise LaunchError(f"Ray training ended without rank 0's result ({result_file})")
     return read_result(result_file)

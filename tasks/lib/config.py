@@ -7,6 +7,7 @@ file, applies `--set key=value` overrides and validates everything in one go.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -17,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.lib.benchmark_data import DEFAULT_BENCHMARKS
+from tasks.lib.config_paths import project_root, relative_paths, resolve_paths
 from tasks.lib.errors import UserError
 
 
@@ -596,6 +598,11 @@ class RunConfig(_Section):
     name: str = Field(description="Run family name: run directory, processed data and defaults derive from it.")
     seed: int = Field(42, description="Seeds shuffling, splits, LoRA initialisation, dropout and item order.")
     output_dir: str = Field("runs", description="Run directories live under here.")
+    project_root: str | None = Field(
+        None,
+        description="The folder relative paths are read from; null: the nearest folder above the config file with "
+        "pyproject.toml or dvc.yaml. Paths are made absolute when the config loads (docs/usage.md).",
+    )
     model: ModelConfig = Field(description="The base model: where it is, its revision, its dtype.")
     quantization: QuantizationConfig = Field(
         default_factory=QuantizationConfig, description="How the base is loaded in 4 bits (bitsandbytes)."
@@ -654,15 +661,22 @@ class RunConfig(_Section):
         """Where this config's runs live: `<output_dir>/<name>/`, one folder per run id below it."""
         return Path(self.output_dir) / self.name
 
+    def portable_dump(self) -> dict[str, Any]:
+        """The config as plain data with its paths relative to the project root: what hashes see, so the same
+        project checked out elsewhere hashes the same."""
+        dump = self.model_dump(mode="json")
+        root = dump.pop("project_root")
+        return relative_paths(dump, Path(root)) if root else dump
+
     def fingerprint(self) -> str:
         """Stable hash of the whole config, recorded with every run."""
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self.portable_dump(), sort_keys=True).encode()).hexdigest()[:16]
 
     def outcome_fingerprint(self) -> str:
         """Hash of the keys that can change what a run produces or decides; where results go (output_dir,
         tracking, registry name), when it runs (schedule) and where data is prepared are left out."""
         keys = ("seed", "model", "quantization", "lora", "data", "train", "evaluation", "forgetting", "gate", "merge")
-        relevant = {key: value for key, value in self.model_dump(mode="json").items() if key in keys}
+        relevant = {key: value for key, value in self.portable_dump().items() if key in keys}
         relevant["data"].pop("processed_dir", None)
         for key in ("data_dir", "cache_dir"):
             relevant["forgetting"].pop(key, None)
@@ -708,9 +722,16 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> RunConfig:
-    try:
-        return RunConfig.model_validate(raw)
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>", root: Path | None = None) -> RunConfig:
+    """A validated config with its paths made absolute: under its own `project_root` when it names one, else under
+    `root` (the config file's project), else under the working directory."""
+    named = raw.get("project_root")
+    base = Path(named if isinstance(named, str) else root or Path.cwd()).expanduser().resolve()
+    try:  # the paths written, then the defaults' (validators that look at files see absolute paths)
+        config = RunConfig.model_validate(resolve_paths(copy.deepcopy(raw), base))
+        return RunConfig.model_validate(
+            {**resolve_paths(config.model_dump(mode="json"), base), "project_root": str(base)}
+        )
     except ValidationError as error:
         raise ConfigError(_format_errors(error, source)) from None
 
@@ -725,4 +746,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         raise ConfigError(f"config {path} is not valid YAML: {error}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path} must be a mapping of sections")
-    return config_from_dict(apply_overrides(raw, overrides or []), str(path))
+    root = project_root(path)
+    if isinstance(raw.get("project_root"), str):  # a relative project_root is read from the config's folder
+        root = path.resolve().parent / raw["project_root"]
+        raw["project_root"] = str(root)
+    return config_from_dict(apply_overrides(raw, overrides or []), str(path), root)

@@ -136,7 +136,7 @@ def input_fingerprint(config: RunConfig, tokenizer) -> str:
             "replay_source": (
                 source(data.replay.path, data.replay.hub_split, replay_config(data)) if data.replay else None
             ),
-            "data": config.data.model_dump(mode="json"),
+            "data": config.portable_dump()["data"],
             "seed": config.seed,
             "tokenizer": tokenizer_fingerprint(tokenizer),
         },

@@ -53,6 +53,11 @@ class RunLayout:
         """Rank 0's TrainResult."""
         return self.launch_dir / "result.json"
 
+    @property
+    def launch_fatal_error(self) -> Path:
+        """The cause a worker left when its error cannot heal (the launch is not retried)."""
+        return self.launch_dir / "fatal_error.txt"
+
     @staticmethod
     def newest_finished(path: Path) -> Path:
         """`path` itself when it is a finished run directory, else its newest subdirectory holding one."""

@@ -18,6 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 
+from tasks.io.launch import LaunchError
 from tasks.io.models import load_base_model, load_tokenizer
 from tasks.io.ray_cluster import ray_training
 from tasks.lib.config import load_config
@@ -62,7 +63,7 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "--disable-usage-stats",
             f"--temp-dir={temp_dir}",
         ],
-        # Without token authentication (on by default for `ray start`; a client then needs RAY_AUTH_MODE=token
+        # Without token authentication (Ray 2.60's default; with RAY_AUTH_MODE=token a client needs the token
         # before it imports ray): this head serves only this test module.
         env=dict(os.environ, RAY_AUTH_MODE="disabled"),
         start_new_session=True,
@@ -126,14 +127,16 @@ def test_two_ray_workers_follow_the_single_process_loss_curve(
 
 
 def test_the_flow_trains_on_ray_through_a_killed_worker_to_a_registered_version(
-    tmp_path: Path, tiny_model_dir: Path, benchmark_data_dir: Path, ray_address: str
+    tmp_path: Path, tiny_model_dir: Path, benchmark_data_dir: Path, ray_address: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import ray
 
     from flows.finetune import finetune
 
     overrides = {**RAY_OVERRIDES, "train.batch_size": 4, "ray.address": ray_address}
-    config_path = write_tiny_config(tmp_path, tiny_model_dir, benchmark_data_dir, overrides)
+    # Paths relative to the project, run from another directory: the workers get the config resolved at load.
+    config_path = write_tiny_config(tmp_path, tiny_model_dir, benchmark_data_dir, overrides, relative=True)
+    monkeypatch.chdir(tmp_path.parent)
     # A worker of this job (a job-level runtime env reaches the workers the head starts) dies once, after step 6
     # and the checkpoint at step 4: Ray replaces the worker group, which resumes from that checkpoint.
     marker = tmp_path / "killed-once"
@@ -143,7 +146,7 @@ def test_the_flow_trains_on_ray_through_a_killed_worker_to_a_registered_version(
     )
     try:
         with prefect_test_harness(server_startup_timeout=60):
-            result = finetune(config_path=str(config_path))
+            result = finetune(config_path=str(config_path.relative_to(tmp_path.parent)))
     finally:
         ray.shutdown()
     assert marker.is_file(), "a worker was killed"
@@ -182,3 +185,23 @@ def test_benchmarks_scored_on_two_ray_workers_equal_the_local_scorer_item_by_ite
         assert {k: v for k, v in on_ray[name].items() if k not in numbers} == {
             k: v for k, v in local[name].items() if k not in numbers
         }, name  # the judged metric, the guessing level, subjects
+
+
+def test_an_error_a_new_worker_would_repeat_ends_the_ray_run_at_once(
+    tmp_path: Path, tiny_model_dir: Path, ray_address: str
+) -> None:
+    """The model folder vanishes after the checks: every worker fails loading it, and Ray does not replace them."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    overrides = {**RAY_OVERRIDES, "ray.address": ray_address, "ray.max_failures": 3}
+    config = load_config(write_tiny_config(tmp_path, model, tmp_path / "unused", overrides))
+    data_dir = tmp_path / "prepared"
+    prepare_dataset(config, load_tokenizer(config.model), data_dir)
+    shutil.rmtree(model)
+    started = time.monotonic()
+    with pytest.raises(LaunchError, match="not retried .*OSError") as raised:
+        ray_training(config, data_dir, tmp_path / "run", [])
+    assert "\n" not in str(raised.value).strip()[:200]
+    assert time.monotonic() - started < 60, "a replaced worker group would take minutes"
