@@ -54,8 +54,11 @@ STEPS = {
 }
 # fmt: off
 VERBS = [
-    Verb("run", verbs.run, "run the whole pipeline flow", (*CONFIG,
-         arg("--run-id", help="resume an interrupted run (its run directory and checkpoints)"),
+    Verb("run", verbs.run, "run the whole pipeline flow", (
+         arg("config", nargs="?", help="YAML run config, e.g. configs/demo.yaml (optional with --run-id)"),
+         CONFIG[1],
+         arg("--run-id", help="resume an interrupted run, with the config and --set overrides it started with"),
+         arg("--new-run-id", help="start a new run under this id (default: a timestamped one)"),
          arg("--skip-if-unchanged", action="store_true", help="skip when data and config are unchanged"))),
     Verb("validate", verbs.validate, "check a config, its input paths and its data's shape; do nothing", CONFIG),
     Verb("prepare", verbs.prepare, "prepare the data set (DVC stage prepare_data)", CONFIG),

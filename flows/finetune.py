@@ -80,7 +80,7 @@ def run_pipeline(
             create_markdown_artifact(f"# Retraining skipped\n\n{reason}.", key=artifact_key(config.name))
             return PipelineResult(run_id="", run_dir="", mlflow_run_id="", skipped=True, reason=reason, data=data)
 
-    context = start_pipeline_run(config, run_id, data, mlflow_parent_run_id)
+    context = start_pipeline_run(config, run_id, data, mlflow_parent_run_id, overrides)
     resume = resume_command(config_path, overrides, context.run_id)
     logger.info("run %s in %s; if it dies, resume it with: %s", context.run_id, context.run_dir, resume)
     result = PipelineResult(

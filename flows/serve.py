@@ -17,7 +17,12 @@ from prefect.events import DeploymentEventTrigger
 from prefect.exceptions import ObjectNotFound
 from prefect.schedules import Cron
 
-from flows.automations import install_crash_detection
+from flows.automations import (
+    CLOSE_CRASHED_DEPLOYMENT,
+    close_crashed_run,
+    install_close_crashed_runs,
+    install_crash_detection,
+)
 from flows.finetune import finetune
 from tasks.io.events import DATA_UPDATED, data_resource_id
 from tasks.lib.config import load_config
@@ -67,7 +72,13 @@ def build_deployments(config_path: str) -> list:
 def serve_deployments(config_path: str) -> None:
     """Blocks, running flow runs one at a time: two trainings never share this machine's cores."""
     install_crash_detection()
-    serve(*build_deployments(config_path), limit=1)
+    closer = close_crashed_run.to_deployment(
+        name=CLOSE_CRASHED_DEPLOYMENT,
+        description="Run by an automation when a pipeline flow run crashes: closes its MLflow runs as KILLED.",
+        tags=["qlora", "automation"],
+    )
+    install_close_crashed_runs(closer.apply())
+    serve(*build_deployments(config_path), closer, limit=1)
 
 
 def deploy_to_pool(

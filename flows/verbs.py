@@ -32,8 +32,22 @@ def _use_local_stack() -> None:
         os.environ.setdefault(key, value)
 
 
-def run(config: str, overrides: list[str], run_id: str | None, skip_if_unchanged: bool) -> ExitCode:
+def run(
+    config: str | None, overrides: list[str], run_id: str | None, new_run_id: str | None, skip_if_unchanged: bool
+) -> ExitCode:
+    if run_id and new_run_id:
+        raise ConfigError("--run-id resumes a run, --new-run-id starts one: give one of them")
+    if run_id:
+        config, overrides = resume_settings(config, overrides, run_id)
+    elif config is None:
+        raise ConfigError("give a config file (e.g. configs/demo.yaml), or --run-id of a run to resume")
     loaded = load_checked(config, overrides)  # refuse a bad config before Prefect starts
+    if new_run_id:
+        from tasks.lib.run_layout import RunLayout
+
+        if RunLayout.of(loaded.runs_dir() / new_run_id).is_pipeline_run():
+            raise ConfigError(f"--new-run-id {new_run_id}: that run exists; resume it with --run-id {new_run_id}")
+        run_id = new_run_id
     _use_local_stack()
     from flows.finetune import finetune
 
@@ -47,6 +61,24 @@ def run(config: str, overrides: list[str], run_id: str | None, skip_if_unchanged
     if registration is not None and not registration.registered and registration.reason != "registry disabled":
         return ExitCode.NOT_REGISTERED
     return ExitCode.OK
+
+
+def resume_settings(config: str | None, overrides: list[str], run_id: str) -> tuple[str, list[str]]:
+    """The config file and overrides that resume `run_id`: as given, else those it was started with (its own
+    config.json when no file is given; its stored overrides when no --set is given). An unknown id is refused."""
+    import json
+
+    from tasks.lib.config_paths import project_root
+    from tasks.lib.run_layout import started_run
+
+    if config is None:
+        runs = project_root(Path.cwd()) / "runs"
+        run = started_run(run_id, sorted(folder for folder in runs.glob("*") if folder.is_dir()))
+        return str(run.config_file), overrides
+    run = started_run(run_id, [load_config(config, overrides).runs_dir()])
+    if not overrides and run.overrides_file.is_file():
+        overrides = json.loads(run.overrides_file.read_text(encoding="utf-8"))
+    return config, overrides
 
 
 def validate(config: str, overrides: list[str]) -> ExitCode:

@@ -8,8 +8,10 @@ import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tasks.io.flow_runs import current_flow_run_id, end_killed_flow_run
 from tasks.io.tracking import (
     MlflowTracker,
+    close_killed_run,
     close_run,
     configure_mlflow,
     create_run,
@@ -27,6 +29,16 @@ from tasks.lib.refs import DataRef, PipelineResult, RunContext
 from tasks.lib.run_layout import RunLayout
 from tasks.lib.run_report import verdict_line
 
+FLOW_RUN_TAG = "prefect_flow_run_id"  # the attempt's Prefect flow run: what closes its MLflow runs once it crashed
+
+
+def close_crashed_attempt(config: RunConfig, flow_run_id: str) -> list[str]:
+    """The MLflow runs of a pipeline attempt whose flow run Prefect marked Crashed, closed as KILLED (a resume
+    reopens the parent); returns the ids closed. Called by the automation that watches for crashed flow runs."""
+    experiment_id = configure_mlflow(config.tracking.uri, config.tracking.experiment, config.tracking.artifact_location)
+    parent = newest_run(experiment_id, {"pipeline": "qlora", FLOW_RUN_TAG: flow_run_id})
+    return close_killed_run(experiment_id, parent.run_id) if parent else []
+
 
 def new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
@@ -38,16 +50,23 @@ def artifact_key(name: str) -> str:
 
 
 def start_pipeline_run(
-    config: RunConfig, run_id: str | None, data: DataRef, mlflow_parent_run_id: str | None = None
+    config: RunConfig,
+    run_id: str | None,
+    data: DataRef,
+    mlflow_parent_run_id: str | None = None,
+    overrides: list[str] | None = None,
 ) -> RunContext:
     """Creates (or, for a known run id, resumes) the run directory and the parent MLflow run (nested under
-    `mlflow_parent_run_id` when given: a sweep's trials sit under the sweep's run)."""
+    `mlflow_parent_run_id` when given: a sweep's trials sit under the sweep's run). A resume closes what the killed
+    attempt left open: its step runs in MLflow (KILLED) and its Prefect flow run (Crashed, naming this one)."""
     run_id = run_id or new_run_id()
     run_dir = config.runs_dir() / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     experiment_id = configure_mlflow(config.tracking.uri, config.tracking.experiment, config.tracking.artifact_location)
-    marker = RunLayout.of(run_dir).mlflow_marker
+    layout = RunLayout.of(run_dir)
+    marker = layout.mlflow_marker
     marker_existed = marker.is_file()
+    flow_run_id = current_flow_run_id()
     if marker_existed:
         stored = json.loads(marker.read_text())
         refuse_changed_resume(run_id, run_dir, config, data, stored)
@@ -56,14 +75,19 @@ def start_pipeline_run(
     else:
         tags = {"pipeline": "qlora", "run_id": run_id, "config_name": config.name}
         parent_run_id = create_run(experiment_id, f"{config.name}-{run_id}", tags, mlflow_parent_run_id)
-        marker.write_text(json.dumps({"parent_run_id": parent_run_id, "data_fingerprint": data.fingerprint}))
-        (run_dir / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))
+        stored = {"parent_run_id": parent_run_id, "data_fingerprint": data.fingerprint}
+        layout.config_file.write_text(json.dumps(config.model_dump(mode="json"), indent=2))
+        layout.overrides_file.write_text(json.dumps(list(overrides or [])))
+    marker.write_text(json.dumps({**stored, "prefect_flow_run_id": flow_run_id}))
     tracker = MlflowTracker(parent_run_id)
     tracker.log_params(flatten(config.model_dump(mode="json")))
     tags = {**provenance(config, data), "outcome_config_hash": config.outcome_fingerprint()}
-    tracker.set_tags({**tags, "cpu_threads_at_start": threads.fit()})
+    tracker.set_tags({**tags, "cpu_threads_at_start": threads.fit(), FLOW_RUN_TAG: flow_run_id or ""})
+    killed = stored.get("prefect_flow_run_id")
+    if killed and flow_run_id and killed != flow_run_id:  # after the tag moved: closing the killed one leaves us be
+        end_killed_flow_run(killed, f"the process died; run {run_id} was resumed by flow run {flow_run_id}")
     tracker.log_metrics({f"data.{k}": v for k, v in flatten(data.stats).items() if isinstance(v, int | float)})
-    tracker.log_artifact(run_dir / "config.json")
+    tracker.log_artifact(layout.config_file)
     if not marker_existed:
         sources = {
             "train": config.data.path,
@@ -85,7 +109,7 @@ def start_pipeline_run(
 def refuse_changed_resume(run_id: str, run_dir: Path, config: RunConfig, data: DataRef, stored: dict) -> None:
     """A resumed run must continue what it started: the same config and the same prepared data."""
     problems = []
-    previous_config = run_dir / "config.json"
+    previous_config = RunLayout.of(run_dir).config_file
     if previous_config.is_file():
         before = flatten(json.loads(previous_config.read_text()))
         after = flatten(config.model_dump(mode="json"))

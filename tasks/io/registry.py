@@ -169,7 +169,13 @@ def register_merged_model(
     if not decision.register:
         return RegistrationResult(version=None, aliases=[], promoted=False, reason=decision.reason)
     client = MlflowClient()
-    version_tags = {**scrub_mapping(tags), "run_id": run_id, **decision.tags}
+    # A version is never unlabelled: "pending" from the moment it exists until its check says verified or failed.
+    version_tags = {
+        **scrub_mapping(tags),
+        "run_id": run_id,
+        **decision.tags,
+        ROUND_TRIP_TAG: "pending" if verify is not None else "not checked",
+    }
     version = version_of_pipeline_run(client, model_name, str(tags.get(PIPELINE_RUN_TAG, "")))
     model_uri = None
     if version is None:

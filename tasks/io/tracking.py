@@ -109,6 +109,19 @@ def reopen_run(experiment_id: str, run_id: str) -> None:
     close_run(run_id, "RUNNING")
 
 
+def close_killed_run(experiment_id: str, run_id: str) -> list[str]:
+    """A run whose process was killed, and every step run under it, closed as KILLED where still RUNNING; returns
+    the ids closed."""
+    import mlflow
+
+    still_running = [child.run_id for child in child_runs(experiment_id, run_id, status="RUNNING")]
+    if mlflow.MlflowClient().get_run(run_id).info.status == "RUNNING":
+        still_running.append(run_id)
+    for stale in still_running:
+        close_run(stale, "KILLED")
+    return still_running
+
+
 def close_run(run_id: str, status: str = "FINISHED") -> None:
     """FINISHED, FAILED or KILLED (or RUNNING again)."""
     import mlflow
@@ -214,13 +227,33 @@ class MlflowTracker:
         self.client.log_text(self.run_id, scrub(text), artifact_file)
 
 
+_STORES_READY: set[str] = set()
+
+
+@contextmanager
+def _first_use_of_store(uri: str) -> Iterator[None]:
+    """One process at a time opens a SQLite store for the first time: MLflow creates and migrates its schema on
+    first use, and two runs starting together on a fresh store raced ("table ... already exists")."""
+    if uri in _STORES_READY or not uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock
+
+    database = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{database}.init-lock", timeout=600):
+        yield
+    _STORES_READY.add(uri)
+
+
 def configure_mlflow(uri: str | None, experiment: str, artifact_location: str | None = None) -> str:
     """Points MLflow at the store and makes sure the experiment exists; returns the experiment id."""
     import mlflow
 
     uri = tracking_uri(uri)
     mlflow.set_tracking_uri(uri)
-    found = mlflow.get_experiment_by_name(experiment)
+    with _first_use_of_store(uri):
+        found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         if found.artifact_location.startswith("mlflow-artifacts:") and not uri.startswith("http"):
             raise UserError(

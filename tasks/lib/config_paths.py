@@ -39,9 +39,11 @@ _FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".yaml", ".yml"
 _FILE_URI = re.compile(r"^(sqlite:///|file:)(?!/)(.+)$")
 
 
-def project_root(config_file: Path) -> Path:
-    """The nearest folder above `config_file` holding a project marker; the working directory when none does."""
-    for folder in Path(config_file).resolve().parents:
+def project_root(start: Path) -> Path:
+    """The nearest folder holding a project marker above a config file (or at or above a folder); the working
+    directory when none does."""
+    start = Path(start).resolve()
+    for folder in [start, *start.parents] if start.is_dir() else start.parents:
         if any((folder / marker).is_file() for marker in PROJECT_MARKERS):
             return folder
     return Path.cwd().resolve()

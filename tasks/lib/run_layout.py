@@ -3,8 +3,11 @@ there by name is named here, once."""
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
+
+from tasks.lib.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -21,8 +24,13 @@ class RunLayout:
         return self.root / "config.json"
 
     @property
+    def overrides_file(self) -> Path:
+        """The `--set` overrides the run was started with: a resume without any re-applies them."""
+        return self.root / "overrides.json"
+
+    @property
     def mlflow_marker(self) -> Path:
-        """The parent MLflow run and data fingerprint: written once, when the run starts."""
+        """The parent MLflow run, the data fingerprint and the newest attempt's Prefect flow run."""
         return self.root / "mlflow_run.json"
 
     @property
@@ -71,3 +79,22 @@ class RunLayout:
 
     def is_pipeline_run(self) -> bool:
         return self.result_file.is_file() or self.mlflow_marker.is_file()
+
+
+def started_run(run_id: str, runs_dirs: list[Path]) -> RunLayout:
+    """The run `run_id` in one of `runs_dirs` (each `<output_dir>/<name>`: one config's runs), refused naming the
+    closest ids when it never started there: `--run-id` resumes a run, and a typo must not start a new one."""
+    found = [RunLayout.of(Path(folder) / run_id) for folder in runs_dirs]
+    found = [layout for layout in found if layout.is_pipeline_run()]
+    if len(found) > 1:
+        where = ", ".join(str(layout.root) for layout in found)
+        raise UserError(f"--run-id {run_id} names runs of several configs ({where}): give the config file too")
+    if found:
+        return found[0]
+    known = sorted(
+        run.name for folder in runs_dirs for run in Path(folder).glob("*") if RunLayout.of(run).is_pipeline_run()
+    )
+    close = difflib.get_close_matches(run_id, known, n=3, cutoff=0.5)
+    hint = f"; closest: {', '.join(close)}" if close else ""
+    where = ", ".join(str(folder) for folder in runs_dirs) or "no runs folder"
+    raise UserError(f"--run-id {run_id}: no run of that id in {where}{hint}. Leave --run-id out to start a new run.")
