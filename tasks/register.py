@@ -76,10 +76,15 @@ def run_registration(config: RunConfig, context: RunContext, data: DataRef, resu
             registered=False, model_name=name, version=None, aliases=[], reason="a gate failed: nothing registered"
         )
     evaluation = result.evaluation
-    with step_run(config, context, "register") as tracker, registry_lock(name):
+    logger = get_run_logger_or_none()
+    holder = f"pipeline run {context.run_id} ({config.name})"
+    with (
+        step_run(config, context, "register") as tracker,
+        registry_lock(name, holder=holder, note=logger.info if logger else print),
+    ):
         # Under the lock: the champion is read, compared and replaced by one run at a time.
         rows = load_split(Path(data.processed_dir), "test")
-        champion_items, source = champion_scores_on(config, evaluation, rows, get_run_logger_or_none())
+        champion_items, source = champion_scores_on(config, evaluation, rows, logger)
         _, challenger_items = evaluation.paired_scores()
         # Each confirmation on these test items spends part of their error budget (tasks/lib/promotion.py).
         ledger = read_confirmation_ledger(name, evaluation.test_fingerprint).opened(
@@ -87,7 +92,6 @@ def run_registration(config: RunConfig, context: RunContext, data: DataRef, resu
         )
         look = ledger.look_of(context.run_id, config.gate.alpha)
         decision = decide_promotion(True, challenger_items, champion_items, look)
-        logger = get_run_logger_or_none()
         if champion_items is not None and logger:
             log = logger.info if look.within_horizon else logger.warning
             log("promotion (%s): %s", look.describe(), decision.reason)

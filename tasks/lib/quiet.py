@@ -65,3 +65,6 @@ def quiet_progress_and_links() -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     # Without `make up`, Prefect starts a temporary server; its 20 s default is too short on a busy 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    # The temporary server's telemetry heartbeat phones home (this machine is offline) and, with two runs on one
+    # PREFECT_HOME, fails on the shared SQLite file ("database is locked") with a traceback in the run's output.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -306,6 +306,13 @@ def test_registry_lock_is_a_prefect_global_concurrency_limit() -> None:
     with registry_lock("locked-model", timeout_seconds=5):  # released: the next run gets it at once
         pass
 
+    notes: list[str] = []
+    with registry_lock("locked-model", holder="pipeline run A"):  # a waiter says who holds it, while it waits
+        with pytest.raises(TimeoutError):
+            with registry_lock("locked-model", timeout_seconds=3, note=notes.append, note_every=1):
+                pass
+    assert notes and all("held by pipeline run A for" in note for note in notes), notes
+
 
 def test_rerun_of_a_finished_run_reuses_its_steps_and_a_changed_resume_is_refused(
     tmp_path: Path, tiny_model_dir: Path, benchmark_data_dir: Path

@@ -234,3 +234,23 @@ def test_dataset_inputs_survive_a_concurrent_run_inserting_the_same_dataset_firs
     for run_id in (first, second):
         inputs = client.get_run(run_id).inputs.dataset_inputs
         assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("race-train", "0123456789abcdef")]
+
+
+def test_runs_starting_together_on_a_fresh_store_all_get_it(tmp_path: Path) -> None:
+    """Three processes open one new SQLite store at once (MLflow creates its schema on first use): all succeed."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+    code = (
+        "import sys; from tasks.io.tracking import configure_mlflow, create_run; "
+        f"create_run(configure_mlflow({uri!r}, 'together'), 'run-' + sys.argv[1], {{}})"
+    )
+    starts = [
+        subprocess.Popen([sys.executable, "-c", code, str(index)], stderr=subprocess.PIPE, text=True)
+        for index in range(3)
+    ]
+    errors = [process.communicate(timeout=300)[1] for process in starts]
+    assert [process.returncode for process in starts] == [0, 0, 0], "\n".join(error[-1500:] for error in errors)
+    experiment = MlflowClient(tracking_uri=uri).get_experiment_by_name("together")
+    assert len(MlflowClient(tracking_uri=uri).search_runs([experiment.experiment_id])) == 3
