@@ -3,7 +3,8 @@
 It only parses and dispatches: each verb is a function of flows/verbs.py, called with its arguments by name;
 what it prints comes from flows/summaries.py. Exit codes (tasks/lib/errors.ExitCode): 0 done (registered,
 skipped as unchanged, or registry disabled); 1 a user error; 2 a refused config; 3 the gate did not pass
-(nothing registered); 4 the gate passed but nothing was registered, or it is not a verified champion (check-run).
+(nothing registered); 4 the gate passed but nothing was registered, or it is not a verified champion (check-run);
+5 an unexpected error (its traceback goes to a file the one-line message names).
 """
 
 from __future__ import annotations
@@ -11,11 +12,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from flows import verbs
+from tasks.io.tracking import scrub
 from tasks.lib.config import ConfigError
 from tasks.lib.errors import ExitCode, UserError
 from tasks.lib.quiet import quiet_progress_and_links
@@ -120,15 +126,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return ExitCode.USER_ERROR
     except Exception as error:
-        if "ephemeral Prefect API server" not in str(error):
-            raise
-        print(
-            "error: the temporary Prefect server did not start in "
-            f"{os.environ['PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS']} s. Start the local stack once with "
-            "`make up` (then runs use it), or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.",
-            file=sys.stderr,
-        )
-        return ExitCode.USER_ERROR
+        if "ephemeral Prefect API server" in str(error):
+            print(
+                "error: the temporary Prefect server did not start in "
+                f"{os.environ['PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS']} s. Start the local stack once with "
+                "`make up` (then runs use it), or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.",
+                file=sys.stderr,
+            )
+            return ExitCode.USER_ERROR
+        # Not a message written for the user: the cause in one line, the whole traceback in a file to read or send.
+        log = Path(tempfile.gettempdir()) / f"qlora-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        log.write_text(traceback.format_exc(), encoding="utf-8")
+        cause = scrub(f"{type(error).__name__}: {error}".splitlines()[0])
+        print(f"error: {cause} (unexpected; the full traceback is in {log})", file=sys.stderr)
+        return ExitCode.UNEXPECTED
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     CONFIG_REFUSED = 2
     GATE_NOT_PASSED = 3  # nothing registered
     NOT_REGISTERED = 4  # the gate passed, but nothing was registered or it is not a verified champion
+    UNEXPECTED = 5  # not a user error: one line on the terminal, the traceback in a file
 
 
 class UserError(Exception):

@@ -1,5 +1,5 @@
-"""Relative paths in a config point at the project, whatever directory a process starts in; and which errors a
-retry (a Ray worker group, a Prefect task) could heal."""
+"""Relative paths in a config point at the project, whatever directory a process starts in; a resume finds the
+run and the overrides it started with."""
 
 import shutil
 from pathlib import Path
@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from tasks.lib.config import ConfigError, load_config, read_run_config
-from tasks.lib.errors import cannot_heal
 from tasks.lib.preflight import check_inputs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,18 +75,23 @@ def test_the_demo_config_reads_the_checkout_from_elsewhere(tmp_path, monkeypatch
     assert Path(config.forgetting.data_dir) == REPO / "data" / "benchmarks"
 
 
-@pytest.mark.parametrize(
-    ("error", "heals"),
-    [
-        (ConfigError("bad key"), False),
-        (ModuleNotFoundError("flash_attn"), False),
-        (FileNotFoundError(2, "No such file", "model.safetensors"), False),
-        (OSError("models/x is not a local folder and is not a valid model identifier"), False),  # transformers
-        (ConnectionResetError(104, "Connection reset by peer"), True),
-        (TimeoutError("read timed out"), True),
-        (OSError(5, "Input/output error"), True),
-        (RuntimeError("gloo: connection closed by peer"), True),  # a peer worker died: a new group may succeed
-    ],
-)
-def test_only_errors_that_can_heal_are_retried(error, heals):
-    assert cannot_heal(error) is not heals
+def test_resume_settings_reapply_the_overrides_a_run_started_with_and_refuse_an_unknown_id(tmp_path, monkeypatch):
+    import json
+
+    from flows.verbs import resume_settings
+    from tasks.lib.errors import UserError
+
+    root = _project(tmp_path)
+    config = str(root / "configs" / "run.yaml")
+    run_dir = load_config(config).runs_dir() / "20261207-101500-ab12"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(load_config(config, ["lora.r=4"]).model_dump_json())
+    (run_dir / "overrides.json").write_text(json.dumps(["lora.r=4"]))
+    (run_dir / "mlflow_run.json").write_text('{"parent_run_id": "x"}')  # what marks a started run
+    assert resume_settings(config, [], "20261207-101500-ab12") == (config, ["lora.r=4"])
+    assert resume_settings(config, ["lora.r=8"], "20261207-101500-ab12")[1] == ["lora.r=8"]  # checked later
+    monkeypatch.chdir(root / "configs")  # anywhere in the project, no config file: the run's own config
+    assert resume_settings(None, [], "20261207-101500-ab12") == (str(run_dir / "config.json"), [])
+    assert load_config(str(run_dir / "config.json")).lora.r == 4
+    with pytest.raises(UserError, match="closest: 20261207-101500-ab12"):
+        resume_settings(config, [], "20261207-101500-ab21")
