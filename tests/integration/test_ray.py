@@ -23,6 +23,7 @@ from tasks.io.models import load_base_model, load_tokenizer
 from tasks.io.ray_cluster import ray_training
 from tasks.lib.config import load_config
 from tasks.lib.prepare import prepare_dataset
+from tasks.lib.refs import PipelineResult
 from tasks.lib.training import train_adapter
 from tests.conftest import write_tiny_config
 from tests.integration.test_ddp import TOLERANCE, _losses
@@ -205,3 +206,22 @@ def test_an_error_a_new_worker_would_repeat_ends_the_ray_run_at_once(
         ray_training(config, data_dir, tmp_path / "run", [])
     assert "\n" not in str(raised.value).strip()[:200]
     assert time.monotonic() - started < 60, "a replaced worker group would take minutes"
+
+
+def test_the_documented_ray_block_registers_from_outside_the_project(tmp_path: Path, ray_address: str) -> None:
+    """docs/scaling.md's one-machine cluster, run as written on configs/tiny.yaml from another directory (its
+    `ray stop` stops this module's cluster too, so this test comes last in the module)."""
+    from tests.integration.test_docs import HOW, RAY, doc_env, doc_project, run_block, shell_blocks
+
+    (block,) = [block for block in shell_blocks() if HOW.get(block.key) == RAY]
+    project = doc_project(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run_block(block, project, doc_env(tmp_path), cwd=elsewhere)
+    (result_file,) = (project / "runs" / "tiny").glob("*/pipeline_result.json")
+    result = PipelineResult.model_validate_json(result_file.read_text())
+    assert result.registration.registered
+    train_run = MlflowClient(tracking_uri=f"sqlite:///{project / 'runs' / 'tiny' / 'mlflow.db'}").get_run(
+        result.train.mlflow_run_id
+    )
+    assert train_run.data.tags["engine"] == "ray"
