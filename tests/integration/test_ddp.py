@@ -14,6 +14,8 @@ from tasks.lib.prepare import prepare_dataset
 from tasks.lib.training import train_adapter
 from tests.conftest import write_tiny_config
 
+pytestmark = pytest.mark.integration
+
 # Per logged step: the relative difference of the training losses. The two runs see the same rows in the same
 # global batches; what differs is the order of floating-point sums (gradients all-reduced over two processes).
 # Processes that do not average their gradients (accelerate reading the CPU processes as independent) log twice

@@ -28,6 +28,8 @@ from tasks.lib.training import train_adapter
 from tests.conftest import write_tiny_config
 from tests.integration.test_ddp import TOLERANCE, _losses
 
+pytestmark = pytest.mark.integration
+
 RAY_OVERRIDES = {"train.engine": "ray", "ray.num_workers": 2, "ray.cpus_per_worker": 1}
 
 
