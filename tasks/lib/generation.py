@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,10 @@ def generate(
     tokenizer.padding_side = "left"
     model.eval()
     try:
-        with torch.no_grad():
+        with (
+            torch.no_grad(),
+            tqdm(total=len(order), desc="Generating answers", unit="prompt", disable=len(order) <= batch_size) as bar,
+        ):
             for start in range(0, len(order), batch_size):
                 batch = order[start : start + batch_size]
                 before_batch()
@@ -97,6 +101,7 @@ def generate(
                         completion_tokens=len(tokens) if stopped is None else stopped + 1,
                         finish_reason="length" if stopped is None else "stop",
                     )
+                bar.update(len(batch))
     finally:
         tokenizer.padding_side = padding_side
         model.train(was_training)

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from lm_eval.models.huggingface import HFLM
+from tqdm import tqdm
 
 from tasks.lib import threads
 from tasks.lib.packed_attention import NAME as PACKED_ATTENTION
@@ -87,9 +88,16 @@ class SharedContextLM(HFLM):
             for index, answer in zip(truncated, answers, strict=True):
                 results[index] = answer
         batch = self.batch_size if isinstance(self.batch_size, int) else 16
-        for row in pack_groups(groups, batch * ROW_TOKENS_PER_BATCH_ITEM):
-            for index, answer in self._score_row(row, requests).items():
-                results[index] = answer
+        # lm-eval's own bar, for the packed rows: requests done of all, rate and time left (a line every
+        # TQDM_MININTERVAL seconds, 20 from the command line), so a long scoring never looks stuck.
+        with tqdm(
+            total=len(requests) - len(truncated), desc="Scoring requests (packed)", unit="req", disable=disable_tqdm
+        ) as bar:
+            for row in pack_groups(groups, batch * ROW_TOKENS_PER_BATCH_ITEM):
+                answers = self._score_row(row, requests)
+                for index, answer in answers.items():
+                    results[index] = answer
+                bar.update(len(answers))
         return results  # type: ignore[return-value]
 
     def _score_row(self, row: PackedRow, requests: Sequence[Request]) -> dict[int, tuple[float, bool]]:

@@ -363,7 +363,8 @@ def training_arguments(config: RunConfig, output_dir: Path, optimizer: str, chec
         report_to="none",
         dataloader_num_workers=0,
         remove_unused_columns=False,
-        disable_tqdm=True,
+        # The Trainer's bar (steps done, rate, time left; a line every TQDM_MININTERVAL s, 20 from the command line).
+        disable_tqdm=False,
         # Under torchrun, accelerate launch or Ray Train (WORLD_SIZE > 1): only the LoRA weights train, every one of
         # them is used each step, and the CPU has no NCCL. Without use_cpu, accelerate reads a CPU machine's
         # processes as independent (DistributedType.NO): each trains on its shard alone, gradients never averaged.
