@@ -15,6 +15,7 @@ from tasks.lib.errors import cannot_heal
 from tasks.lib.failpoints import failpoint
 from tasks.lib.publish import publish_text
 from tasks.lib.refs import RunContext
+from tasks.lib.run_layout import RunLayout
 
 
 def retry_only_transient(task, task_run, state) -> bool:
@@ -43,7 +44,7 @@ Ref = TypeVar("Ref", bound=BaseModel)
 
 
 def _marker(context: RunContext, step: str) -> Path:
-    return Path(context.run_dir) / "steps" / f"{step}.json"
+    return RunLayout.of(context.run_dir).step_marker(step)
 
 
 def completed_step(context: RunContext, step: str, ref_type: type[Ref]) -> Ref | None:

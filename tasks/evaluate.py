@@ -87,9 +87,9 @@ def run_target_eval(config: RunConfig, context: RunContext, data: DataRef, train
         tracker.log_metrics(
             {f"{side}.{metric}": values[side] for metric, values in comparison.items() for side in values}
         )
-        predictions = write_predictions(base, tuned, Path(context.run_dir) / "task_predictions.jsonl")
+        predictions = write_predictions(base, tuned, RunLayout.of(context.run_dir).task_predictions)
         markdown = task_markdown(base, tuned, config.evaluation.primary_metric)
-        report = Path(context.run_dir) / "task_eval.md"
+        report = RunLayout.of(context.run_dir).task_report
         report.write_text(markdown)
         tracker.log_artifact(predictions, "evaluation")
         tracker.log_artifact(report, "evaluation")

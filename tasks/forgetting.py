@@ -17,6 +17,7 @@ from tasks.lib.config import RunConfig
 from tasks.lib.gate import VERDICT_CODE, GateResult, decide
 from tasks.lib.gate_report import forgetting_delta_chart, forgetting_markdown
 from tasks.lib.refs import ForgettingRef, MergeRef, RunContext, TaskEvalRef
+from tasks.lib.run_layout import RunLayout
 from tasks.lib.sequential import Looks
 
 
@@ -152,11 +153,11 @@ def run_forgetting_check(
         tracker.set_tags(gate_tags(gate))
         markdown = forgetting_markdown(gate, {"base": evaluation.base, "tuned": evaluation.tuned})
         run_dir = Path(context.run_dir)
-        (run_dir / "forgetting.md").write_text(markdown)
-        (run_dir / "gate.json").write_text(gate.model_dump_json(indent=2))
-        tracker.log_artifact(run_dir / "forgetting.md", "forgetting")
-        tracker.log_artifact(run_dir / "gate.json", "forgetting")
-        tracker.log_artifact(forgetting_delta_chart(gate, run_dir / "forgetting.png"), "forgetting")
+        RunLayout.of(run_dir).forgetting_report.write_text(markdown)
+        RunLayout.of(run_dir).gate_file.write_text(gate.model_dump_json(indent=2))
+        tracker.log_artifact(RunLayout.of(run_dir).forgetting_report, "forgetting")
+        tracker.log_artifact(RunLayout.of(run_dir).gate_file, "forgetting")
+        tracker.log_artifact(forgetting_delta_chart(gate, RunLayout.of(run_dir).forgetting_chart), "forgetting")
         return ForgettingRef(
             gate=gate,
             passed=gate.passed,

@@ -100,7 +100,7 @@ def start_pipeline_run(
         tracker.log_artifact(rejects, "data")
     tracker.log_artifact(Path(data.processed_dir) / "stats.json", "data")
     histogram = data_length_histogram(
-        split_lengths(Path(data.processed_dir)), config.data.max_length, run_dir / "data_lengths.png"
+        split_lengths(Path(data.processed_dir)), config.data.max_length, layout.data_lengths_chart
     )
     tracker.log_artifact(histogram, "data")
     return RunContext(run_id=run_id, run_dir=str(run_dir), experiment_id=experiment_id, parent_run_id=parent_run_id)

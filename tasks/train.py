@@ -17,6 +17,7 @@ from tasks.lib.benchmarks import configured_plans
 from tasks.lib.config import RunConfig
 from tasks.lib.data_formats import read_jsonl
 from tasks.lib.refs import DataRef, RunContext, TrainRef
+from tasks.lib.run_layout import RunLayout
 from tasks.lib.training import loss_curve_png, train_adapter
 
 UNPREFIXED = ("eval_loss", "forgetting_proxy.")
@@ -93,7 +94,7 @@ def run_training(config: RunConfig, context: RunContext, data: DataRef) -> Train
             tags={**provenance(config, data), "base_model": config.model.name_or_path},
         )
         tracker.log_metrics(summary, model_id=adapter_model_id)
-        curve = loss_curve_png(result.log_history, Path(context.run_dir) / "loss_curve.png")
+        curve = loss_curve_png(result.log_history, RunLayout.of(context.run_dir).loss_curve)
         tracker.log_artifact(curve, "plots")
         return TrainRef(
             adapter_dir=str(result.adapter_dir),

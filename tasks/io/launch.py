@@ -32,7 +32,7 @@ def launch_training(
     layout = RunLayout.of(run_dir)
     launch_dir, result_file = layout.launch_dir, layout.launch_result
     launch_dir.mkdir(parents=True, exist_ok=True)
-    config_file, text_file = launch_dir / "config.json", launch_dir / "text.json"
+    config_file, text_file = layout.launch_config, layout.launch_general_text
     config_file.write_text(config.model_dump_json())
     text_file.write_text(json.dumps(general_text))
     result_file.unlink(missing_ok=True)

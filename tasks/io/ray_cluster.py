@@ -121,7 +121,7 @@ def ray_training(config: RunConfig, data_dir: Path, run_dir: Path, general_text:
             scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=gpu, resources_per_worker=resources),
             run_config=RayRunConfig(
                 name=f"{config.name}-{run_dir.name}",
-                storage_path=str(launch_dir / "ray"),
+                storage_path=str(layout.ray_storage),
                 failure_config=FailureConfig(max_failures=settings.max_failures),
             ),
         )

@@ -38,6 +38,49 @@ class RunLayout:
         """The PipelineResult, written when the run ends (finished or failed)."""
         return self.root / "pipeline_result.json"
 
+    def step_marker(self, step: str) -> Path:
+        """A completed step's typed result: what a rerun reuses instead of redoing the step."""
+        return self.root / "steps" / f"{step}.json"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def first_eval_loss(self) -> Path:
+        """The validation loss before training, measured once (a resume does not measure it again)."""
+        return self.root / "first_eval_loss.json"
+
+    @property
+    def loss_curve(self) -> Path:
+        return self.root / "loss_curve.png"
+
+    @property
+    def data_lengths_chart(self) -> Path:
+        return self.root / "data_lengths.png"
+
+    @property
+    def task_predictions(self) -> Path:
+        """Base and tuned answers on every test item, side by side."""
+        return self.root / "task_predictions.jsonl"
+
+    @property
+    def task_report(self) -> Path:
+        return self.root / "task_eval.md"
+
+    @property
+    def forgetting_report(self) -> Path:
+        return self.root / "forgetting.md"
+
+    @property
+    def gate_file(self) -> Path:
+        """The gate's typed decision (every row, its interval and verdict)."""
+        return self.root / "gate.json"
+
+    @property
+    def forgetting_chart(self) -> Path:
+        return self.root / "forgetting.png"
+
     @property
     def adapter_dir(self) -> Path:
         return self.root / "adapter"
@@ -60,6 +103,21 @@ class RunLayout:
     def launch_result(self) -> Path:
         """Rank 0's TrainResult."""
         return self.launch_dir / "result.json"
+
+    @property
+    def launch_config(self) -> Path:
+        """The resolved config every launched process reads."""
+        return self.launch_dir / "config.json"
+
+    @property
+    def launch_general_text(self) -> Path:
+        """The general text the forgetting proxy scores, handed to every process."""
+        return self.launch_dir / "text.json"
+
+    @property
+    def ray_storage(self) -> Path:
+        """Ray Train's own run storage."""
+        return self.launch_dir / "ray"
 
     @property
     def launch_fatal_error(self) -> Path:

@@ -41,6 +41,7 @@ from tasks.lib.packed_attention import NAME as PACKED_ATTENTION
 from tasks.lib.packed_attention import resolve_attention, set_attention
 from tasks.lib.plots import pyplot, save_png
 from tasks.lib.prepare import IGNORE_INDEX
+from tasks.lib.run_layout import RunLayout
 
 MetricsSink = Callable[[Mapping[str, float], int], None]
 
@@ -455,7 +456,7 @@ def train_adapter(
     `extra_callbacks` are appended to the Trainer's (benchmarks/train_throughput.py times steps with one).
     """
     run_dir = Path(run_dir)
-    checkpoint_dir = run_dir / "checkpoints"
+    checkpoint_dir = RunLayout.of(run_dir).checkpoints_dir
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     last_checkpoint = last_complete_checkpoint(checkpoint_dir)
     optimizer, checkpointing = _resolve_auto(config)
@@ -487,7 +488,7 @@ def train_adapter(
 
     if proxy is not None and proxy.stopped_at is not None:
         _restore_checkpoint_adapter(model, checkpoint_dir, proxy.last_step_below)
-    adapter_dir = run_dir / "adapter"
+    adapter_dir = RunLayout.of(run_dir).adapter_dir
     if trainer.is_world_process_zero():  # one writer when several processes train together
         model.save_pretrained(adapter_dir, safe_serialization=True)
     history = trainer.state.log_history
@@ -522,11 +523,11 @@ def _restore_checkpoint_adapter(model, checkpoint_dir: Path, step: int | None) -
 
 def _remember_first_eval(run_dir: Path, value: float | None) -> None:
     if value is not None:
-        (run_dir / "first_eval_loss.json").write_text(json.dumps({"eval_loss": value}))
+        RunLayout.of(run_dir).first_eval_loss.write_text(json.dumps({"eval_loss": value}))
 
 
 def _first_eval_loss(run_dir: Path) -> float | None:
-    path = run_dir / "first_eval_loss.json"
+    path = RunLayout.of(run_dir).first_eval_loss
     return json.loads(path.read_text())["eval_loss"] if path.is_file() else None
 
 
