@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from flows import verbs
+from flows.steps import RERUNNABLE
 from tasks.io.tracking import scrub
 from tasks.lib.config import ConfigError
 from tasks.lib.errors import ExitCode, UserError
@@ -52,12 +53,6 @@ CONFIG = (
     ),
 )
 RUN_DIR = (arg("run_dir", help="an existing run directory, e.g. runs/demo/<run_id>"),)
-STEPS = {
-    "evaluate": "re-run a run's target-task evaluation (base and tuned, same items)",
-    "merge": "re-run a run's merge and its check",
-    "forgetting": "re-run a run's forgetting benchmarks and gate on its merged model",
-    "register": "re-run registration (a run that already registered gets its version back)",
-}
 # fmt: off
 VERBS = [
     Verb("run", verbs.run, "run the whole pipeline flow", (
@@ -80,7 +75,7 @@ VERBS = [
          (arg("--data-dir", default="data/benchmarks"),)),
     Verb("data-updated", verbs.data_updated, "announce new data: the retraining deployment starts a run", CONFIG),
     Verb("score-base", verbs.score_base, "score the base on the test items and benchmarks, once (cached)", CONFIG),
-    *(Verb(step, verbs.rerun_step, text, RUN_DIR, {"step": step}) for step, text in STEPS.items()),
+    *(Verb(step.name, verbs.rerun_step, step.rerun_help, RUN_DIR, {"step": step.name}) for step in RERUNNABLE),
     Verb("chat", verbs.chat, "talk to a model: models:/NAME@ALIAS, a merged folder or a run directory", (
          arg("model"), arg("--prompt", help="answer this one prompt and exit (for scripts)"),
          arg("--system", help="a system prompt"), arg("--max-new-tokens", type=int, default=256))),

@@ -9,6 +9,8 @@ until `qlora forgetting` is run too.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -27,20 +29,36 @@ from tasks.lib.refs import (
 )
 from tasks.lib.run_layout import RunLayout
 
-STEPS = ("evaluate", "merge", "forgetting", "register")
-NEEDS = {
-    "evaluate": ("train",),
-    "merge": ("train",),
-    "forgetting": ("evaluate",),
-    "register": ("train", "evaluate", "merge"),
-}
-REF_TYPES: dict[str, type[BaseModel]] = {
-    "train": TrainRef,
-    "evaluate": TaskEvalRef,
-    "merge": MergeRef,
-    "forgetting": ForgettingRef,
-    "register": RegistrationRef,
-}
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the pipeline: the name its marker, MLflow step run and CLI verb carry, its typed result, the
+    steps whose results it reads, and (for the steps that can be re-run alone) the verb's help."""
+
+    name: str
+    result: type[BaseModel]
+    needs: tuple[str, ...] = ()
+    rerun_help: str | None = None
+
+
+# The pipeline's steps in the order the flow runs them (flows/finetune.py); the one-step re-runs, the CLI verbs
+# and the step markers read this table.
+PIPELINE = (
+    Step("train", TrainRef),
+    Step("evaluate", TaskEvalRef, ("train",), "re-run a run's target-task evaluation (base and tuned, same items)"),
+    Step("merge", MergeRef, ("train",), "re-run a run's merge and its check"),
+    Step(
+        "forgetting", ForgettingRef, ("evaluate",), "re-run a run's forgetting benchmarks and gate on its merged model"
+    ),
+    Step(
+        "register",
+        RegistrationRef,
+        ("train", "evaluate", "merge", "forgetting"),
+        "re-run registration (a run that already registered gets its version back)",
+    ),
+)
+STEP = {step.name: step for step in PIPELINE}
+RERUNNABLE = [step for step in PIPELINE if step.rerun_help]
 
 
 def open_run(run_dir: Path, overrides: list[str] = ()) -> tuple[RunConfig, RunContext]:
@@ -62,7 +80,7 @@ def open_run(run_dir: Path, overrides: list[str] = ()) -> tuple[RunConfig, RunCo
 
 
 def _ref(context: RunContext, step: str):
-    ref = completed_step(context, step, REF_TYPES[step])
+    ref = completed_step(context, step, STEP[step].result)
     if ref is None:
         raise ConfigError(f"{context.run_dir}: step {step!r} has not completed in this run; run it first")
     return ref
@@ -78,26 +96,29 @@ def rerun_step(step: str, run_dir: Path, overrides: list[str] = ()) -> BaseModel
     from tasks.register import run_registration
 
     config, context = open_run(run_dir, overrides)
-    for needed in NEEDS[step]:
-        _ref(context, needed)
+    done = {needed: _ref(context, needed) for needed in STEP[step].needs}
     data: DataRef = run_prepare(config)
-    if step == "evaluate":
-        ref = run_target_eval(config, context, data, _ref(context, "train"))
-    elif step == "merge":
-        ref = run_merge(config, context, data, _ref(context, "train"))
-    elif step == "forgetting":
-        merge = completed_step(context, "merge", MergeRef)
-        ref = run_forgetting_check(config, context, merge, _ref(context, "evaluate"))
-    else:
-        result = PipelineResult(
-            run_id=context.run_id,
-            run_dir=context.run_dir,
-            mlflow_run_id=context.parent_run_id,
-            data=data,
-            train=_ref(context, "train"),
-            evaluation=_ref(context, "evaluate"),
-            merge=_ref(context, "merge"),
-            forgetting=_ref(context, "forgetting"),
-        )
-        ref = run_registration(config, context, data, result)
-    return mark_completed(context, step, ref)
+    rerun: dict[str, Callable[[], BaseModel]] = {
+        "evaluate": lambda: run_target_eval(config, context, data, done["train"]),
+        "merge": lambda: run_merge(config, context, data, done["train"]),
+        # A run whose task row failed has no merge: the forgetting check then scores the base alone.
+        "forgetting": lambda: run_forgetting_check(
+            config, context, completed_step(context, "merge", MergeRef), done["evaluate"]
+        ),
+        "register": lambda: run_registration(
+            config,
+            context,
+            data,
+            PipelineResult(
+                run_id=context.run_id,
+                run_dir=context.run_dir,
+                mlflow_run_id=context.parent_run_id,
+                data=data,
+                train=done["train"],
+                evaluation=done["evaluate"],
+                merge=done["merge"],
+                forgetting=done["forgetting"],
+            ),
+        ),
+    }
+    return mark_completed(context, step, rerun[step]())
