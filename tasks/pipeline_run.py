@@ -162,8 +162,11 @@ def finish_pipeline_run(context: RunContext, result: PipelineResult, failed: boo
     if result.registration is not None and result.registration.version:
         tags["registered_version"] = result.registration.version
     tracker.set_tags({**tags, "mlflow.note.content": verdict_line(result)})  # the note: its description in the UI
-    if result.forgetting is not None:  # the gate's report on the run a user opens, not only on its step run
+    if result.forgetting is not None:  # the gate's report and chart on the run a user opens, not only on its step
         tracker.log_text(result.forgetting.markdown, "gate_report.md")
+        chart = RunLayout.of(context.run_dir).forgetting_chart
+        if chart.is_file():
+            tracker.log_artifact(chart)
     if result.train is not None and result.train.adapter_model_id:
         verdicts = {f"pipeline.{key}": value for key, value in tags.items()}
         gate = result.forgetting.tags if result.forgetting is not None else {}

@@ -180,6 +180,7 @@ def test_flow_trains_evaluates_registers_and_reuses_base_scores(
     assert "forgetting gate" in parent.data.tags["mlflow.note.content"]
     gate_report = Path(client.download_artifacts(parent.info.run_id, "gate_report.md")).read_text()
     assert gate_report == first.forgetting.markdown
+    assert "forgetting.png" in {artifact.path for artifact in client.list_artifacts(parent.info.run_id)}
 
     assert qlora(["check-run", first.run_dir]) == 0  # what CI runs on the demo
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
