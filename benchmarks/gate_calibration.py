@@ -26,9 +26,9 @@ from __future__ import annotations
 import math
 
 from benchmarks._common import parser, write_results
+from benchmarks.gate_simulation import family_rates, perplexity_pass_rate, verdict_rates
 from tasks.lib import stats
 from tasks.lib.config import GateConfig, RunConfig, load_config
-from tasks.lib.gate_calibration import family_rates, perplexity_pass_rate, verdict_rates
 
 K = 4
 DOCUMENTS = (5, 20, 40)

@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
+from benchmarks.gate_simulation import perplexity_pass_rate, verdict_rates
 from benchmarks.promotion_calibration import skewed_with_ties
 from tasks.lib import stats
 from tasks.lib.config import GateConfig
 from tasks.lib.gate import GateResult, GateRow, decide, task_row
-from tasks.lib.gate_calibration import perplexity_pass_rate, verdict_rates
 
 GATE = GateConfig(max_accuracy_drop=5.0, max_perplexity_increase=0.10, require_task_improvement=True)
 ONE_GAIN = task_row([0, 1], [1, 1], GATE)  # a task row for tests about the benchmark rows

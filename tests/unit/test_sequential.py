@@ -235,7 +235,7 @@ def test_a_sequential_perplexity_row_holds_its_level_at_the_margin_and_stops_at_
     """20 WikiText-like documents looked at after 10 and 20 (the demo's design), alone in the gate (alpha 0.05):
     with the true rise exactly at the 10% margin it passes at most alpha of the time (2,000 simulated rows); with
     no rise it passes, at the first look."""
-    from tasks.lib.gate_calibration import simulated_documents
+    from benchmarks.gate_simulation import simulated_documents
 
     rng = np.random.default_rng(10)
     looks = {"wikitext": sequential.Looks(tuple(str(i) for i in range(20)), 10)}
