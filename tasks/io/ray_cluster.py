@@ -43,8 +43,10 @@ def _train_loop(settings: dict) -> None:
     except Exception as error:
         if not cannot_heal(error):
             raise  # Ray replaces the worker group (max_failures); the new one resumes from the last checkpoint
-        # A replacement would fail the same way: end this worker normally and leave the cause for the driver.
-        Path(settings["fatal_file"]).write_text(f"{type(error).__name__}: {error}", encoding="utf-8")
+        # A replacement would fail the same way: end this worker normally and leave the cause for the driver
+        # (a line per worker).
+        with Path(settings["fatal_file"]).open("a", encoding="utf-8") as causes:
+            causes.write(" ".join(f"{type(error).__name__}: {error}".split()) + "\n")
 
 
 def _connect(address: str | None) -> bool:
@@ -136,7 +138,7 @@ def ray_training(config: RunConfig, data_dir: Path, run_dir: Path, general_text:
         if started_here:
             ray.shutdown()
     if not result_file.is_file() and fatal_file.is_file():
-        cause = fatal_file.read_text(encoding="utf-8").strip()
+        cause = fatal_file.read_text(encoding="utf-8").splitlines()[0]
         raise LaunchError(f"Ray training stopped, not retried (a new worker would fail the same way): {cause}")
     if not result_file.is_file():
         raise LaunchError(f"Ray training ended without rank 0's result ({result_file})")

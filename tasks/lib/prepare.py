@@ -523,8 +523,11 @@ def prepare_dataset(
     _refuse_empty_splits(token_stats, selection, data)
 
     distinct = set().union(*answers.values())
+    # The paths as the config wrote them (relative to the project): these files are DVC outputs, the same on
+    # every machine.
+    shown = config.portable_dump()["data"]
     stats = {
-        "source": data.path,
+        "source": shown["path"],
         "format": selection.fmt,
         "fingerprint": fingerprint,
         "rows_read": selection.rows_read,
@@ -533,9 +536,9 @@ def prepare_dataset(
         "invalid_rows_dropped": len(selection.rejects),
         "rejects_file": "rejects.jsonl" if selection.rejects else None,
         "sources": {
-            "train": data.path,
-            "validation": data.validation_path or f"{data.path} ({data.split.validation:g} of it)",
-            "test": data.test_path or f"{data.path} ({data.split.test:g} of it)",
+            "train": shown["path"],
+            "validation": shown["validation_path"] or f"{shown['path']} ({data.split.validation:g} of it)",
+            "test": shown["test_path"] or f"{shown['path']} ({data.split.test:g} of it)",
         },
         "decontamination": selection.decontamination,
         "replay_rows": selection.replayed,
@@ -548,14 +551,14 @@ def prepare_dataset(
         ),
     }
     manifest = {
-        "source": data.path,
+        "source": shown["path"],
         "hub_split": data.hub_split if is_dataset_source(data.path) else None,
         "fingerprint": fingerprint,
         "prep_version": PREP_VERSION,
         "format": selection.fmt,
         "seed": config.seed,
         "rows": stats["rows"],
-        "data_config": data.model_dump(mode="json"),
+        "data_config": shown,
     }
     files["manifest.json"] = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     if selection.rejects:

@@ -24,6 +24,7 @@ from tasks.io.ray_cluster import ray_training
 from tasks.lib.config import load_config
 from tasks.lib.prepare import prepare_dataset
 from tasks.lib.refs import PipelineResult
+from tasks.lib.run_layout import RunLayout
 from tasks.lib.training import train_adapter
 from tests.conftest import write_tiny_config
 from tests.integration.test_ddp import TOLERANCE, _losses
@@ -203,11 +204,11 @@ def test_an_error_a_new_worker_would_repeat_ends_the_ray_run_at_once(
     data_dir = tmp_path / "prepared"
     prepare_dataset(config, load_tokenizer(config.model), data_dir)
     shutil.rmtree(model)
-    started = time.monotonic()
     with pytest.raises(LaunchError, match="not retried .*OSError") as raised:
         ray_training(config, data_dir, tmp_path / "run", [])
-    assert "\n" not in str(raised.value).strip()[:200]
-    assert time.monotonic() - started < 60, "a replaced worker group would take minutes"
+    assert "\n" not in str(raised.value)
+    causes = RunLayout.of(tmp_path / "run").launch_fatal_error.read_text().splitlines()
+    assert len(causes) == 2, causes  # one per worker of one group: no replacement group was started
 
 
 def test_the_documented_ray_block_registers_from_outside_the_project(tmp_path: Path, ray_address: str) -> None:
