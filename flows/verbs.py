@@ -58,7 +58,7 @@ def run(
     if result.forgetting is None or not result.forgetting.passed:
         return ExitCode.GATE_NOT_PASSED
     registration = result.registration
-    if registration is not None and not registration.registered and registration.reason != "registry disabled":
+    if registration is not None and not registration.registered and loaded.registry.enabled:
         return ExitCode.NOT_REGISTERED
     return ExitCode.OK
 
