@@ -14,8 +14,9 @@ from tasks.io.ray_cluster import score_on_ray
 from tasks.io.score_cache import benchmark_key_parts, get_or_compute
 from tasks.lib.benchmarks import block_size, configured_plans, look_order, score_benchmarks, score_in_looks
 from tasks.lib.config import RunConfig
-from tasks.lib.gate import VERDICT_CODE, GateResult, decide
+from tasks.lib.gate import decide
 from tasks.lib.gate_report import forgetting_delta_chart, forgetting_markdown
+from tasks.lib.gate_result import VERDICT_CODE, GateResult
 from tasks.lib.refs import ForgettingRef, MergeRef, RunContext, TaskEvalRef
 from tasks.lib.run_layout import RunLayout
 from tasks.lib.sequential import Looks

@@ -23,7 +23,7 @@ from tasks.io.tracking import (
 from tasks.io.versioning import provenance
 from tasks.lib import threads
 from tasks.lib.config import ConfigError, RunConfig
-from tasks.lib.gate import VERDICT_CODE
+from tasks.lib.gate_result import VERDICT_CODE
 from tasks.lib.prepare import data_length_histogram, split_lengths
 from tasks.lib.refs import DataRef, PipelineResult, RunContext
 from tasks.lib.run_layout import RunLayout

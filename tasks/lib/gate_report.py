@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.lib.gate import GateResult, GateRow
+from tasks.lib.gate_result import GateResult, GateRow
 from tasks.lib.plots import pyplot, save_png
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from tasks.lib.gate import GateResult, GateRow
+from tasks.lib.gate_result import GateResult, GateRow
 
 
 class RunContext(BaseModel):
