@@ -26,10 +26,9 @@ lock:  ## re-resolve pyproject.toml's ranges in a scratch venv and write require
 check-lock:  ## fail unless .venv holds exactly the versions in requirements.lock
 	$(BIN)/pip freeze --exclude-editable | diff -u <(grep -v '^#' requirements.lock) - && echo "installed = requirements.lock"
 
-setup: $(BIN)/qlora  ## install into .venv, pull the raw data (DVC), build the demo model and data (dvc repro), score the base
+setup: $(BIN)/qlora  ## install into .venv, pull the raw data (DVC), build the demo model and data (dvc repro)
 	$(BIN)/dvc pull --quiet $(wildcard data/raw/*.dvc)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro --quiet
-	$(BIN)/qlora score-base $(CONFIG)
 
 demo: setup up run  ## set up, start the local stack, run the whole pipeline on the embedded default
 

@@ -5,14 +5,23 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from prefect import get_run_logger, task
 
 from tasks.common import once, retry_only_transient, step_run
 from tasks.io.models import load_scored_model, load_tokenizer, scoring_identity
 from tasks.io.ray_cluster import score_on_ray
-from tasks.io.score_cache import benchmark_key_parts, get_or_compute
-from tasks.lib.benchmarks import block_size, configured_plans, look_order, score_benchmarks, score_in_looks
+from tasks.io.score_cache import cached_benchmark_rows
+from tasks.lib.benchmarks import (
+    BenchmarkPlan,
+    block_size,
+    configured_plans,
+    look_order,
+    merge_block,
+    score_benchmarks,
+    score_in_looks,
+)
 from tasks.lib.config import RunConfig
 from tasks.lib.gate import decide
 from tasks.lib.gate_report import forgetting_delta_chart, forgetting_markdown
@@ -53,35 +62,66 @@ def gate_looks(config: RunConfig) -> dict[str, Looks] | None:
     return looks
 
 
-def tuned_scores_in_looks(
-    config: RunConfig, merged_dir: str, decide_now: Callable[[dict], GateResult], looks: dict[str, Looks] | None
-) -> dict:
-    """The merged model scored a block of items at a time until the gate decides each row (locally), or on every
-    item (on Ray: the gate's verdicts are the same, read from the same items in the same order)."""
+class BaseScores:
+    """The base's benchmark results on the items asked for: from the base-score cache, the rest scored (the base
+    loaded once, on the first item the cache lacks) and cached."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.all_cached = True
+        self._model: tuple[Any, Any] | None = None
+
+    def _score(self, plans: list[BenchmarkPlan]) -> dict:
+        if self.config.forgetting.engine == "ray":
+            return score_on_ray(self.config, None)  # every configured item, split over the workers
+        if self._model is None:  # the base is what the adapter was merged into, as dense weights
+            self._model = load_scored_model(self.config, None), load_tokenizer(self.config.model)
+        return score_benchmarks(self.config, *self._model, plans=plans)
+
+    def rows(self, plans: list[BenchmarkPlan]) -> dict:
+        bench = self.config.forgetting
+        rows, cached = cached_benchmark_rows(
+            plans, base_model_version(self.config), bench.max_length, self._score, bench.cache_dir
+        )
+        self.all_cached &= cached
+        return rows
+
+    def release(self) -> None:
+        self._model = None
+
+
+def score_base_and_tuned(
+    config: RunConfig, merged_dir: str, decide_now: Callable[[dict, dict], GateResult], looks: dict[str, Looks] | None
+) -> tuple[dict, dict, bool]:
+    """(base results, merged model results, every base result cached) on the items the gate reads. Group-sequential
+    (locally): both scored a block of items at a time until the gate decides each row, so neither pays for items no
+    look reads; otherwise every item (on Ray: the same verdicts, read from the same items in the same order)."""
+    plans, base = configured_plans(config), BaseScores(config)
     if config.forgetting.engine == "ray" or not looks:
-        return scores_of(config, merged_dir)
+        base_rows = base.rows(plans)
+        base.release()
+        return base_rows, scores_of(config, merged_dir), base.all_cached
     model, tokenizer = load_scored_model(config, merged_dir), load_tokenizer(config.model)
+    base_rows: dict = {}
 
-    def still_open(scores: dict) -> set[str]:
-        return {row.name for row in decide_now(scores).rows if row.looks and row.verdict not in ("pass", "fail")}
+    def score_look(block_plans: list[BenchmarkPlan]) -> dict:
+        for name, row in base.rows(block_plans).items():
+            base_rows[name] = merge_block(base_rows.get(name), row) if name in looks else row
+        return score_benchmarks(config, model, tokenizer, plans=block_plans)
 
-    return score_in_looks(
-        configured_plans(config),
-        looks,
-        lambda plans: score_benchmarks(config, model, tokenizer, plans=plans),
-        still_open,
-    )
+    def still_open(tuned: dict) -> set[str]:
+        rows = decide_now(base_rows, tuned).rows
+        return {row.name for row in rows if row.looks and row.verdict not in ("pass", "fail")}
 
-
-def base_scores_for(config: RunConfig, compute: Callable[[], dict]) -> tuple[dict, bool]:
-    """The base model's per-item benchmark results from the cache, else `compute()`d and cached."""
-    key = benchmark_key_parts(base_model_version(config), configured_plans(config), config.forgetting.max_length)
-    return get_or_compute(key, compute, config.forgetting.cache_dir)
+    tuned_rows = score_in_looks(plans, looks, score_look, still_open)
+    return base_rows, tuned_rows, base.all_cached
 
 
 def score_base_model(config: RunConfig) -> tuple[dict, bool]:
-    """Fill the base-score cache for `config` (the `qlora score-base` verb); returns (scores, was cached)."""
-    return base_scores_for(config, lambda: scores_of(config, None))
+    """Fill the base-score cache with every configured item (the `qlora score-base` verb): a later run then loads
+    only the merged model. Returns (scores, was cached)."""
+    base = BaseScores(config)
+    return base.rows(configured_plans(config)), base.all_cached
 
 
 def gate_metrics(gate: GateResult) -> dict[str, float]:
@@ -120,6 +160,12 @@ def run_forgetting_check(
         tuned_scores: dict = {}
         cached = False
         note = ""
+        margins = {name: setting.margin for name, setting in bench.settings.items() if setting.margin is not None}
+        looks: dict[str, Looks] | None = None
+
+        def decide_now(base: dict, tuned: dict) -> GateResult:
+            return decide(base, tuned, config.gate, evaluation.task, margins, looks if base else None)
+
         if not (bench.enabled and bench.benchmarks):
             note = "Forgetting benchmarks disabled (forgetting.enabled / forgetting.benchmarks)."
         elif merge is None:
@@ -128,17 +174,9 @@ def run_forgetting_check(
                 "(set forgetting.run_when_task_fails for the full report)."
             )
         else:
-            # The base is what the adapter was merged into, as dense weights; loaded only when not cached.
-            base_scores, cached = base_scores_for(config, lambda: scores_of(config, None))
-        margins = {name: setting.margin for name, setting in bench.settings.items() if setting.margin is not None}
-        looks = gate_looks(config) if base_scores else None
-
-        def decide_now(tuned: dict) -> GateResult:
-            return decide(base_scores, tuned, config.gate, evaluation.task, margins, looks)
-
-        if base_scores:
-            tuned_scores = tuned_scores_in_looks(config, merge.merged_dir, decide_now, looks)
-        gate = decide_now(tuned_scores)
+            looks = gate_looks(config)
+            base_scores, tuned_scores, cached = score_base_and_tuned(config, merge.merged_dir, decide_now, looks)
+        gate = decide_now(base_scores, tuned_scores)
         gate.note = note
         for side, scores in (("base", base_scores), ("tuned", tuned_scores)):
             tracker.log_metrics(

@@ -1,9 +1,10 @@
-"""Base-model benchmark scores cached on disk, so repeated runs skip re-scoring an unchanged base.
+"""Base-model scores cached on disk, so repeated runs skip re-scoring an unchanged base.
 
 One JSON file per key under `forgetting.cache_dir`. The key hashes everything that changes the scores:
-the base model version, each benchmark's data file (md5), its task YAML, item limit and metric, the
-scoring context length and the lm-eval version. The batch size is deliberately left out: it does not
-change log-likelihood scores.
+the base model version, each benchmark's data file (md5), its task YAML and metric, the scoring context
+length and the lm-eval version. The batch size is deliberately left out: it does not change log-likelihood
+scores. A benchmark whose items are drawn (known before scoring) is cached item by item, so a run scores only
+the items it reads that no run scored before; any other benchmark is cached whole, with its item limit.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tasks.lib.benchmarks import BenchmarkPlan
+from filelock import FileLock
+
+from tasks.lib.benchmarks import BenchmarkPlan, block_plan, subset_row
 from tasks.lib.hashing import file_md5
 from tasks.lib.publish import publish_text
 
@@ -78,3 +81,65 @@ def get_or_compute(
     payload = {"key_parts": key_parts, "scores": scores, "created": datetime.now(UTC).isoformat()}
     publish_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
     return scores, False
+
+
+def _item_store(path: Path, key_parts: dict[str, Any]) -> dict[str, Any]:
+    """A benchmark's cached per-item results ({"metric", "items", "choices", "groups"}); empty when none match."""
+    if not path.is_file():
+        return {"items": {}}
+    stored = _read(path, key_parts)
+    return stored if isinstance(stored, dict) and isinstance(stored.get("items"), dict) else {"items": {}}
+
+
+def cached_benchmark_rows(
+    plans: list[BenchmarkPlan],
+    model_version: str,
+    max_length: int | None,
+    compute: Callable[[list[BenchmarkPlan]], dict],
+    cache_dir: Path | str = DEFAULT_CACHE_DIR,
+) -> tuple[dict[str, dict[str, Any]], bool]:
+    """Each plan's results (`extract_scores`' rows), from the cache where it holds them; the rest scored in one
+    `compute(plans)` call (a drawn plan narrowed to its missing items) and cached. Returns (rows, nothing scored)."""
+    cache_dir = Path(cache_dir)
+    whole, per_item, missing = {}, {}, []
+    for plan in plans:
+        if plan.drawn is None:
+            key_parts = benchmark_key_parts(model_version, [plan], max_length)
+            path = cache_dir / f"{cache_key(key_parts)}.json"
+            row = _read(path, key_parts) if path.is_file() else None
+            whole[plan.name] = (path, key_parts, row)
+            if row is None:
+                missing.append(plan)
+            continue
+        every_item = plan.model_copy(update={"limit": None, "drawn": None})  # one store for any draw of the items
+        key_parts = benchmark_key_parts(model_version, [every_item], max_length)
+        path = cache_dir / f"items-{cache_key(key_parts)}.json"
+        per_item[plan.name] = (path, key_parts)
+        keys = [str(index) for index in plan.drawn]
+        known = _item_store(path, key_parts)["items"]
+        unscored = [key for key in keys if key not in known]
+        if unscored:
+            missing.append(block_plan(plan, unscored))
+    computed = compute(missing) if missing else {}
+    rows: dict[str, dict[str, Any]] = {}
+    for plan in plans:
+        if plan.name in whole:
+            path, key_parts, row = whole[plan.name]
+            if row is None:
+                row = computed[plan.name]
+                payload = {"key_parts": key_parts, "scores": row, "created": datetime.now(UTC).isoformat()}
+                publish_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
+            rows[plan.name] = row
+            continue
+        path, key_parts = per_item[plan.name]
+        with FileLock(f"{path}.lock", timeout=600):  # two runs adding items to one benchmark's results
+            store = _item_store(path, key_parts)
+            new = computed.get(plan.name)
+            if new is not None:
+                for field in ("items", "choices", "groups"):
+                    store[field] = {**(store.get(field) or {}), **(new.get(field) or {})} or None
+                store["metric"] = new["metric"]
+                payload = {"key_parts": key_parts, "scores": store, "created": datetime.now(UTC).isoformat()}
+                publish_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
+        rows[plan.name] = subset_row(store, [str(index) for index in plan.drawn or []])
+    return rows, not missing

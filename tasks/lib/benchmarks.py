@@ -19,7 +19,7 @@ import math
 import os
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -197,12 +197,19 @@ def per_item_results(samples: list[dict], metric: str) -> dict[str, Any]:
     return dict(sorted(items.items(), key=lambda item: int(item[0]) if item[0].isdigit() else item[0]))
 
 
-def chance_level(samples: list[dict]) -> float | None:
-    """The accuracy of guessing uniformly among each item's choices (multiple choice only), else None."""
-    counts = [len(sample.get("arguments") or ()) for sample in samples]
-    if not counts or min(counts) < 2:
+def choice_counts(samples: list[dict]) -> dict[str, int] | None:
+    """{doc id: how many choices} for a multiple-choice benchmark (every item has at least two), else None."""
+    counts = {str(sample["doc_id"]): len(sample.get("arguments") or ()) for sample in samples}
+    if not counts or min(counts.values()) < 2:
         return None
-    return sum(1.0 / count for count in counts) / len(counts)
+    return counts
+
+
+def chance_level(choices: Mapping[str, int] | None) -> float | None:
+    """The accuracy of guessing uniformly among each item's choices (multiple choice only), else None."""
+    if not choices:
+        return None
+    return sum(1.0 / count for count in choices.values()) / len(choices)
 
 
 def item_groups(samples: list[dict]) -> dict[str, str] | None:
@@ -221,7 +228,7 @@ def _headline(row: dict[str, float], wanted: str | None, name: str, reported: li
 
 def extract_scores(results: dict, metrics: Mapping[str, str | None]) -> dict[str, dict[str, Any]]:
     """lm-eval results -> {name: {metric: value, metric_stderr: value, "n": items, "metric": the judged one,
-    "items": {doc: result}, "chance": guessing accuracy, "groups": {doc: subject}}}.
+    "items": {doc: result}, "choices": {doc: how many}, "chance": guessing accuracy, "groups": {doc: subject}}}.
 
     `metrics` maps each benchmark to the metric it is judged on (None: the first one lm-eval reports). Filter
     suffixes are dropped; "items" holds the per-document results on that metric when lm-eval logged samples.
@@ -242,7 +249,8 @@ def extract_scores(results: dict, metrics: Mapping[str, str | None]) -> dict[str
         samples = results.get("samples", {}).get(name)
         if samples:
             row["items"] = per_item_results(samples, row["metric"])
-            row["chance"] = chance_level(samples)
+            row["choices"] = choice_counts(samples)
+            row["chance"] = chance_level(row["choices"])
             row["groups"] = item_groups(samples)
         scores[name] = row
     return scores
@@ -388,12 +396,14 @@ def block_plan(plan: BenchmarkPlan, keys: list[str]) -> BenchmarkPlan:
     return plan.model_copy(update={"drawn": sorted(int(key) for key in keys), "limit": len(keys)})
 
 
-def merge_block(scores: dict[str, Any] | None, block: dict[str, Any]) -> dict[str, Any]:
-    """Add one block's results to a benchmark's results so far. The judged metric is recomputed over every item so
-    far; other aggregates lm-eval reported for the block alone are dropped."""
-    merged = scores or {}
-    items = {**merged.get("items", {}), **block["items"]}
-    metric = block["metric"]
+def items_row(
+    metric: str,
+    items: Mapping[str, Any],
+    choices: Mapping[str, int] | None = None,
+    groups: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """A benchmark's results on exactly these items: the judged metric recomputed over them (lm-eval's other
+    aggregates, and its stderr, belong to the items it scored and are not carried)."""
     values = list(items.values())
     if values and isinstance(values[0], list | tuple):  # [log-likelihood, words or bytes] per document
         log_likelihood, weight = sum(value[0] for value in values), sum(value[1] for value in values)
@@ -401,19 +411,36 @@ def merge_block(scores: dict[str, Any] | None, block: dict[str, Any]) -> dict[st
         headline = per_unit / math.log(2) if metric == "bits_per_byte" else math.exp(per_unit)
     else:
         headline = float(np.mean([float(value) for value in values]))
-    seen, new = len(merged.get("items", {})), len(block["items"])
-    chance = block.get("chance")
-    if chance is not None and merged.get("chance") is not None:
-        chance = (merged["chance"] * seen + chance * new) / (seen + new)
-    groups = {**(merged.get("groups") or {}), **(block.get("groups") or {})}
     return {
         "metric": metric,
         metric: headline,
         "n": float(len(items)),
         "items": dict(sorted(items.items(), key=lambda item: int(item[0]))),
-        "chance": chance,
-        "groups": groups or None,
+        "choices": dict(choices) if choices else None,
+        "chance": chance_level(choices),
+        "groups": dict(groups) if groups else None,
     }
+
+
+def merge_block(scores: dict[str, Any] | None, block: dict[str, Any]) -> dict[str, Any]:
+    """Add one block's results to a benchmark's results so far (`items_row` over every item so far)."""
+    merged = scores or {}
+    return items_row(
+        block["metric"],
+        {**merged.get("items", {}), **block["items"]},
+        {**(merged.get("choices") or {}), **(block.get("choices") or {})},
+        {**(merged.get("groups") or {}), **(block.get("groups") or {})},
+    )
+
+
+def subset_row(row: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """A benchmark's results restricted to the items of `keys` that it holds."""
+    keys = list(keys)
+
+    def pick(mapping: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        return {key: mapping[key] for key in keys if key in mapping} if mapping else None
+
+    return items_row(row["metric"], pick(row["items"]) or {}, pick(row.get("choices")), pick(row.get("groups")))
 
 
 def score_in_looks(

@@ -20,7 +20,8 @@ Each row gets a verdict:
 - inconclusive: the items cannot tell; the row says the drop it could detect with 80% power and how many
   items would settle it. `gate.on_inconclusive` decides whether that blocks promotion (default: it does);
 - uninformative: a multiple-choice benchmark the base model is not shown to do better than chance on (exact
-  binomial test at alpha): it cannot show forgetting, so it neither passes nor fails, leaves the Holm family,
+  binomial test at alpha on the base alone: its items, or in the group-sequential design the first look's block,
+  fixed before anything is compared): it cannot show forgetting, so it neither passes nor fails, leaves the Holm family,
   and does not decide the overall verdict.
 
 Each benchmark's margin is `gate.max_accuracy_drop` / `gate.max_perplexity_increase` unless
@@ -346,18 +347,36 @@ def _kind(metric: str, items: list) -> Literal["accuracy", "perplexity"] | None:
     return None
 
 
-def _uninformative(name: str, metric: str, base: list, tuned: list, chance: float, gate: GateConfig) -> GateRow:
+def _chance_evidence(base: dict[str, Any], looks: sequential.Looks | None) -> tuple[int, int, float] | None:
+    """(base items right, items, chance accuracy) the "above chance" test reads, for a multiple-choice row: the base
+    alone, on all its items in the fixed design and on the first look's block in the group-sequential one (read
+    before any look, so which rows form the family never changes between looks); None: no chance level."""
+    items, choices = base["items"], base.get("choices")
+    keys = list(looks.order[: looks.every]) if looks else list(items)
+    keys = [key for key in keys if key in items]
+    if choices:
+        chance = sum(1.0 / choices[key] for key in keys) / len(keys) if keys else None
+    else:
+        chance = base.get("chance")
+    if not chance or not keys:
+        return None
+    return int(sum(bool(items[key]) for key in keys)), len(keys), chance
+
+
+def _uninformative(
+    name: str, metric: str, base: list, tuned: list, evidence: tuple[int, int, float], p: float, gate: GateConfig
+) -> GateRow:
     """The row of a benchmark the base is not shown to do better than guessing on: neither pass nor fail."""
     pairs = stats.count_pairs(base, tuned)
     low, high = stats.difference_interval(pairs, 1.0 - 2.0 * gate.alpha)
-    p = stats.p_above_chance(pairs.base_correct, pairs.n, chance)
+    correct, n, chance = evidence
     return GateRow(
         name=name,
         metric=metric,
         kind="accuracy",
         verdict="uninformative",
         passed=True,
-        reason=f"base {100.0 * pairs.base_correct / pairs.n:.1f}% is not shown above chance ({100.0 * chance:.1f}%, "
+        reason=f"base {100.0 * correct / n:.1f}% of {n} items is not shown above chance ({100.0 * chance:.1f}%, "
         f"p={p:.2g}): this benchmark cannot show forgetting for this model",
         **_paired_fields(pairs, low, high),
         chance=100.0 * chance,
@@ -424,13 +443,12 @@ def _benchmark_rows(
     # Rows the base cannot do leave the family before anything is compared (they depend on the base alone).
     informative, set_aside, chances = [], {}, {}
     for position, name, kind, metric, base_items, tuned_items in built:
-        chance = (base.get(name) or {}).get("chance") if kind == "accuracy" else None
-        if chance:
-            every_base_item = list(base[name]["items"].values())  # the base's all, however few the tuned needed
-            correct = int(sum(bool(item) for item in every_base_item))
-            p_chance = stats.p_above_chance(correct, len(every_base_item), chance)
+        evidence = _chance_evidence(base.get(name) or {"items": {}}, looks.get(name)) if kind == "accuracy" else None
+        if evidence:
+            correct, n, chance = evidence
+            p_chance = stats.p_above_chance(correct, n, chance)
             if p_chance >= gate.alpha:
-                set_aside[position] = _uninformative(name, metric, base_items, tuned_items, chance, gate)
+                set_aside[position] = _uninformative(name, metric, base_items, tuned_items, evidence, p_chance, gate)
                 continue
             chances[position] = (100.0 * chance, p_chance)
         informative.append((position, name, kind, metric, base_items, tuned_items))

@@ -226,15 +226,18 @@ def test_flow_trains_evaluates_registers_and_reuses_base_scores(
 
     # A challenger evaluated on other test items: the champion is re-scored on the challenger's items. Its
     # benchmarks are looked at every 2 of their 4 items: with the loose tiny gate every row that can decide does
-    # so at the first look, and only those 2 items of the tuned model are scored.
-    overrides = ["lora.r=4", "evaluation.max_items=8", "forgetting.look_every=2"]
+    # so at the first look, and only those 2 items of the tuned model and of the base (a fresh cache) are scored.
+    fresh_cache = tmp_path / "fresh_cache"
+    overrides = ["lora.r=4", "evaluation.max_items=8", "forgetting.look_every=2", f"forgetting.cache_dir={fresh_cache}"]
     fewer_items = finetune(config_path=str(config_path), overrides=overrides)
     tags = client.get_model_version("tiny-sst2", fewer_items.registration.version).tags
     assert tags["champion_comparison"].endswith("re-scored on this run's items") and tags["promotion.n"] == "8"
     looked = [row for row in fewer_items.forgetting.gate.rows if row.looks is not None]
     assert looked and all(row.looks == 1 and row.n == 2 and row.max_items == 4 for row in looked)
     assert all(row.verdict == "pass" and "stopped at look 1 of 2" in row.reason for row in looked)
-    assert "Group-sequential" in fewer_items.forgetting.markdown and fewer_items.forgetting.base_scores_cached
+    assert "Group-sequential" in fewer_items.forgetting.markdown and not fewer_items.forgetting.base_scores_cached
+    stored = [json.loads(path.read_text())["scores"]["items"] for path in fresh_cache.glob("items-*.json")]
+    assert sorted(len(items) for items in stored) == sorted(row.n for row in fewer_items.forgetting.gate.rows)
 
     # No secret anywhere: run folders, MLflow store and artifacts, the Prefect database, the console.
     captured = capfd.readouterr()

@@ -10,7 +10,8 @@ import pytest
 
 from benchmarks.gate_simulation import perplexity_pass_rate, verdict_rates
 from benchmarks.promotion_calibration import skewed_with_ties
-from tasks.lib import stats
+from tasks.lib import sequential, stats
+from tasks.lib.benchmarks import subset_row
 from tasks.lib.config import GateConfig
 from tasks.lib.gate import GateResult, GateRow, decide, task_row
 
@@ -342,6 +343,27 @@ def test_a_benchmark_the_base_only_guesses_on_is_uninformative_and_decides_nothi
     # The same base accuracy well above chance is judged: the collapse fails.
     base["mmlu"]["chance"] = 0.05
     assert _row(decide(base, tuned, GATE, ONE_GAIN), "mmlu").verdict == "fail"
+
+
+def test_group_sequential_the_chance_test_reads_the_first_block_only_so_the_family_never_changes() -> None:
+    """The base is scored beside the tuned model a block at a time, so it holds more items at later looks; which rows
+    are informative is read from the first look's block alone (and each item's own number of choices)."""
+    order = tuple(str(i) for i in range(400))
+    looks = {"hellaswag": sequential.Looks(order, 100)}
+    base_items = [1] * 30 + [0] * 70 + [1] * 300  # 30% on a 2-choice first block; far above chance afterwards
+    row = {**_accuracy(base_items), "metric": "acc_norm", "choices": {key: 2 for key in order}}
+    at_first_look, at_last_look = ({"hellaswag": subset_row(row, order[:n])} for n in (100, 400))
+    for base in (at_first_look, at_last_look):
+        tuned = {"hellaswag": {**base["hellaswag"]}}
+        verdict = _row(decide(base, tuned, GATE, ONE_GAIN, looks=looks), "hellaswag")
+        assert verdict.verdict == "uninformative" and "30.0% of 100 items" in verdict.reason
+        assert verdict.p_above_chance == pytest.approx(stats.p_above_chance(30, 100, 0.5))
+    # Four choices an item, 40 of the first 100 right: shown above chance (25%), so the row is judged.
+    row["choices"] = {key: 4 for key in order}
+    row["items"].update({str(i): 1.0 for i in range(30, 40)})
+    base = {"hellaswag": subset_row(row, order[:100])}
+    verdict = _row(decide(base, base, GATE, ONE_GAIN, looks=looks), "hellaswag")
+    assert verdict.verdict != "uninformative" and verdict.chance == pytest.approx(25.0)
 
 
 def test_a_benchmarks_own_margin_and_metric_are_used_and_subjects_sum_to_the_row() -> None:

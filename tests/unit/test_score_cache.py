@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.io.score_cache import benchmark_key_parts, cache_key, get_or_compute
+from tasks.io.score_cache import benchmark_key_parts, cache_key, cached_benchmark_rows, get_or_compute
 from tasks.lib.benchmark_data import OUTPUT_FILES
 from tasks.lib.benchmarks import plan_benchmarks
 
@@ -168,3 +168,65 @@ def test_the_bases_task_answers_are_cached_and_are_those_of_the_adapter_model_wi
     other_settings = load_config(tiny_config_file, ["evaluation.max_new_tokens=5"])
     assert base_task_key_parts(other_settings, rows) != key
     assert base_task_key_parts(config, list(reversed(rows))) != key
+
+
+class ItemCompute:
+    """A compute(plans) that scores each drawn item as right when its index is even, and records what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[dict[str, list[int] | None]] = []
+
+    def __call__(self, plans: list) -> dict:
+        self.asked.append({plan.name: plan.drawn for plan in plans})
+        rows = {}
+        for plan in plans:
+            keys = [str(index) for index in plan.drawn] if plan.drawn is not None else ["0"]
+            rows[plan.name] = {
+                "metric": "acc_norm",
+                "acc_norm": 0.5,
+                "items": {key: int(key) % 2 == 0 for key in keys},
+                "choices": {key: 4 for key in keys},
+            }
+        return rows
+
+
+def _drawn(data_dir: Path, indices: list[int]) -> list:
+    (plan,) = plan_benchmarks(["hellaswag"], data_dir, None, None)
+    return [plan.model_copy(update={"drawn": indices, "limit": len(indices)})]
+
+
+def test_drawn_items_are_cached_one_by_one_and_only_the_new_ones_are_scored(tmp_path: Path, data_dir: Path) -> None:
+    """A run that reads more items than the last scores only those; a run that reads fewer scores nothing; the
+    results are the ones first computed, restricted to the items asked for."""
+    compute, cache = ItemCompute(), tmp_path / "cache"
+    first, cached = cached_benchmark_rows(_drawn(data_dir, [1, 2, 3]), "v1", 1024, compute, cache)
+    assert not cached and compute.asked == [{"hellaswag": [1, 2, 3]}]
+    more, cached = cached_benchmark_rows(_drawn(data_dir, [0, 1, 2, 3, 4]), "v1", 1024, compute, cache)
+    assert not cached and compute.asked[-1] == {"hellaswag": [0, 4]}
+    assert more["hellaswag"]["items"] == {"0": True, "1": False, "2": True, "3": False, "4": True}
+    assert more["hellaswag"]["acc_norm"] == pytest.approx(0.6) and more["hellaswag"]["chance"] == pytest.approx(0.25)
+    fewer, cached = cached_benchmark_rows(_drawn(data_dir, [2, 4]), "v1", 1024, compute, cache)
+    assert cached and len(compute.asked) == 2
+    assert fewer["hellaswag"]["items"] == {"2": True, "4": True} and fewer["hellaswag"]["n"] == 2
+    # Another model version shares nothing.
+    _, cached = cached_benchmark_rows(_drawn(data_dir, [2, 4]), "v2", 1024, compute, cache)
+    assert not cached and compute.asked[-1] == {"hellaswag": [2, 4]}
+
+
+def test_a_benchmark_not_drawn_is_cached_whole_by_its_limit(tmp_path: Path, data_dir: Path) -> None:
+    compute, cache = ItemCompute(), tmp_path / "cache"
+    plans = plan_benchmarks(["hellaswag"], data_dir, 10, 10)
+    cached_benchmark_rows(plans, "v1", 1024, compute, cache)
+    _, cached = cached_benchmark_rows(plans, "v1", 1024, compute, cache)
+    assert cached and len(compute.asked) == 1
+    _, cached = cached_benchmark_rows(plan_benchmarks(["hellaswag"], data_dir, 20, 20), "v1", 1024, compute, cache)
+    assert not cached and len(compute.asked) == 2
+
+
+def test_an_unreadable_item_store_is_scored_again(tmp_path: Path, data_dir: Path) -> None:
+    compute, cache = ItemCompute(), tmp_path / "cache"
+    cached_benchmark_rows(_drawn(data_dir, [1, 2]), "v1", 1024, compute, cache)
+    (store,) = cache.glob("items-*.json")
+    store.write_text("{not json", encoding="utf-8")
+    rows, cached = cached_benchmark_rows(_drawn(data_dir, [1, 2]), "v1", 1024, compute, cache)
+    assert not cached and compute.asked[-1] == {"hellaswag": [1, 2]} and rows["hellaswag"]["n"] == 2
