@@ -8,14 +8,21 @@ from pathlib import Path
 from typing import Any
 
 
-def _mlflow_ui_hint(experiment_id: str, run_id: str, tracking: str | None) -> str:
-    """Where the run shows in MLflow's UI: the run's own store (the config's), not whatever `make up` serves."""
+def _mlflow_ui_hints(experiment_id: str, run_id: str, tracking: str | None) -> list[str]:
+    """Where the run shows in MLflow's UI: the run's own store (the config's), not whatever `make up` serves. The
+    experiment's runs table is asked for as MLflow 3's "Machine learning" view: its UI chooses the view from this
+    query parameter (else the browser's last choice, GenAI at first), not from the experiment's kind tag."""
     from tasks.io.tracking import shown_tracking_uri
 
     uri = shown_tracking_uri(tracking)
     if uri.startswith("http"):
-        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    return f"`mlflow ui --backend-store-uri {uri}` (or `make up`), then open http://127.0.0.1:5000 (run {run_id})"
+        experiment = f"{uri.rstrip('/')}/#/experiments/{experiment_id}"
+        return [
+            f"MLflow UI:      {experiment}/runs/{run_id}",
+            f"MLflow runs:    {experiment}?workflowType=machine_learning",
+        ]
+    local = f"`mlflow ui --backend-store-uri {uri}` (or `make up`), then open http://127.0.0.1:5000 (run {run_id})"
+    return [f"MLflow UI:      {local}"]
 
 
 def resume_command(config_path: str, overrides: list[str], run_id: str) -> str:
@@ -54,7 +61,7 @@ def run_summary(result: Any, tracking: str | None = None) -> str:
         lines.append(f"Prefect UI:     {prefect_url}/runs/flow-run/{result.prefect_flow_run_id}")
     else:
         lines.append("Prefect UI:     ran on a temporary server; `make up` keeps the history and serves the UI")
-    lines.append(f"MLflow UI:      {_mlflow_ui_hint(result.mlflow_experiment_id, result.mlflow_run_id, tracking)}")
+    lines += _mlflow_ui_hints(result.mlflow_experiment_id, result.mlflow_run_id, tracking)
     return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ from prefect import get_run_logger, task
 
 from tasks.common import once, retry_only_transient, step_run
 from tasks.io.models import load_scored_model, load_tokenizer, scoring_identity
-from tasks.io.ray_cluster import score_on_ray
+from tasks.io.ray_cluster import ray_connection, score_on_ray
 from tasks.io.score_cache import cached_benchmark_rows
 from tasks.lib.benchmarks import (
     BenchmarkPlan,
@@ -42,13 +42,6 @@ def base_model_version(config: RunConfig) -> str:
     return json.dumps(identity, sort_keys=True)
 
 
-def scores_of(config: RunConfig, merged_dir: str | None) -> dict:
-    """The merged model's benchmark results, or (None) the base's: here, or split over Ray workers."""
-    if config.forgetting.engine == "ray":
-        return score_on_ray(config, merged_dir)
-    return score_benchmarks(config, load_scored_model(config, merged_dir), load_tokenizer(config.model))
-
-
 def gate_looks(config: RunConfig) -> dict[str, Looks] | None:
     """The group-sequential gate's looks per benchmark scored in blocks; None for the fixed design."""
     bench = config.forgetting
@@ -73,7 +66,7 @@ class BaseScores:
 
     def _score(self, plans: list[BenchmarkPlan]) -> dict:
         if self.config.forgetting.engine == "ray":
-            return score_on_ray(self.config, None)  # every configured item, split over the workers
+            return score_on_ray(self.config, None, plans)
         if self._model is None:  # the base is what the adapter was merged into, as dense weights
             self._model = load_scored_model(self.config, None), load_tokenizer(self.config.model)
         return score_benchmarks(self.config, *self._model, plans=plans)
@@ -93,21 +86,39 @@ class BaseScores:
 def score_base_and_tuned(
     config: RunConfig, merged_dir: str, decide_now: Callable[[dict, dict], GateResult], looks: dict[str, Looks] | None
 ) -> tuple[dict, dict, bool]:
-    """(base results, merged model results, every base result cached) on the items the gate reads. Group-sequential
-    (locally): both scored a block of items at a time until the gate decides each row, so neither pays for items no
-    look reads; otherwise every item (on Ray: the same verdicts, read from the same items in the same order)."""
+    """(base results, merged model results, every base result cached) on the items the gate reads. Group-sequential:
+    both scored a block of items at a time until the gate decides each row, so neither pays for items no look reads;
+    otherwise every item. Here, or each block split over Ray workers (one connection for the whole check)."""
+    if config.forgetting.engine == "ray":
+        with ray_connection(config.ray.address):
+            return _base_and_tuned(config, decide_now, looks, lambda plans: score_on_ray(config, merged_dir, plans))
+    loaded: list = []
+
+    def score_here(plans: list[BenchmarkPlan]) -> dict:
+        if not loaded:
+            loaded.extend([load_scored_model(config, merged_dir), load_tokenizer(config.model)])
+        return score_benchmarks(config, *loaded, plans=plans)
+
+    return _base_and_tuned(config, decide_now, looks, score_here)
+
+
+def _base_and_tuned(
+    config: RunConfig,
+    decide_now: Callable[[dict, dict], GateResult],
+    looks: dict[str, Looks] | None,
+    score_tuned: Callable[[list[BenchmarkPlan]], dict],
+) -> tuple[dict, dict, bool]:
     plans, base = configured_plans(config), BaseScores(config)
-    if config.forgetting.engine == "ray" or not looks:
+    if not looks:
         base_rows = base.rows(plans)
         base.release()
-        return base_rows, scores_of(config, merged_dir), base.all_cached
-    model, tokenizer = load_scored_model(config, merged_dir), load_tokenizer(config.model)
+        return base_rows, score_tuned(plans), base.all_cached
     base_rows: dict = {}
 
     def score_look(block_plans: list[BenchmarkPlan]) -> dict:
         for name, row in base.rows(block_plans).items():
             base_rows[name] = merge_block(base_rows.get(name), row) if name in looks else row
-        return score_benchmarks(config, model, tokenizer, plans=block_plans)
+        return score_tuned(block_plans)
 
     def still_open(tuned: dict) -> set[str]:
         rows = decide_now(base_rows, tuned).rows

@@ -11,16 +11,19 @@ result; the pipeline logs its history to MLflow once, as for torchrun. An error 
 (`cannot_heal`: a bad config, a missing file, a model that cannot load) ends the run at once, with its cause in
 one line, instead of being retried.
 
-Scoring (`forgetting.engine: ray`): the benchmarks are split over `ray.num_workers` Ray tasks; each loads the model
-(the merged folder, or the base) and scores its benchmarks with the local scorer; the results are joined by name.
+Scoring (`forgetting.engine: ray`): the benchmarks (or, group-sequential, a look's blocks of them) are split over
+`ray.num_workers` Ray tasks; each loads the model (the merged folder, or the base) and scores its share with the
+local scorer; the results are joined by name.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.io.launch import LaunchError, read_result, train_this_rank
-from tasks.lib.benchmarks import score_benchmarks
+from tasks.lib.benchmarks import BenchmarkPlan, configured_plans, score_benchmarks
 from tasks.lib.config import RunConfig
 from tasks.lib.errors import cannot_heal
 from tasks.lib.run_layout import RunLayout
@@ -59,36 +62,49 @@ def _connect(address: str | None) -> bool:
     return True
 
 
-def _score_share(config_json: str, names: list[str], merged_dir: str | None) -> dict:
+@contextmanager
+def ray_connection(address: str | None) -> Iterator[None]:
+    """Connected to the cluster for the block (every `score_on_ray` inside reuses the connection, and a private
+    cluster is started once); left as it was found afterwards."""
+    import ray
+
+    started_here = _connect(address)
+    try:
+        yield
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _score_share(config_json: str, plans_json: list[str], merged_dir: str | None) -> dict:
     from tasks.io.models import load_scored_model, load_tokenizer
 
     config = RunConfig.model_validate_json(config_json)
-    return score_benchmarks(config, load_scored_model(config, merged_dir), load_tokenizer(config.model), names)
+    plans = [BenchmarkPlan.model_validate_json(plan) for plan in plans_json]
+    return score_benchmarks(config, load_scored_model(config, merged_dir), load_tokenizer(config.model), plans=plans)
 
 
-def score_on_ray(config: RunConfig, merged_dir: str | None) -> dict:
-    """`score_benchmarks` for the merged model (or, None, the base) with the benchmarks split over Ray tasks."""
+def score_on_ray(config: RunConfig, merged_dir: str | None, plans: list[BenchmarkPlan] | None = None) -> dict:
+    """`score_benchmarks` for the merged model (or, None, the base) on `plans` (default: every configured
+    benchmark), the plans split over Ray tasks."""
     import ray
 
     settings = config.ray
-    names = list(config.forgetting.benchmarks)
-    shares = [names[worker :: settings.num_workers] for worker in range(settings.num_workers)]
+    plans = configured_plans(config) if plans is None else plans
+    shares = [plans[worker :: settings.num_workers] for worker in range(settings.num_workers)]
     resources = {"num_cpus": settings.cpus_per_worker, "num_gpus": settings.gpus_per_worker}
     remote = ray.remote(**resources)(_score_share)
-    started_here = _connect(settings.address)
-    try:
+    folder = str(Path(merged_dir).resolve()) if merged_dir else None
+    with ray_connection(settings.address):
         pending = [
-            remote.remote(config.model_dump_json(), share, str(Path(merged_dir).resolve()) if merged_dir else None)
+            remote.remote(config.model_dump_json(), [plan.model_dump_json() for plan in share], folder)
             for share in shares
             if share
         ]
         results: dict = {}
         for part in ray.get(pending):
             results.update(part)
-    finally:
-        if started_here:
-            ray.shutdown()
-    return {name: results[name] for name in names}
+    return {plan.name: results[plan.name] for plan in plans}
 
 
 def ray_training(config: RunConfig, data_dir: Path, run_dir: Path, general_text: list[str]) -> TrainResult:

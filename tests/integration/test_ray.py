@@ -191,6 +191,47 @@ def test_benchmarks_scored_on_two_ray_workers_equal_the_local_scorer_item_by_ite
         }, name  # the judged metric, the guessing level, subjects
 
 
+def test_the_group_sequential_check_on_ray_reads_the_same_items_as_here_a_block_at_a_time(
+    tmp_path: Path, tiny_model_dir: Path, benchmark_data_dir: Path, ray_address: str
+) -> None:
+    """With looks every 2 of 4 items, base and merged model scored on Ray workers look by look: the same items, the
+    same results as in the pipeline's process, and no more items than the looks read (a fresh base cache each)."""
+    from tasks.forgetting import gate_looks, score_base_and_tuned
+    from tasks.lib.gate import decide
+
+    overrides = {
+        "forgetting.engine": "ray",
+        "ray.num_workers": 2,
+        "ray.address": ray_address,
+        "forgetting.look_every": 2,
+        "forgetting.cache_dir": str(tmp_path / "ray_cache"),
+    }
+    on_ray = load_config(write_tiny_config(tmp_path, tiny_model_dir, benchmark_data_dir, overrides))
+    here = on_ray.model_copy(
+        update={"forgetting": on_ray.forgetting.model_copy(update={"engine": "local", "cache_dir": str(tmp_path)})}
+    )
+    checked = {}
+    for config in (on_ray, here):
+        looks = gate_looks(config)
+        assert looks
+
+        def decide_now(base: dict, tuned: dict, config=config, looks=looks):  # noqa: ANN202
+            return decide(base, tuned, config.gate, None, {}, looks)
+
+        checked[config.forgetting.engine] = score_base_and_tuned(config, str(tiny_model_dir), decide_now, looks)
+    (ray_base, ray_tuned, ray_cached), (base, tuned, cached) = checked["ray"], checked["local"]
+    assert not ray_cached and not cached
+    assert list(ray_base) == list(base) == list(tuned) == list(ray_tuned)
+    for name in base:
+        for ray_side, side in ((ray_base, base), (ray_tuned, tuned)):
+            assert list(ray_side[name]["items"]) == list(side[name]["items"]), name
+            for item, value in side[name]["items"].items():
+                assert ray_side[name]["items"][item] == pytest.approx(value, rel=1e-5), (name, item)
+    looked = [name for name in base if name in looks]
+    assert looked and all(len(base[name]["items"]) == looks[name].every for name in looked)  # decided at look 1
+    assert len(looks["hellaswag"].order) == 4 and looks["hellaswag"].every == 2
+
+
 def test_an_error_a_new_worker_would_repeat_ends_the_ray_run_at_once(
     tmp_path: Path, tiny_model_dir: Path, ray_address: str
 ) -> None:

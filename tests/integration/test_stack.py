@@ -97,6 +97,9 @@ def test_stack_on_other_ports_then_no_stack(tmp_path: Path, tiny_model_dir: Path
                 parent = _pipeline_run(mlflow_port)
                 run_page = f"{mlflow_ui}/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
                 _page_shows(driver, run_page, ["Logged models (1)", "merged_model", "Registered models\ntiny-sst2\nv1"])
+                # The summary's "MLflow runs" link opens the runs table (MLflow 3's machine-learning view).
+                runs_link = next(line for line in with_stack.stdout.splitlines() if line.startswith("MLflow runs:"))
+                _page_shows(driver, runs_link.split()[-1], [parent.info.run_name])
             finally:
                 driver.quit()
 
