@@ -79,6 +79,7 @@ bench:  ## performance benchmarks on the demo (minutes); results in benchmarks/r
 	$(BIN)/python -m benchmarks.gate_calibration
 	$(BIN)/python -m benchmarks.promotion_calibration
 	$(BIN)/python -m benchmarks.cost_curves
+	$(BIN)/python -m benchmarks.hardware_fraction
 	$(BIN)/python -m benchmarks.replay
 
 bench-quick:  ## smoke versions of the benchmarks
@@ -89,6 +90,7 @@ bench-quick:  ## smoke versions of the benchmarks
 	$(BIN)/python -m benchmarks.gate_calibration --quick
 	$(BIN)/python -m benchmarks.promotion_calibration --quick
 	$(BIN)/python -m benchmarks.cost_curves --quick
+	$(BIN)/python -m benchmarks.hardware_fraction --quick
 	$(BIN)/python -m benchmarks.replay --quick
 
 clean:  ## remove runs, local MLflow store and stack state (keeps data, model and .venv)
