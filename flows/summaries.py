@@ -16,11 +16,8 @@ def _mlflow_ui_hints(experiment_id: str, run_id: str, tracking: str | None) -> l
 
     uri = shown_tracking_uri(tracking)
     if uri.startswith("http"):
-        experiment = f"{uri.rstrip('/')}/#/experiments/{experiment_id}"
-        return [
-            f"MLflow UI:      {experiment}/runs/{run_id}",
-            f"MLflow runs:    {experiment}?workflowType=machine_learning",
-        ]
+        experiment, view = f"{uri.rstrip('/')}/#/experiments/{experiment_id}", "?workflowType=machine_learning"
+        return [f"MLflow UI:      {experiment}/runs/{run_id}{view}", f"MLflow runs:    {experiment}{view}"]
     local = f"`mlflow ui --backend-store-uri {uri}` (or `make up`), then open http://127.0.0.1:5000 (run {run_id})"
     return [f"MLflow UI:      {local}"]
 
