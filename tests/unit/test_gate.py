@@ -366,6 +366,40 @@ def test_group_sequential_the_chance_test_reads_the_first_block_only_so_the_fami
     assert verdict.verdict != "uninformative" and verdict.chance == pytest.approx(25.0)
 
 
+def test_a_near_chance_row_read_group_sequentially_passes_a_drop_at_the_margin_at_most_alpha_simulated() -> None:
+    """The chance filter reads the first block; whatever it decides, the row's pass rate at a true drop of exactly
+    the margin stays within alpha (1,000 seeded sequential rows of at most 400 items, a look every 100, a 4-choice
+    base at 32%, so some rows are set aside as uninformative; + 3 Monte Carlo standard errors)."""
+    rng = np.random.default_rng(21)
+    order = tuple(str(i) for i in range(400))
+    looks = {"hellaswag": sequential.Looks(order, 100)}
+    reps, passed, set_aside = 1000, 0, 0
+    for _ in range(reps):
+        base = rng.random(400) < 0.32
+        lose, gain = rng.random(400) < 0.2625, rng.random(400) < 0.05  # expected change: -5 points, the margin
+        tuned = np.where(base, ~lose, gain)
+        row = {"metric": "acc_norm", "items": {key: float(b) for key, b in zip(order, base, strict=True)}}
+        row["choices"] = {key: 4 for key in order}
+        other = {"metric": "acc_norm", "items": {key: float(t) for key, t in zip(order, tuned, strict=True)}}
+        for n in (100, 200, 300, 400):
+            verdict = _row(
+                decide(
+                    {"hellaswag": subset_row(row, order[:n])},
+                    {"hellaswag": subset_row(other, order[:n])},
+                    GATE,
+                    ONE_GAIN,
+                    looks=looks,
+                ),
+                "hellaswag",
+            ).verdict
+            if verdict in ("pass", "fail", "uninformative"):
+                break
+        passed += verdict == "pass"
+        set_aside += verdict == "uninformative"
+    assert passed / reps <= GATE.alpha + 3 * math.sqrt(GATE.alpha * (1 - GATE.alpha) / reps)
+    assert 0 < set_aside < reps  # the filter did set some rows aside, and judged the others
+
+
 def test_a_benchmarks_own_margin_and_metric_are_used_and_subjects_sum_to_the_row() -> None:
     base_items, tuned_items = _pairs(400, gains=10, losses=26, both=300)
     base = {"mmlu": {**_accuracy(base_items), "metric": "acc"}}
