@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from prefect import get_run_logger, task
 
@@ -55,6 +55,15 @@ def gate_looks(config: RunConfig) -> dict[str, Looks] | None:
     return looks
 
 
+def scorer(config: RunConfig, model_dir: str | None) -> Callable[[list[BenchmarkPlan]], dict]:
+    """Scores plans with the merged model in `model_dir` (None: the base): split over Ray workers, or here with the
+    model loaded on the first call and kept."""
+    if config.forgetting.engine == "ray":
+        return lambda plans: score_on_ray(config, model_dir, plans)
+    loaded = functools.cache(lambda: (load_scored_model(config, model_dir), load_tokenizer(config.model)))
+    return lambda plans: score_benchmarks(config, *loaded(), plans=plans)
+
+
 class BaseScores:
     """The base's benchmark results on the items asked for: from the base-score cache, the rest scored (the base
     loaded once, on the first item the cache lacks) and cached."""
@@ -62,14 +71,7 @@ class BaseScores:
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         self.all_cached = True
-        self._model: tuple[Any, Any] | None = None
-
-    def _score(self, plans: list[BenchmarkPlan]) -> dict:
-        if self.config.forgetting.engine == "ray":
-            return score_on_ray(self.config, None, plans)
-        if self._model is None:  # the base is what the adapter was merged into, as dense weights
-            self._model = load_scored_model(self.config, None), load_tokenizer(self.config.model)
-        return score_benchmarks(self.config, *self._model, plans=plans)
+        self._score = scorer(config, None)
 
     def rows(self, plans: list[BenchmarkPlan]) -> dict:
         bench = self.config.forgetting
@@ -80,7 +82,7 @@ class BaseScores:
         return rows
 
     def release(self) -> None:
-        self._model = None
+        self._score = scorer(self.config, None)  # drops the loaded base
 
 
 def score_base_and_tuned(
@@ -91,15 +93,8 @@ def score_base_and_tuned(
     otherwise every item. Here, or each block split over Ray workers (one connection for the whole check)."""
     if config.forgetting.engine == "ray":
         with ray_connection(config.ray.address):
-            return _base_and_tuned(config, decide_now, looks, lambda plans: score_on_ray(config, merged_dir, plans))
-    loaded: list = []
-
-    def score_here(plans: list[BenchmarkPlan]) -> dict:
-        if not loaded:
-            loaded.extend([load_scored_model(config, merged_dir), load_tokenizer(config.model)])
-        return score_benchmarks(config, *loaded, plans=plans)
-
-    return _base_and_tuned(config, decide_now, looks, score_here)
+            return _base_and_tuned(config, decide_now, looks, scorer(config, merged_dir))
+    return _base_and_tuned(config, decide_now, looks, scorer(config, merged_dir))
 
 
 def _base_and_tuned(
