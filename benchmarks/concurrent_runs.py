@@ -24,8 +24,8 @@ def train_once(
 ) -> None:
     quiet_libraries()
     from tasks.io.models import load_base_model, load_tokenizer
-    from tasks.lib import threads as core_share
-    from tasks.lib.training import train_adapter
+    from tasks.lib.core import threads as core_share
+    from tasks.lib.training.trainer import train_adapter
 
     config = load_run_config(config_path, overrides)
     core_share.hold_share(threads, Path(holders_dir))
@@ -70,7 +70,7 @@ def main() -> int:
     arguments = parser(__doc__.splitlines()[0])
     arguments.add_argument("--steps", type=int, help="optimizer steps per training (default 15; quick: 3)")
     args = arguments.parse_args()
-    from tasks.lib.threads import machine_cores
+    from tasks.lib.core.threads import machine_cores
 
     steps = args.steps or (3 if args.quick else 15)
     overrides = [

@@ -69,7 +69,7 @@ def forgetting_curve(config_path: str, overrides: list[str], quick: bool) -> dic
     from transformers import AutoModelForCausalLM
 
     from tasks.io.models import load_tokenizer, resolve_model_path
-    from tasks.lib.benchmarks import run_benchmarks
+    from tasks.lib.general_benchmarks.benchmark_scoring import run_benchmarks
 
     config = load_run_config(config_path, overrides)
     bench = config.forgetting
@@ -166,7 +166,7 @@ def describe(title: str, points: list[dict[str, Any]], size_key: str, cost_key: 
 def plot(results: dict[str, Any], path: Path) -> Path:
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    from tasks.lib.plots import pyplot, save_png
+    from tasks.lib.core.plots import pyplot, save_png
 
     plt = pyplot()
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))

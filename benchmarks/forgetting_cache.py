@@ -7,7 +7,7 @@ the merged model. Prints both wall times (each includes loading the models) and 
 
 Scoring throughput, in benchmark items per second at `forgetting.batch_size` (an item is a question for the
 multiple-choice tasks and LAMBADA, a document for WikiText), comes from timing every lm-eval pass
-(tasks.lib.benchmarks.evaluate_lm) inside those checks.
+(tasks.lib.general_benchmarks.benchmark_scoring.evaluate_lm) inside those checks.
 
 The adapter is --adapter DIR, else a freshly initialised LoRA adapter (scoring costs the same whatever its
 weights). MLflow logging and the score cache go to a temporary folder: the shared ones are not touched.
@@ -40,7 +40,7 @@ from benchmarks._common import (
 def fresh_adapter(config: Any, out_dir: Path) -> Path:
     """An untrained LoRA adapter, built exactly as training builds it."""
     from tasks.io.models import load_base_model
-    from tasks.lib.training import attach_lora
+    from tasks.lib.training.trainer import attach_lora
 
     model = attach_lora(load_base_model(config.model, config.quantization), config, gradient_checkpointing=False)
     model.save_pretrained(out_dir, safe_serialization=True)
@@ -50,7 +50,7 @@ def fresh_adapter(config: Any, out_dir: Path) -> Path:
 def merged_model(config: Any, adapter: Path, out_dir: Path) -> Path:
     """The adapter merged as the pipeline's merge step does (without its check: only scoring is timed)."""
     from tasks.io.models import load_tokenizer, merge_base_loader
-    from tasks.lib.merge import merge_adapter
+    from tasks.lib.modeling.merging import merge_adapter
 
     return merge_adapter(
         merge_base_loader(config), adapter, config.merge.strategy, out_dir, load_tokenizer(config.model)
@@ -84,10 +84,10 @@ def main() -> int:
     args = arguments.parse_args()
 
     import tasks.forgetting
-    import tasks.lib.benchmarks
+    import tasks.lib.general_benchmarks.benchmark_scoring
     from tasks.data import run_prepare
-    from tasks.lib.gate import task_row
-    from tasks.lib.refs import MergeRef, TaskEvalRef
+    from tasks.lib.gate.decision import task_row
+    from tasks.lib.run.refs import MergeRef, TaskEvalRef
     from tasks.pipeline_run import start_pipeline_run
 
     with tempfile.TemporaryDirectory(prefix="qlora-bench-forgetting-") as work:
@@ -124,7 +124,7 @@ def main() -> int:
         passes, lm_eval_calls = Calls(), Calls()
         undo = [
             patch_timer(passes, tasks.forgetting, "score_benchmarks"),
-            patch_timer(lm_eval_calls, tasks.lib.benchmarks, "evaluate_lm"),
+            patch_timer(lm_eval_calls, tasks.lib.general_benchmarks.benchmark_scoring, "evaluate_lm"),
         ]
         try:
             checks = []

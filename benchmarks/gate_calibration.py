@@ -27,8 +27,8 @@ import math
 
 from benchmarks._common import parser, write_results
 from benchmarks.gate_simulation import family_rates, perplexity_pass_rate, verdict_rates
-from tasks.lib import stats
 from tasks.lib.config import GateConfig, RunConfig, load_config
+from tasks.lib.gate import stats
 
 K = 4
 DOCUMENTS = (5, 20, 40)

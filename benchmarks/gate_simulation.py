@@ -17,10 +17,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tasks.lib import stats
 from tasks.lib.config import GateConfig
-from tasks.lib.gate import decide, overall_verdict
-from tasks.lib.sequential import Looks
+from tasks.lib.gate import stats
+from tasks.lib.gate.decision import decide, overall_verdict
+from tasks.lib.gate.sequential import Looks
 
 NAMES = ["hellaswag", "arc_easy", "piqa", "lambada", "arc_challenge"]
 BOTH_RIGHT = 0.4  # items both models answer correctly; does not change the paired statistics

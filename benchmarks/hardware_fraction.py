@@ -38,7 +38,7 @@ def main() -> int:
     import torch
 
     from tasks.io.models import load_scored_model
-    from tasks.lib import threads
+    from tasks.lib.core import threads
 
     config = load_run_config(args.config, args.overrides)
     threads.hold_share(config.resources.configured_threads())

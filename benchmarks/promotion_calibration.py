@@ -1,6 +1,6 @@
 """Does scheduled retraining still promote a better model in week 52, and never an equal one? A seeded simulation.
 
-Every number runs the product's own rule (`tasks.lib.promotion.promotes`, what `decide_promotion` applies) at the
+Every number runs the product's own rule (`tasks.lib.gate.promotion.promotes`, what `decide_promotion` applies) at the
 looks the ledger (`ConfirmationLedger`) hands out, with each history's champion scored once and its stored
 per-item results reused at every look, as the registry does. For contrast, the rule used before (the k-th look at
 alpha * 6 / (pi^2 k^2), and the sign-flip test for free text) where it differs.
@@ -20,8 +20,8 @@ import math
 import numpy as np
 
 from benchmarks._common import parser, write_results
-from tasks.lib import stats
-from tasks.lib.promotion import ConfirmationLedger, ConfirmationLook, decide_promotion, promotes
+from tasks.lib.gate import stats
+from tasks.lib.gate.promotion import ConfirmationLedger, ConfirmationLook, decide_promotion, promotes
 
 ITEMS, HORIZON, ALPHA, ACCURACY, DISCORDANCE = 200, 52, 0.05, 0.85, 0.08
 

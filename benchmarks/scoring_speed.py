@@ -35,9 +35,9 @@ def main() -> int:
     args = arguments.parse_args()
     items, documents = (8, 1) if args.quick else (args.items, args.documents)
 
-    import tasks.lib.shared_context_lm as shared_context_lm
+    import tasks.lib.general_benchmarks.shared_context_lm as shared_context_lm
     from tasks.io.models import load_scored_model, load_tokenizer
-    from tasks.lib.benchmarks import configured_plans, run_benchmarks
+    from tasks.lib.general_benchmarks.benchmark_scoring import configured_plans, run_benchmarks
 
     overrides = [*args.overrides, f"forgetting.limit={items}", f"forgetting.perplexity_limit={documents}"]
     config = load_run_config(args.config, overrides)

@@ -84,7 +84,7 @@ def _lockstep_timer(baton: Baton, me: int):
     import torch
     from transformers import TrainerCallback
 
-    from tasks.lib.packed_attention import example_bounds
+    from tasks.lib.modeling.packed_attention import example_bounds
 
     class LockstepTimer(TrainerCallback):
         def __init__(self) -> None:
@@ -207,7 +207,7 @@ def train_baseline(config: Any, data_dir: Path, out_dir: Path, steps: int, check
 
 def train_pipeline(config: Any, data_dir: Path, out_dir: Path, steps: int, timer: Any) -> dict:
     from tasks.io.models import load_base_model, load_tokenizer
-    from tasks.lib.training import train_adapter
+    from tasks.lib.training.trainer import train_adapter
 
     tokenizer = load_tokenizer(config.model)
     result = train_adapter(

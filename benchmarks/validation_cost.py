@@ -41,9 +41,9 @@ def adapted_model(config: Any) -> Any:
     import torch
 
     from tasks.io.models import load_base_model
-    from tasks.lib.modeling import pin_cpu_4bit_kernel
-    from tasks.lib.packed_attention import set_attention
-    from tasks.lib.training import attach_lora
+    from tasks.lib.modeling.loading import pin_cpu_4bit_kernel
+    from tasks.lib.modeling.packed_attention import set_attention
+    from tasks.lib.training.trainer import attach_lora
 
     torch.manual_seed(config.seed)
     base = load_base_model(config.model, config.quantization)
@@ -69,7 +69,8 @@ def main() -> int:
 
     from tasks.data import run_prepare
     from tasks.io.models import load_tokenizer
-    from tasks.lib.training import build_collator, read_token_split, supports_answer_logits_only, training_arguments
+    from tasks.lib.training.collators import build_collator, supports_answer_logits_only
+    from tasks.lib.training.trainer import read_token_split, training_arguments
 
     data_dir = Path(run_prepare(config).processed_dir)
     eval_set = read_token_split(data_dir / "validation.jsonl", config.train.eval_max_rows)

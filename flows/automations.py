@@ -26,7 +26,7 @@ from prefect.settings import get_current_settings
 
 from flows.finetune import finetune
 from tasks.lib.config import load_config
-from tasks.lib.errors import UserError
+from tasks.lib.core.errors import UserError
 from tasks.pipeline_run import close_crashed_attempt
 
 CRASH_DETECTION = "qlora: mark flow runs without heartbeats as crashed"

@@ -15,10 +15,10 @@ from pathlib import Path
 from tasks.io.tracking import shown_tracking_uri
 from tasks.io.versioning import cpu_name, git_commit
 from tasks.lib.config import RunConfig, read_run_config
-from tasks.lib.promotion import CHAMPION
-from tasks.lib.refs import PipelineResult
-from tasks.lib.run_layout import RunLayout
-from tasks.lib.run_report import pipeline_markdown
+from tasks.lib.core.run_layout import RunLayout
+from tasks.lib.gate.promotion import CHAMPION
+from tasks.lib.run.refs import PipelineResult
+from tasks.lib.run.run_report import pipeline_markdown
 
 
 @dataclass

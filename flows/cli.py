@@ -1,7 +1,7 @@
 """`qlora`: the pipeline's command line. `qlora --help` lists the verbs, `qlora VERB --help` their arguments.
 
 It only parses and dispatches: each verb is a function of flows/verbs.py, called with its arguments by name;
-what it prints comes from flows/summaries.py. Exit codes (tasks/lib/errors.ExitCode): 0 done (registered,
+what it prints comes from flows/summaries.py. Exit codes (tasks/lib/core/errors.ExitCode): 0 done (registered,
 skipped as unchanged, or registry disabled); 1 a user error; 2 a refused config; 3 the gate did not pass
 (nothing registered); 4 the gate passed but nothing was registered, or it is not a verified champion (check-run);
 5 an unexpected error (its traceback goes to a file the one-line message names).
@@ -24,8 +24,8 @@ from flows import verbs
 from flows.steps import RERUNNABLE
 from tasks.io.tracking import scrub
 from tasks.lib.config import ConfigError
-from tasks.lib.errors import ExitCode, UserError
-from tasks.lib.quiet import quiet_progress_and_links
+from tasks.lib.core.errors import ExitCode, UserError
+from tasks.lib.core.quiet import quiet_progress_and_links
 
 
 def arg(*flags: str, **options: Any) -> tuple[tuple[str, ...], dict[str, Any]]:

@@ -19,12 +19,12 @@ from tasks.data import prepare_data
 from tasks.evaluate import evaluate_target_task
 from tasks.forgetting import check_forgetting
 from tasks.io.tracking import shown_tracking_uri
-from tasks.lib import threads
 from tasks.lib.config import load_config
-from tasks.lib.errors import UserError
-from tasks.lib.preflight import check_inputs
-from tasks.lib.refs import PipelineResult
-from tasks.lib.run_report import pipeline_markdown
+from tasks.lib.core import threads
+from tasks.lib.core.errors import UserError
+from tasks.lib.run.preflight import check_inputs
+from tasks.lib.run.refs import PipelineResult
+from tasks.lib.run.run_report import pipeline_markdown
 from tasks.merge import merge_adapter_task
 from tasks.pipeline_run import artifact_key, finish_pipeline_run, start_pipeline_run, unchanged_since_last_attempt
 from tasks.register import register_model

@@ -17,7 +17,8 @@ from pydantic import BaseModel
 
 from tasks.common import completed_step, mark_completed
 from tasks.lib.config import ConfigError, RunConfig, apply_overrides, config_from_dict, read_run_config
-from tasks.lib.refs import (
+from tasks.lib.core.run_layout import RunLayout
+from tasks.lib.run.refs import (
     DataRef,
     ForgettingRef,
     MergeRef,
@@ -27,7 +28,6 @@ from tasks.lib.refs import (
     TaskEvalRef,
     TrainRef,
 )
-from tasks.lib.run_layout import RunLayout
 
 
 @dataclass(frozen=True)

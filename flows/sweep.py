@@ -26,8 +26,8 @@ from prefect.deployments import run_deployment
 from flows.serve import deploy_to_pool
 from tasks.io.tracking import MlflowTracker, close_run, configure_mlflow, create_run, newest_run
 from tasks.lib.config import ConfigError, RunConfig, load_config
-from tasks.lib.preflight import check_inputs
-from tasks.lib.sweep import (
+from tasks.lib.run.preflight import check_inputs
+from tasks.lib.training.search_space import (
     SweepResult,
     TrialOutcome,
     best_feasible,

@@ -11,13 +11,13 @@ from typing import Literal
 
 from flows import summaries
 from tasks.lib.config import ConfigError, RunConfig, load_config
-from tasks.lib.errors import ExitCode
+from tasks.lib.core.errors import ExitCode
 
 
 def load_checked(config: str, overrides: list[str], inputs: Literal["all", "data", "none"] = "all") -> RunConfig:
     """The verbs' one config loader: the file with its --set overrides, and the input paths `inputs` names
     checked before any heavy work."""
-    from tasks.lib.preflight import check_inputs
+    from tasks.lib.run.preflight import check_inputs
 
     loaded = load_config(config, overrides)
     if inputs != "none":
@@ -43,7 +43,7 @@ def run(
         raise ConfigError("give a config file (e.g. configs/demo.yaml), or --run-id of a run to resume")
     loaded = load_checked(config, overrides)  # refuse a bad config before Prefect starts
     if new_run_id:
-        from tasks.lib.run_layout import RunLayout
+        from tasks.lib.core.run_layout import RunLayout
 
         if RunLayout.of(loaded.runs_dir() / new_run_id).is_pipeline_run():
             raise ConfigError(f"--new-run-id {new_run_id}: that run exists; resume it with --run-id {new_run_id}")
@@ -68,8 +68,8 @@ def resume_settings(config: str | None, overrides: list[str], run_id: str) -> tu
     config.json when no file is given; its stored overrides when no --set is given). An unknown id is refused."""
     import json
 
-    from tasks.lib.config_paths import project_root
-    from tasks.lib.run_layout import started_run
+    from tasks.lib.config.config_paths import project_root
+    from tasks.lib.core.run_layout import started_run
 
     if config is None:
         runs = project_root(Path.cwd()) / "runs"
@@ -82,8 +82,8 @@ def resume_settings(config: str | None, overrides: list[str], run_id: str) -> tu
 
 
 def validate(config: str, overrides: list[str]) -> ExitCode:
-    from tasks.lib.data_formats import DataError
-    from tasks.lib.prepare import check_sources
+    from tasks.lib.dataset.data_formats import DataError
+    from tasks.lib.dataset.sources import check_sources
 
     loaded = load_checked(config, overrides)
     try:
@@ -131,14 +131,14 @@ def fetch_demo_model(out_dir: str) -> ExitCode:
 
 
 def prepare_benchmarks(raw_dir: str, out_dir: str) -> ExitCode:
-    from tasks.lib.benchmark_data import prepare_benchmarks as prepare_all
+    from tasks.lib.general_benchmarks.benchmark_data import prepare_benchmarks as prepare_all
 
     print(prepare_all(Path(raw_dir), Path(out_dir)))
     return ExitCode.OK
 
 
 def benchmarks(data_dir: str) -> ExitCode:
-    from tasks.lib.benchmark_names import packaged_benchmarks
+    from tasks.lib.config.benchmark_names import packaged_benchmarks
 
     print(summaries.benchmarks_table(packaged_benchmarks(Path(data_dir))))
     return ExitCode.OK
@@ -160,7 +160,7 @@ def score_base(config: str, overrides: list[str]) -> ExitCode:
     from tasks.data import run_prepare
     from tasks.evaluate import score_base_task
     from tasks.forgetting import score_base_model
-    from tasks.lib import threads
+    from tasks.lib.core import threads
 
     loaded = load_checked(config, overrides)
     threads.hold_share(loaded.resources.configured_threads())
@@ -193,7 +193,7 @@ def _typed_prompts(model: str) -> Iterator[str]:
 
 def chat(model: str, prompt: str | None, system: str | None, max_new_tokens: int) -> ExitCode:
     from tasks.io.models import load_chat_model
-    from tasks.lib.generation import PromptTooLong, chat_reply
+    from tasks.lib.modeling.generation import PromptTooLong, chat_reply
 
     loaded, tokenizer = load_chat_model(model)
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
@@ -214,7 +214,7 @@ def chat(model: str, prompt: str | None, system: str | None, max_new_tokens: int
 def check_run(run_dir: str, report: str | None) -> ExitCode:
     from flows.check_run import check_run as check
     from flows.check_run import run_report
-    from tasks.lib.run_layout import RunLayout
+    from tasks.lib.core.run_layout import RunLayout
 
     newest = RunLayout.newest_finished(Path(run_dir))
     result = check(newest)

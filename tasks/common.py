@@ -11,11 +11,11 @@ from pydantic import BaseModel
 
 from tasks.io.tracking import MlflowTracker, configure_mlflow, mlflow_run
 from tasks.lib.config import RunConfig
-from tasks.lib.errors import cannot_heal
-from tasks.lib.failpoints import failpoint
-from tasks.lib.publish import publish_text
-from tasks.lib.refs import RunContext
-from tasks.lib.run_layout import RunLayout
+from tasks.lib.core.errors import cannot_heal
+from tasks.lib.core.failpoints import failpoint
+from tasks.lib.core.publish import publish_text
+from tasks.lib.core.run_layout import RunLayout
+from tasks.lib.run.refs import RunContext
 
 
 def retry_only_transient(task, task_run, state) -> bool:

@@ -12,8 +12,8 @@ from tasks.common import retry_only_transient
 from tasks.io.models import load_tokenizer
 from tasks.io.versioning import raw_data_version
 from tasks.lib.config import RunConfig
-from tasks.lib.prepare import input_fingerprint, is_up_to_date, prepare_dataset
-from tasks.lib.refs import DataRef
+from tasks.lib.dataset.prepare import input_fingerprint, is_up_to_date, prepare_dataset
+from tasks.lib.run.refs import DataRef
 
 
 def processed_root(config: RunConfig) -> Path:

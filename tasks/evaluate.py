@@ -11,12 +11,8 @@ from tasks.common import once, retry_only_transient, step_run
 from tasks.io.models import load_adapter_model, load_base_model, load_tokenizer, scoring_identity, tokenizer_version
 from tasks.io.score_cache import get_or_compute
 from tasks.lib.config import RunConfig
-from tasks.lib.gate import task_row
-from tasks.lib.merge import adapter_reference, save_reference
-from tasks.lib.promotion import items_fingerprint
-from tasks.lib.refs import DataRef, RunContext, TaskEvalRef, TrainRef
-from tasks.lib.run_layout import RunLayout
-from tasks.lib.task_eval import (
+from tasks.lib.core.run_layout import RunLayout
+from tasks.lib.evaluation.task_eval import (
     TaskEvalResult,
     compare,
     evaluate_task,
@@ -24,6 +20,10 @@ from tasks.lib.task_eval import (
     task_markdown,
     write_predictions,
 )
+from tasks.lib.gate.decision import task_row
+from tasks.lib.gate.promotion import items_fingerprint
+from tasks.lib.modeling.merging import adapter_reference, save_reference
+from tasks.lib.run.refs import DataRef, RunContext, TaskEvalRef, TrainRef
 
 
 def evaluated_items_fingerprint(rows: list[dict], config: RunConfig) -> str:

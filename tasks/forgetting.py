@@ -13,22 +13,15 @@ from tasks.common import once, retry_only_transient, step_run
 from tasks.io.models import load_scored_model, load_tokenizer, scoring_identity
 from tasks.io.ray_cluster import ray_connection, score_on_ray
 from tasks.io.score_cache import cached_benchmark_rows
-from tasks.lib.benchmarks import (
-    BenchmarkPlan,
-    block_size,
-    configured_plans,
-    look_order,
-    merge_block,
-    score_benchmarks,
-    score_in_looks,
-)
 from tasks.lib.config import RunConfig
-from tasks.lib.gate import decide
-from tasks.lib.gate_report import forgetting_delta_chart, forgetting_markdown
-from tasks.lib.gate_result import VERDICT_CODE, GateResult
-from tasks.lib.refs import ForgettingRef, MergeRef, RunContext, TaskEvalRef
-from tasks.lib.run_layout import RunLayout
-from tasks.lib.sequential import Looks
+from tasks.lib.core.run_layout import RunLayout
+from tasks.lib.gate.decision import decide
+from tasks.lib.gate.gate_report import forgetting_delta_chart, forgetting_markdown
+from tasks.lib.gate.gate_result import VERDICT_CODE, GateResult
+from tasks.lib.gate.sequential import Looks
+from tasks.lib.general_benchmarks.benchmark_looks import block_size, look_order, merge_block, score_in_looks
+from tasks.lib.general_benchmarks.benchmark_scoring import BenchmarkPlan, configured_plans, score_benchmarks
+from tasks.lib.run.refs import ForgettingRef, MergeRef, RunContext, TaskEvalRef
 
 
 def base_model_version(config: RunConfig) -> str:

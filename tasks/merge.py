@@ -9,10 +9,10 @@ from prefect import get_run_logger, task
 from tasks.common import once, retry_only_transient, step_run
 from tasks.io.models import load_adapter_model, load_merged, load_tokenizer, merge_base_loader
 from tasks.lib.config import RunConfig
-from tasks.lib.merge import adapter_reference, check_merge, load_reference, merge_adapter, merge_check
-from tasks.lib.refs import DataRef, MergeRef, RunContext, TrainRef
-from tasks.lib.run_layout import RunLayout
-from tasks.lib.task_eval import load_split
+from tasks.lib.core.run_layout import RunLayout
+from tasks.lib.evaluation.task_eval import load_split
+from tasks.lib.modeling.merging import adapter_reference, check_merge, load_reference, merge_adapter, merge_check
+from tasks.lib.run.refs import DataRef, MergeRef, RunContext, TrainRef
 
 
 def run_merge(config: RunConfig, context: RunContext, data: DataRef, trained: TrainRef) -> MergeRef:

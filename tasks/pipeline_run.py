@@ -21,13 +21,13 @@ from tasks.io.tracking import (
     reopen_run,
 )
 from tasks.io.versioning import provenance
-from tasks.lib import threads
 from tasks.lib.config import ConfigError, RunConfig
-from tasks.lib.gate_result import VERDICT_CODE
-from tasks.lib.prepare import data_length_histogram, split_lengths
-from tasks.lib.refs import DataRef, PipelineResult, RunContext
-from tasks.lib.run_layout import RunLayout
-from tasks.lib.run_report import verdict_line
+from tasks.lib.core import threads
+from tasks.lib.core.run_layout import RunLayout
+from tasks.lib.dataset.tokenization import data_length_histogram, split_lengths
+from tasks.lib.gate.gate_result import VERDICT_CODE
+from tasks.lib.run.refs import DataRef, PipelineResult, RunContext
+from tasks.lib.run.run_report import verdict_line
 
 FLOW_RUN_TAG = "prefect_flow_run_id"  # the attempt's Prefect flow run: what closes its MLflow runs once it crashed
 

@@ -22,18 +22,12 @@ from tasks.io.registry import (
 from tasks.io.tracking import scrub_mapping, shown_tracking_uri
 from tasks.io.versioning import provenance
 from tasks.lib.config import RunConfig
-from tasks.lib.promotion import (
-    decide_promotion,
-    decode_correct,
-    decode_scores,
-    encode_correct,
-    encode_scores,
-)
-from tasks.lib.publish import publish_text
-from tasks.lib.refs import DataRef, PipelineResult, RegistrationRef, RunContext, TaskEvalRef
-from tasks.lib.run_report import model_card_markdown, registered_model_description
-from tasks.lib.stats import is_binary
-from tasks.lib.task_eval import evaluate_task, load_split
+from tasks.lib.core.publish import publish_text
+from tasks.lib.evaluation.task_eval import evaluate_task, load_split
+from tasks.lib.gate.promotion import decide_promotion, decode_correct, decode_scores, encode_correct, encode_scores
+from tasks.lib.gate.stats import is_binary
+from tasks.lib.run.refs import DataRef, PipelineResult, RegistrationRef, RunContext, TaskEvalRef
+from tasks.lib.run.run_report import model_card_markdown, registered_model_description
 
 TEST_FINGERPRINT_TAG = "test_fingerprint"
 TEST_CORRECT_TAG = "test_items_correct"
@@ -86,7 +80,7 @@ def run_registration(config: RunConfig, context: RunContext, data: DataRef, resu
         rows = load_split(Path(data.processed_dir), "test")
         champion_items, source = champion_scores_on(config, evaluation, rows, logger)
         _, challenger_items = evaluation.paired_scores()
-        # Each confirmation on these test items spends part of their error budget (tasks/lib/promotion.py).
+        # Each confirmation on these test items spends part of their error budget (tasks/lib/gate/promotion.py).
         ledger = read_confirmation_ledger(name, evaluation.test_fingerprint).opened(
             config.registry.confirmation_horizon, config.registry.horizon_renewals
         )

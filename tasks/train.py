@@ -12,13 +12,13 @@ from tasks.io.models import load_base_model, load_tokenizer
 from tasks.io.ray_cluster import ray_training
 from tasks.io.tracking import flatten
 from tasks.io.versioning import provenance
-from tasks.lib.benchmark_data import OUTPUT_FILES
-from tasks.lib.benchmarks import configured_plans
 from tasks.lib.config import RunConfig
-from tasks.lib.data_formats import read_jsonl
-from tasks.lib.refs import DataRef, RunContext, TrainRef
-from tasks.lib.run_layout import RunLayout
-from tasks.lib.training import loss_curve_png, train_adapter
+from tasks.lib.config.benchmark_names import OUTPUT_FILES
+from tasks.lib.core.run_layout import RunLayout
+from tasks.lib.dataset.data_formats import read_jsonl
+from tasks.lib.general_benchmarks.benchmark_scoring import configured_plans
+from tasks.lib.run.refs import DataRef, RunContext, TrainRef
+from tasks.lib.training.trainer import loss_curve_png, train_adapter
 
 UNPREFIXED = ("eval_loss", "forgetting_proxy.")
 

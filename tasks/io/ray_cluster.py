@@ -23,11 +23,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.io.launch import LaunchError, read_result, train_this_rank
-from tasks.lib.benchmarks import BenchmarkPlan, configured_plans, score_benchmarks
 from tasks.lib.config import RunConfig
-from tasks.lib.errors import cannot_heal
-from tasks.lib.run_layout import RunLayout
-from tasks.lib.training import TrainResult
+from tasks.lib.core.errors import cannot_heal
+from tasks.lib.core.run_layout import RunLayout
+from tasks.lib.general_benchmarks.benchmark_scoring import BenchmarkPlan, configured_plans, score_benchmarks
+from tasks.lib.training.trainer import TrainResult
 
 
 def _train_loop(settings: dict) -> None:

@@ -24,9 +24,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from tasks.io.serving import CHAT_SIGNATURE, MERGED_ARTIFACT, MODEL_CODE, ChatServer, shipped_code
 from tasks.io.tracking import scrub_mapping, tracking_uri
-from tasks.lib.errors import UserError
-from tasks.lib.failpoints import failpoint
-from tasks.lib.promotion import CHAMPION, ConfirmationLedger, PromotionDecision
+from tasks.lib.core.errors import UserError
+from tasks.lib.core.failpoints import failpoint
+from tasks.lib.gate.promotion import CHAMPION, ConfirmationLedger, PromotionDecision
 
 LOGGED_MODEL_NAME = "merged_model"
 PIPELINE_RUN_TAG = "pipeline_run_id"

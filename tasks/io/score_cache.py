@@ -19,9 +19,10 @@ from typing import Any
 
 from filelock import FileLock
 
-from tasks.lib.benchmarks import BenchmarkPlan, block_plan, subset_row
-from tasks.lib.hashing import file_md5
-from tasks.lib.publish import publish_text
+from tasks.lib.core.hashing import file_md5
+from tasks.lib.core.publish import publish_text
+from tasks.lib.general_benchmarks.benchmark_looks import block_plan, subset_row
+from tasks.lib.general_benchmarks.benchmark_scoring import BenchmarkPlan
 
 logger = logging.getLogger(__name__)
 DEFAULT_CACHE_DIR = Path(".cache/base_scores")

@@ -24,7 +24,7 @@ from mlflow.models import ModelSignature
 from mlflow.types.llm import CHAT_MODEL_OUTPUT_SCHEMA
 from mlflow.types.schema import Array, ColSpec, DataType, Object, ParamSchema, ParamSpec, Property, Schema
 
-from tasks.lib.generation import PromptTooLong, chat_reply, generation_config
+from tasks.lib.modeling.generation import PromptTooLong, chat_reply, generation_config
 
 MERGED_ARTIFACT = "merged_model"
 DEFAULT_MAX_TOKENS = 256
@@ -46,7 +46,8 @@ _SHIPPED_MODULES = (
     "tasks/io/__init__.py",
     "tasks/io/serving.py",
     "tasks/lib/__init__.py",
-    "tasks/lib/generation.py",
+    "tasks/lib/modeling/__init__.py",
+    "tasks/lib/modeling/generation.py",
 )
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_CODE = Path(__file__).with_name("served_chat_model.py")  # what MLflow runs to build the ChatServer

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.lib.errors import UserError
+from tasks.lib.core.errors import UserError
 
 # A whole name segment, so `HF_TOKEN` and `db.password` are secrets but `max_new_tokens` and `tokenizer` are not.
 SECRET_KEY_PATTERN = re.compile(

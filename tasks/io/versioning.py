@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from tasks.lib.data_formats import is_hub_id, resolved_hub_revision
-from tasks.lib.hashing import file_md5
+from tasks.lib.core.hashing import file_md5
+from tasks.lib.dataset.data_formats import is_hub_id, resolved_hub_revision
 
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "lm-eval", "prefect", "mlflow", "dvc")
 

@@ -20,8 +20,8 @@ pytestmark = [
 def test_qlora_trains_in_bf16_with_paged_adamw_on_the_gpu(tmp_path: Path, tiny_model_dir: Path) -> None:
     from tasks.io.models import load_base_model, load_tokenizer
     from tasks.lib.config import load_config
-    from tasks.lib.prepare import prepare_dataset
-    from tasks.lib.training import train_adapter
+    from tasks.lib.dataset.prepare import prepare_dataset
+    from tasks.lib.training.trainer import train_adapter
     from tests.conftest import write_tiny_config
 
     config = load_config(write_tiny_config(tmp_path, tiny_model_dir, tmp_path / "unused"))
@@ -45,9 +45,15 @@ def test_merge_check_on_bf16_weights_on_the_gpu(tmp_path: Path, tiny_model_dir: 
 
     from tasks.io.models import load_base_model
     from tasks.lib.config import LoraConfig, MergeConfig, ModelConfig, QuantizationConfig
-    from tasks.lib.merge import MergeFidelityError, adapter_reference, check_merge, merge_adapter, merge_check
-    from tasks.lib.modeling import peft_lora_config
-    from tasks.lib.prepare import tokenize_conversation
+    from tasks.lib.dataset.tokenization import tokenize_conversation
+    from tasks.lib.modeling.loading import peft_lora_config
+    from tasks.lib.modeling.merging import (
+        MergeFidelityError,
+        adapter_reference,
+        check_merge,
+        merge_adapter,
+        merge_check,
+    )
 
     model_cfg, quant = ModelConfig(name_or_path=str(tiny_model_dir)), QuantizationConfig(compute_dtype="bfloat16")
     lora = peft_lora_config(LoraConfig(r=8, alpha=16, dropout=0.0))
@@ -73,7 +79,7 @@ def test_two_gpu_processes_train_qlora_with_nccl(tmp_path: Path, tiny_model_dir:
     from tasks.io.launch import launch_training
     from tasks.io.models import load_tokenizer
     from tasks.lib.config import load_config
-    from tasks.lib.prepare import prepare_dataset
+    from tasks.lib.dataset.prepare import prepare_dataset
     from tests.conftest import write_tiny_config
 
     overrides = {"train.num_processes": 2, "train.batch_size": 4}

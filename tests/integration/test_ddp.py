@@ -10,8 +10,8 @@ import pytest
 from tasks.io.launch import launch_training
 from tasks.io.models import load_base_model, load_tokenizer
 from tasks.lib.config import load_config
-from tasks.lib.prepare import prepare_dataset
-from tasks.lib.training import train_adapter
+from tasks.lib.dataset.prepare import prepare_dataset
+from tasks.lib.training.trainer import train_adapter
 from tests.conftest import write_tiny_config
 
 pytestmark = pytest.mark.integration

@@ -358,8 +358,8 @@ def test_concurrent_runs_with_different_data_settings_each_evaluate_on_their_own
 
     from tasks.evaluate import evaluated_items_fingerprint
     from tasks.lib.config import load_config
-    from tasks.lib.refs import PipelineResult
-    from tasks.lib.task_eval import load_split
+    from tasks.lib.evaluation.task_eval import load_split
+    from tasks.lib.run.refs import PipelineResult
 
     overrides = {"train.max_steps": 2, "evaluation.max_items": 40}  # every test item of each split
     config_path = write_tiny_config(tmp_path, tiny_model_dir, benchmark_data_dir, overrides)
@@ -380,7 +380,7 @@ def test_concurrent_runs_with_different_data_settings_each_evaluate_on_their_own
     ]
     outputs = [process.communicate(timeout=600)[0] for process in processes]
     assert [process.returncode for process in processes] == [0, 0], outputs
-    for output in outputs:  # a user reads this console: no third-party noise (tasks/lib/quiet.py), no warnings
+    for output in outputs:  # a user reads this console: no third-party noise (tasks/lib/core/quiet.py), no warnings
         noise = [line for line in output.splitlines() if any(mark in line for mark in CONSOLE_NOISE)]
         assert noise == [], noise
     run_dirs = [output.split("run directory:")[1].split()[0] for output in outputs]
@@ -411,7 +411,7 @@ def test_racing_registrations_leave_the_better_model_champion(tmp_path: Path, ti
 
     from tasks.io.locks import registry_lock
     from tasks.io.registry import PIPELINE_RUN_TAG, champion, register_merged_model
-    from tasks.lib.promotion import decide_promotion, decode_correct, encode_correct
+    from tasks.lib.gate.promotion import decide_promotion, decode_correct, encode_correct
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment_id = mlflow.create_experiment("race", artifact_location=(tmp_path / "artifacts").as_uri())
@@ -472,9 +472,9 @@ def test_a_better_free_text_challenger_replaces_its_champion_through_the_registr
 
     from tasks.io.registry import PIPELINE_RUN_TAG, register_merged_model
     from tasks.lib.config import RunConfig
-    from tasks.lib.gate import task_row
-    from tasks.lib.promotion import decide_promotion, encode_scores
-    from tasks.lib.refs import TaskEvalRef
+    from tasks.lib.gate.decision import task_row
+    from tasks.lib.gate.promotion import decide_promotion, encode_scores
+    from tasks.lib.run.refs import TaskEvalRef
     from tasks.register import TEST_FINGERPRINT_TAG, TEST_SCORES_TAG, champion_scores_on
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -1,6 +1,6 @@
 """SIGKILL in each step in turn, each time rerun with the same run id: the run converges, nothing is left lying.
 
-Each step is killed where it hurts (QLORA_FAILPOINT, tasks/lib/failpoints.py): right after its MLflow step run
+Each step is killed where it hurts (QLORA_FAILPOINT, tasks/lib/core/failpoints.py): right after its MLflow step run
 started, or for registration right after the model version was created and before it was verified or aliased.
 A real Prefect server with both automations and `qlora serve` runs alongside, as `qlora stack up` sets them up.
 """

@@ -22,10 +22,10 @@ from tasks.io.launch import LaunchError
 from tasks.io.models import load_base_model, load_tokenizer
 from tasks.io.ray_cluster import ray_training
 from tasks.lib.config import load_config
-from tasks.lib.prepare import prepare_dataset
-from tasks.lib.refs import PipelineResult
-from tasks.lib.run_layout import RunLayout
-from tasks.lib.training import train_adapter
+from tasks.lib.core.run_layout import RunLayout
+from tasks.lib.dataset.prepare import prepare_dataset
+from tasks.lib.run.refs import PipelineResult
+from tasks.lib.training.trainer import train_adapter
 from tests.conftest import write_tiny_config
 from tests.integration.test_ddp import TOLERANCE, _losses
 
@@ -170,7 +170,7 @@ def test_benchmarks_scored_on_two_ray_workers_equal_the_local_scorer_item_by_ite
 ) -> None:
     from tasks.io.models import load_scored_model
     from tasks.io.ray_cluster import score_on_ray
-    from tasks.lib.benchmarks import score_benchmarks
+    from tasks.lib.general_benchmarks.benchmark_scoring import score_benchmarks
 
     overrides = {"forgetting.engine": "ray", "ray.num_workers": 2, "ray.address": ray_address}
     config = load_config(write_tiny_config(tmp_path, tiny_model_dir, benchmark_data_dir, overrides))
@@ -197,7 +197,7 @@ def test_the_group_sequential_check_on_ray_reads_the_same_items_as_here_a_block_
     """With looks every 2 of 4 items, base and merged model scored on Ray workers look by look: the same items, the
     same results as in the pipeline's process, and no more items than the looks read (a fresh base cache each)."""
     from tasks.forgetting import gate_looks, score_base_and_tuned
-    from tasks.lib.gate import decide
+    from tasks.lib.gate.decision import decide
 
     overrides = {
         "forgetting.engine": "ray",

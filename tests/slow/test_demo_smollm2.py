@@ -10,7 +10,7 @@ import httpx
 import pytest
 import torch
 
-from tasks.lib.task_eval import load_split
+from tasks.lib.evaluation.task_eval import load_split
 from tests.conftest import REPO_ROOT
 from tests.integration.servers import model_server
 

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from tasks.lib.config import load_config
-from tasks.lib.prepare import IGNORE_INDEX, prepare_dataset, tokenize_conversation
+from tasks.lib.dataset.prepare import prepare_dataset
+from tasks.lib.dataset.tokenization import IGNORE_INDEX, tokenize_conversation
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tasks.lib.config import EvaluationConfig
-from tasks.lib.task_eval import evaluate_task, generate_answers
+from tasks.lib.evaluation.task_eval import evaluate_task, generate_answers
 from tests.conftest import RAW_DATA_DIR
 
 PROMPT = "Is the sentiment of this movie review positive or negative?\n\nReview: {sentence}"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.lib.benchmark_data import BenchmarkDataError, prepare_benchmarks
+from tasks.lib.general_benchmarks.benchmark_data import BenchmarkDataError, prepare_benchmarks
 from tests.conftest import RAW_DATA_DIR
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from lm_eval.api.model import LM
 
-from tasks.lib.benchmark_data import prepare_benchmarks
-from tasks.lib.benchmarks import HEADLINE, HIGHER_IS_BETTER, BenchmarkError, evaluate_lm, run_benchmarks
+from tasks.lib.config.benchmark_names import HEADLINE, HIGHER_IS_BETTER
+from tasks.lib.general_benchmarks.benchmark_data import prepare_benchmarks
+from tasks.lib.general_benchmarks.benchmark_scoring import BenchmarkError, evaluate_lm, run_benchmarks
 from tests.conftest import RAW_DATA_DIR
 
 FIXTURES = RAW_DATA_DIR / "llmfoundry_test_fixtures"
@@ -180,7 +181,7 @@ def test_run_benchmarks_accepts_a_peft_model_on_a_4bit_base(tiny_model_dir: Path
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tasks.lib.config import LoraConfig, QuantizationConfig
-    from tasks.lib.modeling import bnb_config, peft_lora_config
+    from tasks.lib.modeling.loading import bnb_config, peft_lora_config
 
     base = AutoModelForCausalLM.from_pretrained(
         tiny_model_dir, quantization_config=bnb_config(QuantizationConfig()), device_map="cpu", dtype=torch.float32
@@ -204,8 +205,8 @@ def test_a_users_own_benchmarks_of_every_kind_score_with_their_settings(
 ) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tasks.lib.benchmarks import plan_benchmarks
     from tasks.lib.config import BenchmarkSettings, CustomBenchmark
+    from tasks.lib.general_benchmarks.benchmark_scoring import plan_benchmarks
 
     def write(name: str, rows: list[dict]) -> str:
         (tmp_path / name).write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
@@ -259,7 +260,7 @@ def test_mmlu_items_carry_their_subject_and_the_gate_sums_subjects_to_the_row(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tasks.lib.config import GateConfig
-    from tasks.lib.gate import decide
+    from tasks.lib.gate.decision import decide
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -277,7 +278,7 @@ def test_items_are_drawn_seeded_per_benchmark_and_scored_where_drawn(
 ) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tasks.lib.benchmarks import draw_items, plan_benchmarks
+    from tasks.lib.general_benchmarks.benchmark_scoring import draw_items, plan_benchmarks
 
     first = draw_items("hellaswag", 10042, 400, seed=0)
     assert first == draw_items("hellaswag", 10042, 400, seed=0) and first == sorted(set(first)) and len(first) == 400

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 
 from tasks.lib.config import ConfigError, apply_overrides, config_from_dict, load_config
-from tasks.lib.data_formats import is_hub_id
-from tasks.lib.preflight import check_inputs
+from tasks.lib.dataset.data_formats import is_hub_id
+from tasks.lib.run.preflight import check_inputs
 
 REPO = Path(__file__).resolve().parents[2]
 

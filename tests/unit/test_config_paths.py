@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tasks.lib.config import ConfigError, load_config, read_run_config
-from tasks.lib.preflight import check_inputs
+from tasks.lib.run.preflight import check_inputs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,7 +79,7 @@ def test_resume_settings_reapply_the_overrides_a_run_started_with_and_refuse_an_
     import json
 
     from flows.verbs import resume_settings
-    from tasks.lib.errors import UserError
+    from tasks.lib.core.errors import UserError
 
     root = _project(tmp_path)
     config = str(root / "configs" / "run.yaml")

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from tasks.io.models import load_base_model, resolve_model_path
 from tasks.lib.config import load_config
-from tasks.lib.modeling import bnb_config, pin_cpu_4bit_kernel
+from tasks.lib.modeling.loading import bnb_config, pin_cpu_4bit_kernel
 from tests.conftest import write_tiny_config
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.lib import data_formats
-from tasks.lib.data_formats import DataError, is_hub_id, load_located_rows, load_rows
+from tasks.lib.dataset import data_formats
+from tasks.lib.dataset.data_formats import DataError, is_hub_id, load_located_rows, load_rows
 
 ROWS = [{"prompt": "say hi", "completion": "hi"}, {"prompt": 'a "quoted" word', "completion": "ok"}]
 

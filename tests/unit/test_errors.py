@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tasks.lib.config import ConfigError
-from tasks.lib.errors import cannot_heal
+from tasks.lib.core.errors import cannot_heal
 
 
 @pytest.mark.parametrize(

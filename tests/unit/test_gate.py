@@ -10,10 +10,11 @@ import pytest
 
 from benchmarks.gate_simulation import perplexity_pass_rate, verdict_rates
 from benchmarks.promotion_calibration import skewed_with_ties
-from tasks.lib import sequential, stats
-from tasks.lib.benchmarks import subset_row
 from tasks.lib.config import GateConfig
-from tasks.lib.gate import GateResult, GateRow, decide, task_row
+from tasks.lib.gate import sequential, stats
+from tasks.lib.gate.decision import decide, task_row
+from tasks.lib.gate.gate_result import GateResult, GateRow
+from tasks.lib.general_benchmarks.benchmark_looks import subset_row
 
 GATE = GateConfig(max_accuracy_drop=5.0, max_perplexity_increase=0.10, require_task_improvement=True)
 ONE_GAIN = task_row([0, 1], [1, 1], GATE)  # a task row for tests about the benchmark rows
@@ -250,7 +251,7 @@ def test_fewer_than_ten_documents_decide_nothing() -> None:
 def test_the_ten_document_minimum_holds_in_the_group_sequential_path_too() -> None:
     """perplexity_limit 8 with a look every 10 (both accepted): one look, at 8 documents, that all rose not at all.
     It stays inconclusive; with 10 documents the same look passes."""
-    from tasks.lib import sequential
+    from tasks.lib.gate import sequential
 
     docs = [[-1000.0 - 10 * i, 300.0] for i in range(10)]
     same = {"word_perplexity": 1.0, "items": {str(i): d for i, d in enumerate(docs)}}
@@ -414,7 +415,7 @@ def test_a_benchmarks_own_margin_and_metric_are_used_and_subjects_sum_to_the_row
     assert sum(group.gains for group in row.groups) == row.gains == 10
     assert sum(group.losses for group in row.groups) == row.losses == 26
     assert sum(group.n for group in row.groups) == row.n
-    from tasks.lib.gate_report import forgetting_markdown
+    from tasks.lib.gate.gate_report import forgetting_markdown
 
     markdown = forgetting_markdown(wide)
     assert "### mmlu by subject (3 subjects, 400 items)" in markdown and "| law |" in markdown

@@ -21,11 +21,12 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tasks.io.models import load_adapter_model, load_base_model, load_tokenizer
-from tasks.lib.benchmarks import HEADLINE, run_benchmarks
 from tasks.lib.config import GateConfig, RunConfig, load_config
-from tasks.lib.gate import decide
-from tasks.lib.prepare import prepare_dataset
-from tasks.lib.training import train_adapter
+from tasks.lib.config.benchmark_names import HEADLINE
+from tasks.lib.dataset.prepare import prepare_dataset
+from tasks.lib.gate.decision import decide
+from tasks.lib.general_benchmarks.benchmark_scoring import run_benchmarks
+from tasks.lib.training.trainer import train_adapter
 from tests.conftest import write_tiny_config
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]

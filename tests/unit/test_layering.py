@@ -1,6 +1,8 @@
 """The import layering the code is organised by, read from the source: a break fails here, not in review.
 
-- tasks/lib is pure logic: no Prefect, no MLflow, nothing from tasks/io, the steps or flows.
+- tasks/lib is pure logic: no Prefect, no MLflow, nothing from tasks/io, the steps or flows. It is a set of packages
+  by domain (no module at its top), no module over 450 lines; the packages import each other in layers (core at the
+  bottom, then config), with no circle among packages or modules.
 - tasks/io is the outside world (Prefect's server among it: events, concurrency limits); no step, no flow.
   It is the only place MLflow is imported: steps and flows reach MLflow through it.
 - A step module (tasks/*.py) never imports another step module, only the shared glue in tasks/common.py and
@@ -76,3 +78,72 @@ def test_a_forbidden_import_is_seen(tmp_path):
         "tasks.merge",
         "tasks.merge.merge_adapter_task",
     ]
+
+
+MAX_LIBRARY_MODULE_LINES = 450
+
+
+def library_package(path: Path) -> str:
+    return path.relative_to(ROOT / "tasks" / "lib").parts[0]
+
+
+def test_the_library_is_packages_by_domain_of_short_modules():
+    top_level = [p.name for p in (ROOT / "tasks" / "lib").glob("*.py") if p.name != "__init__.py"]
+    assert top_level == []
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in sources("tasks/lib")
+        if (n := len(p.read_text().splitlines())) > MAX_LIBRARY_MODULE_LINES
+    }
+    assert long == {}
+
+
+def package_imports() -> dict[str, set[str]]:
+    """lib package -> the other lib packages its modules import."""
+    graph: dict[str, set[str]] = {library_package(p): set() for p in sources("tasks/lib") if p.parent.name != "lib"}
+    for path in sources("tasks/lib"):
+        for name in imported_modules(path):
+            parts = name.split(".")
+            if parts[:2] == ["tasks", "lib"] and len(parts) > 2 and parts[2] in graph:
+                if parts[2] != library_package(path):
+                    graph[library_package(path)].add(parts[2])
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import circle found by a depth-first walk (empty when the graph is layered)."""
+    found, state = [], {}
+
+    def walk(node: str, trail: list[str]) -> None:
+        state[node] = "open"
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == "open":
+                found.append(trail[trail.index(target) :] + [target])
+            elif target not in state:
+                walk(target, [*trail, target])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            walk(node, [node])
+    return found
+
+
+def test_library_packages_are_layered():
+    graph = package_imports()
+    assert {"core", "config", "dataset", "training", "gate"} <= set(graph)
+    assert graph["core"] == set() and graph["config"] <= {"core"}
+    assert circles(graph) == []
+
+
+def test_no_module_imports_itself_back_through_others():
+    modules = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in [*sources("tasks"), *sources("flows")]
+    }
+    graph = {name: {m for m in imported_modules(path) if m in modules and m != name} for name, path in modules.items()}
+    assert circles(graph) == []
+
+
+def test_a_circle_is_seen():
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c", "a"]]

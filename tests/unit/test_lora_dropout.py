@@ -12,7 +12,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from tasks.lib.lora_dropout import CheapCpuDropout, use_cheap_lora_dropout
+from tasks.lib.modeling.lora_dropout import CheapCpuDropout, use_cheap_lora_dropout
 
 
 def _within_binomial(dropped: int, n: int, p: float, sigmas: float = 5.0) -> bool:

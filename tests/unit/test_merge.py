@@ -12,7 +12,9 @@ from transformers import AutoModelForCausalLM
 
 from tasks.io.models import load_base_model
 from tasks.lib.config import LoraConfig, MergeConfig, ModelConfig, QuantizationConfig
-from tasks.lib.merge import (
+from tasks.lib.dataset.tokenization import tokenize_conversation
+from tasks.lib.modeling.loading import peft_lora_config
+from tasks.lib.modeling.merging import (
     MergeError,
     MergeFidelityError,
     adapter_reference,
@@ -22,8 +24,6 @@ from tasks.lib.merge import (
     merge_check,
     save_reference,
 )
-from tasks.lib.modeling import peft_lora_config
-from tasks.lib.prepare import tokenize_conversation
 from tests.logits import fidelity, fidelity_prompts
 
 ROWS = [

@@ -7,7 +7,7 @@ import os
 import evaluate
 import pytest
 
-from tasks.lib.task_eval import METRIC_MODULE
+from tasks.lib.evaluation.task_eval import METRIC_MODULE
 
 
 def _load(name: str):

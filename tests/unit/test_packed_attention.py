@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tasks.lib.packed_attention import NAME, example_bounds, use_packed_attention
+from tasks.lib.modeling.packed_attention import NAME, example_bounds, use_packed_attention
 
 LENGTHS = (7, 12, 1, 9)
 
@@ -89,7 +89,7 @@ def test_only_sdpa_models_are_switched(tiny_model_dir) -> None:
 
 
 def test_the_attention_choice_resolves_per_machine_and_refuses_what_cannot_run() -> None:
-    from tasks.lib.packed_attention import resolve_attention
+    from tasks.lib.modeling.packed_attention import resolve_attention
 
     assert resolve_attention("auto", packing=True, cuda=False, flash_attn_installed=False) == "packed_loop"
     assert resolve_attention("auto", packing=False, cuda=False, flash_attn_installed=False) == "sdpa"

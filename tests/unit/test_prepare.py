@@ -9,16 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks.lib.chat_rows import row_to_messages
 from tasks.lib.config import DataConfig, RunConfig, config_from_dict
-from tasks.lib.data_formats import DataError, resolved_hub_revision
-from tasks.lib.prepare import (
-    IGNORE_INDEX,
-    input_fingerprint,
-    is_up_to_date,
-    prepare_dataset,
-    tokenize_conversation,
-)
+from tasks.lib.dataset.chat_rows import row_to_messages
+from tasks.lib.dataset.data_formats import DataError, resolved_hub_revision
+from tasks.lib.dataset.prepare import input_fingerprint, is_up_to_date, prepare_dataset
+from tasks.lib.dataset.tokenization import IGNORE_INDEX, tokenize_conversation
 
 SMOLLM2_TEMPLATE = Path(__file__).resolve().parents[2] / "models" / "smollm2-135m-instruct" / "chat_template.jinja"
 SST2_DATA = {

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks import promotion_calibration as calibration
-from tasks.lib.promotion import (
+from tasks.lib.gate.promotion import (
     CHALLENGER,
     CHAMPION,
     ConfirmationLedger,
@@ -67,7 +67,7 @@ def test_per_item_encoding_round_trips_and_fingerprints_differ() -> None:
 
 
 def test_a_better_free_text_challenger_replaces_its_champion_and_an_equal_one_does_not() -> None:
-    from tasks.lib.promotion import decode_scores, encode_scores
+    from tasks.lib.gate.promotion import decode_scores, encode_scores
 
     rng = np.random.default_rng(6)  # one seeded example; the test's level is simulated below
     difficulty = rng.beta(2, 3, 300)

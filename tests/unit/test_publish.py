@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.lib.publish import publish_dir, publish_text
+from tasks.lib.core.publish import publish_dir, publish_text
 
 
 def _write(name: str, text: str):

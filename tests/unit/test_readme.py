@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from tests.conftest import REPO_ROOT
 
-PACKAGES = ["flows", "tasks", "tasks/lib", "tasks/io"]
+LIBRARY_PACKAGES = sorted(
+    f"tasks/lib/{path.parent.name}" for path in (REPO_ROOT / "tasks" / "lib").glob("*/__init__.py")
+)
+PACKAGES = ["flows", "tasks", "tasks/lib", "tasks/io", *LIBRARY_PACKAGES]
 
 
 def _layout_block() -> str:

@@ -22,9 +22,9 @@ from tasks.io.registry import (
     verify_round_trip,
 )
 from tasks.lib.config import LoraConfig, ModelConfig, QuantizationConfig
-from tasks.lib.merge import merge_adapter
-from tasks.lib.modeling import peft_lora_config
-from tasks.lib.promotion import PromotionDecision, decide_promotion
+from tasks.lib.gate.promotion import PromotionDecision, decide_promotion
+from tasks.lib.modeling.loading import peft_lora_config
+from tasks.lib.modeling.merging import merge_adapter
 from tests.logits import fidelity_prompts
 
 NAME = "tiny-sst2"
@@ -110,7 +110,7 @@ def test_champion_moves_only_on_evidence_and_round_trips(mlflow_store, merged_di
     assert float(tags["promotion.p_value"]) < 0.05 and tags["promoted"] == "true"
     # A finished run's summary reads the aliases as they are now: v1 was champion when registered, not any more.
     from flows.summaries import run_summary
-    from tasks.lib.refs import PipelineResult, RegistrationRef
+    from tasks.lib.run.refs import PipelineResult, RegistrationRef
 
     stored = RegistrationRef(registered=True, model_name=NAME, version="1", aliases=first.aliases, reason="x")
     summary = run_summary(PipelineResult(run_id="r1", run_dir="d", mlflow_run_id="m", registration=stored))
@@ -172,7 +172,7 @@ def test_failed_round_trip_moves_no_alias_and_a_retry_registers_no_second_versio
 def test_the_registered_version_is_a_chat_model_answering_as_the_evaluation_does(
     mlflow_store, merged_dir, tiny_tokenizer
 ) -> None:
-    from tasks.lib.generation import chat_reply
+    from tasks.lib.modeling.generation import chat_reply
 
     assert _register(mlflow_store, merged_dir, _promote(GOOD, None)).version == 1
     info = mlflow.models.get_model_info(f"models:/{NAME}/1")
@@ -212,7 +212,7 @@ def test_the_registered_version_is_a_chat_model_answering_as_the_evaluation_does
 
 
 def expected_prompt(messages: list[dict]) -> str:
-    from tasks.lib.generation import render_chat
+    from tasks.lib.modeling.generation import render_chat
     from tests.tiny_model import build_tiny_tokenizer
 
     return render_chat(build_tiny_tokenizer(), messages)

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from tasks.lib.config import GateConfig
-from tasks.lib.gate import GateResult, decide, task_row
-from tasks.lib.gate_report import forgetting_delta_chart, forgetting_markdown
+from tasks.lib.gate.decision import decide, task_row
+from tasks.lib.gate.gate_report import forgetting_delta_chart, forgetting_markdown
+from tasks.lib.gate.gate_result import GateResult
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tasks.io.score_cache import benchmark_key_parts, cache_key, cached_benchmark_rows, get_or_compute
-from tasks.lib.benchmark_data import OUTPUT_FILES
-from tasks.lib.benchmarks import plan_benchmarks
+from tasks.lib.config.benchmark_names import OUTPUT_FILES
+from tasks.lib.general_benchmarks.benchmark_scoring import plan_benchmarks
 
 NAMES = ["hellaswag", "wikitext"]
 
@@ -149,7 +149,7 @@ def test_the_bases_task_answers_are_cached_and_are_those_of_the_adapter_model_wi
     from tasks.evaluate import base_task_key_parts, score_base_task
     from tasks.io.models import load_base_model, load_tokenizer
     from tasks.lib.config import load_config
-    from tasks.lib.task_eval import evaluate_task, load_split
+    from tasks.lib.evaluation.task_eval import evaluate_task, load_split
 
     config = load_config(tiny_config_file)
     data = run_prepare(config)

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from tasks.lib import sequential, stats
-from tasks.lib.benchmarks import BenchmarkPlan, block_plan, look_order, merge_block, score_in_looks
 from tasks.lib.config import GateConfig, load_config
-from tasks.lib.gate import GateRow, decide, task_row
+from tasks.lib.gate import sequential, stats
+from tasks.lib.gate.decision import decide, task_row
+from tasks.lib.gate.gate_result import GateRow
+from tasks.lib.general_benchmarks.benchmark_looks import block_plan, look_order, merge_block, score_in_looks
+from tasks.lib.general_benchmarks.benchmark_scoring import BenchmarkPlan
 
 GATE = GateConfig(max_accuracy_drop=5.0, max_perplexity_increase=0.10, require_task_improvement=True)
 REPS = 4000
@@ -176,7 +178,7 @@ def test_blocks_scored_by_lm_eval_equal_the_whole_draw_item_by_item(tiny_model_d
     the one scored with all 30 at once."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tasks.lib.benchmarks import plan_benchmarks, run_benchmarks
+    from tasks.lib.general_benchmarks.benchmark_scoring import plan_benchmarks, run_benchmarks
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)

@@ -9,8 +9,13 @@ import pytest
 from lm_eval.models.huggingface import HFLM
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tasks.lib.benchmarks import evaluate_lm
-from tasks.lib.shared_context_lm import PackedRow, SharedContextLM, pack_groups, shared_context_scoring
+from tasks.lib.general_benchmarks.benchmark_scoring import evaluate_lm
+from tasks.lib.general_benchmarks.shared_context_lm import (
+    PackedRow,
+    SharedContextLM,
+    pack_groups,
+    shared_context_scoring,
+)
 
 BENCHMARKS = ["hellaswag", "arc_easy", "piqa", "lambada"]
 

@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from tasks.lib.config import ConfigError, SweepParameter, config_from_dict
-from tasks.lib.sweep import (
+from tasks.lib.training.search_space import (
     TrialOutcome,
     best_feasible,
     outcome_from_metrics,

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tasks.lib.config import ConfigError, EvaluationConfig
-from tasks.lib.task_eval import (
+from tasks.lib.evaluation.task_eval import (
     PredictionRecord,
     TaskEvalResult,
     choose_labels,
@@ -243,7 +243,7 @@ def test_generate_answers_on_4bit_peft_model(tiny_model_dir, tiny_tokenizer):
     ],
 )
 def test_answers_are_parsed_to_the_one_label_they_name(prediction: str, answer: str) -> None:
-    from tasks.lib.task_eval import label_set, parse_answer
+    from tasks.lib.evaluation.task_eval import label_set, parse_answer
 
     labels = label_set(["positive", "Negative", "positive"])
     assert labels == ["negative", "positive"]
@@ -251,7 +251,7 @@ def test_answers_are_parsed_to_the_one_label_they_name(prediction: str, answer: 
 
 
 def test_free_text_references_are_not_a_label_set() -> None:
-    from tasks.lib.task_eval import label_set, parse_answer
+    from tasks.lib.evaluation.task_eval import label_set, parse_answer
 
     references = ["The capital of France is Paris.", "Water boils at 100 degrees Celsius at sea level."]
     assert label_set(references) is None
@@ -260,7 +260,7 @@ def test_free_text_references_are_not_a_label_set() -> None:
 
 def _score(predictions: list[str], references: list[str], **settings) -> tuple[list[str], list[bool]]:
     from tasks.lib.config import EvaluationConfig
-    from tasks.lib.task_eval import normalize_answer, score_answers
+    from tasks.lib.evaluation.task_eval import normalize_answer, score_answers
 
     config = EvaluationConfig(**settings)
     answers, scored, labels = score_answers(predictions, references, config)
@@ -302,7 +302,7 @@ def test_of_overlapping_labels_the_longest_wins_and_labels_can_be_stated() -> No
 
 
 def test_the_generation_budget_is_derived_from_the_references(tiny_tokenizer) -> None:
-    from tasks.lib.task_eval import derived_max_new_tokens
+    from tasks.lib.evaluation.task_eval import derived_max_new_tokens
 
     short = ["positive", "negative"] * 10
     long = [" ".join(["word"] * 60)] * 20
@@ -366,7 +366,7 @@ def test_choices_mode_refuses_free_text_answers(tiny_model, tiny_tokenizer):
 
 
 def test_per_item_rouge_averages_to_the_rouge_metric():
-    from tasks.lib.task_eval import rouge_per_item
+    from tasks.lib.evaluation.task_eval import rouge_per_item
 
     preds = ["the cat sat on the mat", "a dog", "completely different words here", ""]
     refs = ["the cat sat on a mat", "a dog barked", "nothing alike", "empty prediction"]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.lib import threads
 from tasks.lib.config import ConfigError, load_config
+from tasks.lib.core import threads
 from tests.conftest import write_tiny_config
 
 

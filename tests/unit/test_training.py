@@ -21,16 +21,12 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from tasks.io.models import load_base_model, load_tokenizer
 from tasks.lib.config import RunConfig, load_config
-from tasks.lib.packed_attention import NAME
-from tasks.lib.prepare import IGNORE_INDEX, prepare_dataset
-from tasks.lib.training import (
-    TrainingDivergedError,
-    TrainResult,
-    build_collator,
-    read_token_split,
-    shared_prompt_prefix,
-    train_adapter,
-)
+from tasks.lib.dataset.prepare import prepare_dataset
+from tasks.lib.dataset.tokenization import IGNORE_INDEX
+from tasks.lib.modeling.packed_attention import NAME
+from tasks.lib.training.callbacks import TrainingDivergedError
+from tasks.lib.training.collators import build_collator, shared_prompt_prefix
+from tasks.lib.training.trainer import TrainResult, read_token_split, train_adapter
 from tests.conftest import write_tiny_config
 
 # Decoder-layer projections of a Llama block; `all-linear` adapts all of them, never lm_head.
@@ -315,7 +311,7 @@ def test_plain_lora_trains_without_quantization(tmp_path: Path, tiny_model_dir: 
 
 
 def test_finite_check_is_one_reduction_and_overflow_is_not_divergence() -> None:
-    from tasks.lib.training import _all_finite
+    from tasks.lib.training.callbacks import _all_finite
 
     assert _all_finite([torch.ones(3), torch.zeros(2, 2)]) and _all_finite([])
     assert not _all_finite([torch.ones(3), torch.tensor([1.0, float("nan")])])
@@ -364,7 +360,7 @@ def test_forgetting_proxy_is_logged_each_evaluation_and_its_bound_stops_training
 
 
 def test_the_forgetting_proxy_reads_only_documents_the_gate_never_scores(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from tasks.lib.benchmark_data import OUTPUT_FILES
+    from tasks.lib.config.benchmark_names import OUTPUT_FILES
     from tasks.train import general_text_pages
 
     benchmarks = tmp_path / "benchmarks"
@@ -386,7 +382,7 @@ def test_the_forgetting_proxy_reads_only_documents_the_gate_never_scores(tmp_pat
 
 
 def test_resume_passes_over_a_checkpoint_rank_0_did_not_finish_writing(tmp_path: Path) -> None:
-    from tasks.lib.training import last_complete_checkpoint
+    from tasks.lib.training.trainer import last_complete_checkpoint
 
     assert last_complete_checkpoint(tmp_path) is None
     for step, complete in ((4, True), (8, True), (12, False)):  # 12: a rank's RNG state, no trainer_state.json
