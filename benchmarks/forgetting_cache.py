@@ -87,6 +87,7 @@ def main() -> int:
     import tasks.lib.general_benchmarks.benchmark_scoring
     from tasks.data import run_prepare
     from tasks.lib.gate.decision import task_row
+    from tasks.lib.modeling.merge_check import MergeCheck
     from tasks.lib.run.refs import MergeRef, TaskEvalRef
     from tasks.pipeline_run import start_pipeline_run
 
@@ -107,7 +108,7 @@ def main() -> int:
         merged = MergeRef(
             merged_dir=str(merged_model(config, adapter, root / "merged")),
             strategy=config.merge.strategy,
-            fidelity={},
+            fidelity=MergeCheck.model_construct(dtype="not checked: a benchmark of the forgetting step"),
             mlflow_run_id="",
         )
         metric = config.evaluation.primary_metric

@@ -17,7 +17,7 @@ from tasks.lib.config import RunConfig
 from tasks.lib.core.run_layout import RunLayout
 from tasks.lib.gate.decision import decide
 from tasks.lib.gate.gate_report import forgetting_delta_chart, forgetting_markdown
-from tasks.lib.gate.gate_result import VERDICT_CODE, GateResult
+from tasks.lib.gate.gate_result import GateResult
 from tasks.lib.gate.sequential import Looks
 from tasks.lib.general_benchmarks.benchmark_looks import block_size, look_order, merge_block, score_in_looks
 from tasks.lib.general_benchmarks.benchmark_scoring import BenchmarkPlan, configured_plans, score_benchmarks
@@ -123,33 +123,6 @@ def score_base_model(config: RunConfig) -> tuple[dict, bool]:
     return base.rows(configured_plans(config)), base.all_cached
 
 
-def gate_metrics(gate: GateResult) -> dict[str, float]:
-    """Per row: delta, interval, p-value, verdict (1 pass, 0.5 inconclusive, 0 fail); plus the overall verdict."""
-    metrics = {"gate_passed": float(gate.passed), "gate_verdict": VERDICT_CODE[gate.verdict]}
-    for row in [*gate.rows, gate.task]:
-        values = {
-            "delta": row.delta,
-            "ci_low": row.ci_low,
-            "ci_high": row.ci_high,
-            "p_value": row.p_value,
-            "p_noninferior": row.p_noninferior,
-            "p_beyond_margin": row.p_beyond_margin,
-            "detectable": row.detectable_drop,
-            "n": float(row.n),
-            "verdict": VERDICT_CODE[row.verdict],
-        }
-        metrics.update({f"gate.{row.name}.{key}": value for key, value in values.items() if value is not None})
-    return metrics
-
-
-def gate_tags(gate: GateResult) -> dict[str, str]:
-    """The verdicts and each row's one-line reason, for runs and registered versions."""
-    tags = {"gate": "passed" if gate.passed else "failed", "gate.verdict": gate.verdict}
-    for row in [*gate.rows, gate.task]:
-        tags[f"gate.{row.name}"] = f"{row.verdict}: {row.reason}"[:4000]
-    return tags
-
-
 def run_forgetting_check(
     config: RunConfig, context: RunContext, merge: MergeRef | None, evaluation: TaskEvalRef
 ) -> ForgettingRef:
@@ -186,9 +159,9 @@ def run_forgetting_check(
                     if isinstance(value, int | float)
                 }
             )
-        tracker.log_metrics(gate_metrics(gate))
+        tracker.log_metrics(gate.metrics())
         tracker.log_metrics({"base_scores_cached": float(cached)})
-        tracker.set_tags(gate_tags(gate))
+        tracker.set_tags(gate.tags())
         markdown = forgetting_markdown(gate, {"base": evaluation.base, "tuned": evaluation.tuned})
         run_dir = Path(context.run_dir)
         RunLayout.of(run_dir).forgetting_report.write_text(markdown)
@@ -198,11 +171,9 @@ def run_forgetting_check(
         tracker.log_artifact(forgetting_delta_chart(gate, RunLayout.of(run_dir).forgetting_chart), "forgetting")
         return ForgettingRef(
             gate=gate,
-            passed=gate.passed,
             markdown=markdown,
             base_scores_cached=cached,
             mlflow_run_id=tracker.run_id,
-            tags=gate_tags(gate),
         )
 
 

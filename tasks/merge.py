@@ -43,7 +43,7 @@ def run_merge(config: RunConfig, context: RunContext, data: DataRef, trained: Tr
         return MergeRef(
             merged_dir=str(merged_dir),
             strategy=config.merge.strategy,
-            fidelity=report.model_dump(),
+            fidelity=report,
             mlflow_run_id=tracker.run_id,
         )
 
@@ -54,7 +54,7 @@ def merge_adapter_task(config: RunConfig, context: RunContext, data: DataRef, tr
     get_run_logger().info(
         "merged (%s): answer log-probs within %.3g of the adapter model (%.3g x the base's distance)",
         ref.strategy,
-        ref.fidelity["merged_vs_adapter_max"],
-        ref.fidelity["relative_distance"] or 0.0,
+        ref.fidelity.merged_vs_adapter_max,
+        ref.fidelity.relative_distance or 0.0,
     )
     return ref

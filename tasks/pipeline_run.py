@@ -143,9 +143,9 @@ def headline_metrics(result: PipelineResult) -> dict[str, float]:
         metrics["gate.passed"] = float(result.forgetting.passed)
         metrics["gate.verdict"] = VERDICT_CODE[gate.verdict]
     if result.merge is not None:
-        for key in ("merged_vs_adapter_max", "relative_distance"):
-            if isinstance(result.merge.fidelity.get(key), int | float):
-                metrics[f"merge.{key}"] = float(result.merge.fidelity[key])
+        metrics["merge.merged_vs_adapter_max"] = result.merge.fidelity.merged_vs_adapter_max
+        if result.merge.fidelity.relative_distance is not None:
+            metrics["merge.relative_distance"] = result.merge.fidelity.relative_distance
     metrics["registered"] = float(bool(result.registration and result.registration.registered))
     return metrics
 
@@ -169,7 +169,7 @@ def finish_pipeline_run(context: RunContext, result: PipelineResult, failed: boo
             tracker.log_artifact(chart)
     if result.train is not None and result.train.adapter_model_id:
         verdicts = {f"pipeline.{key}": value for key, value in tags.items()}
-        gate = result.forgetting.tags if result.forgetting is not None else {}
+        gate = result.forgetting.gate.tags() if result.forgetting is not None else {}
         tracker.set_logged_model_tags(result.train.adapter_model_id, {**verdicts, **gate})
     close_run(context.parent_run_id, "FAILED" if failed else "FINISHED")
 

@@ -111,7 +111,7 @@ def run_registration(config: RunConfig, context: RunContext, data: DataRef, resu
         if len(stored) <= MAX_TAG_CHARS:
             tags[TEST_CORRECT_TAG if binary else TEST_SCORES_TAG] = stored
         # Everything the trimmed tags leave out, beside the card, in the step run.
-        details = {**provenance_tags, **result.forgetting.tags, **tags, "promotion_reason": decision.reason}
+        details = {**provenance_tags, **result.forgetting.gate.tags(), **tags, "promotion_reason": decision.reason}
         details_json = json.dumps(scrub_mapping(details), indent=2, sort_keys=True)
         tracker.log_text(details_json, "registration/version_details.json")
         tracker.log_text(card, "registration/model_card.md")

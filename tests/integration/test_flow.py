@@ -112,7 +112,7 @@ def test_flow_trains_evaluates_registers_and_reuses_base_scores(
     assert Path(first.train.adapter_dir, "adapter_model.safetensors").is_file()
     assert set(first.evaluation.base) == set(first.evaluation.tuned) >= {"accuracy", "f1"}
     assert first.forgetting.passed and not first.forgetting.base_scores_cached and not first.evaluation.base_cached
-    assert first.merge.fidelity["argmax_agreement"] >= 0.99
+    assert first.merge.fidelity.argmax_agreement >= 0.99
     assert first.registration.registered and first.registration.version == "1"
     assert set(first.registration.aliases) == {"champion", "challenger"}
 

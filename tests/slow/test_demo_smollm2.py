@@ -62,7 +62,7 @@ def test_shortened_demo_flow_learns_the_task_keeps_general_ability_and_registers
     evaluation = result.evaluation
     assert evaluation.tuned["accuracy"] >= evaluation.base["accuracy"] + 0.1, evaluation.markdown
     assert result.forgetting.passed and result.forgetting.gate.verdict != "fail", result.forgetting.markdown
-    assert result.merge.fidelity["argmax_agreement"] >= 0.99
+    assert result.merge.fidelity.argmax_agreement >= 0.99
     assert result.registration.registered and "champion" in result.registration.aliases
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     version = client.get_model_version_by_alias("smollm2-135m-sst2", "champion")

@@ -73,3 +73,28 @@ class GateResult(BaseModel):
 
     def inconclusive(self) -> list[GateRow]:
         return [row for row in [*self.rows, self.task] if row.verdict == "inconclusive"]
+
+    def metrics(self) -> dict[str, float]:
+        """Per row: delta, interval, p-value, verdict (1 pass, 0.5 inconclusive, 0 fail); plus the overall verdict."""
+        metrics = {"gate_passed": float(self.passed), "gate_verdict": VERDICT_CODE[self.verdict]}
+        for row in [*self.rows, self.task]:
+            values = {
+                "delta": row.delta,
+                "ci_low": row.ci_low,
+                "ci_high": row.ci_high,
+                "p_value": row.p_value,
+                "p_noninferior": row.p_noninferior,
+                "p_beyond_margin": row.p_beyond_margin,
+                "detectable": row.detectable_drop,
+                "n": float(row.n),
+                "verdict": VERDICT_CODE[row.verdict],
+            }
+            metrics.update({f"gate.{row.name}.{key}": value for key, value in values.items() if value is not None})
+        return metrics
+
+    def tags(self) -> dict[str, str]:
+        """The verdicts and each row's one-line reason, for runs and registered versions."""
+        tags = {"gate": "passed" if self.passed else "failed", "gate.verdict": self.verdict}
+        for row in [*self.rows, self.task]:
+            tags[f"gate.{row.name}"] = f"{row.verdict}: {row.reason}"[:4000]
+        return tags

@@ -16,7 +16,6 @@ from typing import Literal
 
 import torch
 from peft import PeftModel
-from pydantic import BaseModel, Field
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -24,6 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from tasks.lib.config import MergeConfig
 from tasks.lib.core.errors import UserError
 from tasks.lib.core.publish import publish_dir
+from tasks.lib.modeling.merge_check import MergeCheck
 
 MergeStrategy = Literal["dequantize", "original"]
 
@@ -123,22 +123,6 @@ def _check_saved_folder(folder: Path) -> None:
 # adapter model only by summation order (1e-5 seen on SmolLM2); bf16/fp16 round every merged weight to 8/11
 # mantissa bits, which moves answer log-probabilities by up to a few hundredths through a deep model.
 MAX_LOGPROB_DIFF = {torch.float32: 1e-2, torch.float16: 0.1, torch.bfloat16: 0.25}
-
-
-class MergeCheck(BaseModel):
-    """The merged model against the adapter model it replaces, on answer tokens of real test items."""
-
-    dtype: str
-    n_prompts: int
-    n_answer_tokens: int
-    merged_vs_adapter_max: float = Field(description="Largest |delta log p| of an answer token, merged vs adapter.")
-    merged_vs_adapter_mean: float
-    base_vs_adapter_mean: float = Field(description="Mean |delta log p|, base vs adapter: what the adapter does.")
-    relative_distance: float | None = Field(
-        description="merged_vs_adapter_mean / base_vs_adapter_mean; None when the adapter moves nothing measurable."
-    )
-    argmax_agreement: float = Field(description="Answer positions whose argmax token agrees, merged vs adapter.")
-    max_logprob_diff: float = Field(description="The absolute bound applied for this dtype.")
 
 
 @torch.inference_mode()

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from tasks.lib.gate.gate_result import GateResult, GateRow
+from tasks.lib.modeling.merge_check import MergeCheck
 
 
 class RunContext(BaseModel):
@@ -63,17 +64,19 @@ class TaskEvalRef(BaseModel):
 
 class ForgettingRef(BaseModel):
     gate: GateResult
-    passed: bool
     markdown: str
     base_scores_cached: bool
     mlflow_run_id: str
-    tags: dict[str, str] = Field(default_factory=dict)  # verdicts and reasons, copied onto the registered version
+
+    @property
+    def passed(self) -> bool:
+        return self.gate.passed
 
 
 class MergeRef(BaseModel):
     merged_dir: str
     strategy: str
-    fidelity: dict[str, Any]  # MergeCheck fields
+    fidelity: MergeCheck
     mlflow_run_id: str
 
 

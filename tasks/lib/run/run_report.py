@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from tasks.lib.config import RunConfig
+from tasks.lib.modeling.merge_check import MergeCheck
 from tasks.lib.run.refs import PipelineResult
 
 
@@ -13,15 +14,15 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def merge_summary(strategy: str, check: dict) -> str:
-    ratio = check["relative_distance"]
+def merge_summary(strategy: str, check: MergeCheck) -> str:
+    ratio = check.relative_distance
     ratio_text = "n/a: the adapter moves nothing measurable" if ratio is None else f"{ratio:.3g}"
     return (
-        f"Strategy `{strategy}`, {check['dtype']} weights, on {check['n_answer_tokens']} answer tokens of "
-        f"{check['n_prompts']} test items: answer log-probabilities within {check['merged_vs_adapter_max']:.3g} of "
-        f"the adapter model (bound {check['max_logprob_diff']}); mean distance {check['merged_vs_adapter_mean']:.3g} "
-        f"against the base's {check['base_vs_adapter_mean']:.3g} (ratio {ratio_text}); argmax agreement "
-        f"{check['argmax_agreement']:.4f}."
+        f"Strategy `{strategy}`, {check.dtype} weights, on {check.n_answer_tokens} answer tokens of "
+        f"{check.n_prompts} test items: answer log-probabilities within {check.merged_vs_adapter_max:.3g} of "
+        f"the adapter model (bound {check.max_logprob_diff}); mean distance {check.merged_vs_adapter_mean:.3g} "
+        f"against the base's {check.base_vs_adapter_mean:.3g} (ratio {ratio_text}); argmax agreement "
+        f"{check.argmax_agreement:.4f}."
     )
 
 
