@@ -76,20 +76,8 @@ def task_row(
     sd = stats.per_item_sd(pairs)
     change = f"{100 * pairs.delta:+.1f} pts [{100 * low:+.1f}, {100 * high:+.1f}] ({pairs.gains} gained, "
     change += f"{pairs.losses} lost of {pairs.n})"
-    verdict, reason = _task_verdict(change, pairs.delta, p_better, "p", gate)
-    needed = stats.items_needed(sd, pairs.delta, gate.alpha) if pairs.delta > 0 else None
-    return GateRow(
-        name="task",
-        metric=metric,
-        kind="task",
-        verdict=verdict,
-        passed=passes(verdict, gate),
-        reason=reason,
-        **paired_fields(pairs, low, high),
-        p_value=p_better,
-        p_better=p_better,
-        detectable_drop=100.0 * stats.detectable_margin(sd, pairs.n, gate.alpha),
-        items_needed=needed,
+    return _decided_task_row(
+        change, pairs.delta, p_better, "p", sd, pairs.n, gate, metric, paired_fields(pairs, low, high)
     )
 
 
@@ -99,8 +87,34 @@ def _graded_task_row(base: Sequence[float], tuned: Sequence[float], gate: GateCo
     p_better = paired.p_better(gate.alpha)
     change = f"{100 * paired.delta:+.1f} pts [{100 * low:+.1f}, {100 * high:+.1f}] mean {metric} ({paired.gains} items "
     change += f"better, {paired.losses} worse of {paired.n})"
-    verdict, reason = _task_verdict(change, paired.delta, p_better, "betting p", gate)
-    sd = max(paired.sd, 0.05)
+    fields = {
+        "n": paired.n,
+        "base": 100.0 * float(np.mean(base)),
+        "tuned": 100.0 * float(np.mean(tuned)),
+        "delta": 100.0 * paired.delta,
+        "ci_low": 100.0 * low,
+        "ci_high": 100.0 * high,
+        "gains": paired.gains,
+        "losses": paired.losses,
+    }
+    return _decided_task_row(
+        change, paired.delta, p_better, "betting p", max(paired.sd, 0.05), paired.n, gate, metric, fields
+    )
+
+
+def _decided_task_row(
+    change: str,
+    delta: float,
+    p_better: float,
+    p_name: str,
+    sd: float,
+    n: int,
+    gate: GateConfig,
+    metric: str,
+    paired: dict,
+) -> GateRow:
+    """The task row from its test: `delta` as a fraction, `sd` the per-item spread, `paired` the row's counts."""
+    verdict, reason = _task_verdict(change, delta, p_better, p_name, gate)
     return GateRow(
         name="task",
         metric=metric,
@@ -108,18 +122,11 @@ def _graded_task_row(base: Sequence[float], tuned: Sequence[float], gate: GateCo
         verdict=verdict,
         passed=passes(verdict, gate),
         reason=reason,
-        n=paired.n,
-        base=100.0 * float(np.mean(base)),
-        tuned=100.0 * float(np.mean(tuned)),
-        delta=100.0 * paired.delta,
-        ci_low=100.0 * low,
-        ci_high=100.0 * high,
-        gains=paired.gains,
-        losses=paired.losses,
+        **paired,
         p_value=p_better,
         p_better=p_better,
-        detectable_drop=100.0 * stats.detectable_margin(sd, paired.n, gate.alpha),
-        items_needed=stats.items_needed(sd, paired.delta, gate.alpha) if paired.delta > 0 else None,
+        detectable_drop=100.0 * stats.detectable_margin(sd, n, gate.alpha),
+        items_needed=stats.items_needed(sd, delta, gate.alpha) if delta > 0 else None,
     )
 
 
