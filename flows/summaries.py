@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,22 @@ def _mlflow_ui_hints(experiment_id: str, run_id: str, tracking: str | None) -> l
     return [f"MLflow UI:      {local}"]
 
 
+def qlora_program() -> str:
+    """This environment's `qlora` as the user can type it where they are: relative below the current directory
+    (`.venv/bin/qlora` in the project), else absolute; plain `qlora` when the environment has no such script."""
+    program = Path(sys.executable).with_name("qlora")
+    if not program.is_file():
+        return "qlora"
+    try:
+        return str(program.relative_to(Path.cwd()))
+    except ValueError:
+        return str(program)
+
+
 def resume_command(config_path: str, overrides: list[str], run_id: str) -> str:
     """The command that resumes a run as it was started: its config, every --set override, its run id."""
     sets = [part for override in overrides for part in ("--set", override)]
-    return shlex.join([".venv/bin/qlora", "run", config_path, *sets, "--run-id", run_id])
+    return shlex.join([qlora_program(), "run", config_path, *sets, "--run-id", run_id])
 
 
 def run_summary(result: Any, tracking: str | None = None) -> str:

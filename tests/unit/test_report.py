@@ -93,3 +93,20 @@ def test_the_resume_hint_is_a_command_that_resumes_the_run_as_it_was_started() -
     command = resume_command("configs/tiny.yaml", overrides, "20261207-abc")
     parsed = vars(build_parser().parse_args(shlex.split(command)[1:]))
     assert (parsed["config"], parsed["overrides"], parsed["run_id"]) == ("configs/tiny.yaml", overrides, "20261207-abc")
+
+
+def test_the_resume_hint_names_a_program_that_exists_from_any_directory(tmp_path, monkeypatch):
+    """Printed in the project, the hint reads `.venv/bin/qlora ...`; from another directory the same program by its
+    absolute path (a relative one would not be found there)."""
+    import shlex
+    import sys
+    from pathlib import Path
+
+    from flows.summaries import resume_command
+
+    program = Path(sys.executable).with_name("qlora")
+    if not program.is_file():
+        pytest.skip("no qlora script beside this interpreter")
+    monkeypatch.chdir(tmp_path)
+    printed = shlex.split(resume_command("/x/configs/tiny.yaml", [], "20261207-abc"))[0]
+    assert Path(printed).is_absolute() and Path(printed).is_file()
