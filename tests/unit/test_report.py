@@ -110,3 +110,18 @@ def test_the_resume_hint_names_a_program_that_exists_from_any_directory(tmp_path
     monkeypatch.chdir(tmp_path)
     printed = shlex.split(resume_command("/x/configs/tiny.yaml", [], "20261207-abc"))[0]
     assert Path(printed).is_absolute() and Path(printed).is_file()
+
+
+def test_descriptions_show_paths_relative_to_the_project_not_this_checkout():
+    """The registered model's description and the reports read the same on any checkout: a path under the project
+    root is shown relative to it; one elsewhere is shown whole."""
+    from tasks.lib.config import load_config
+    from tasks.lib.run.run_report import registered_model_description
+    from tests.conftest import REPO_ROOT
+
+    config = load_config(REPO_ROOT / "configs" / "demo.yaml")
+    assert Path(config.data.path).is_absolute()  # resolved when the config loaded
+    assert config.shown_path(config.data.path) == "data/raw/sst2/train.tsv"
+    assert config.shown_path("/elsewhere/rows.jsonl") == "/elsewhere/rows.jsonl"
+    description = registered_model_description(config, "sqlite:///mlruns.db")
+    assert str(REPO_ROOT) not in description and "data/raw/sst2/train.tsv" in description

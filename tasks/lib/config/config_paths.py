@@ -56,7 +56,7 @@ def resolve_paths(dump: dict[str, Any], root: Path) -> dict[str, Any]:
 
 def relative_paths(dump: dict[str, Any], root: Path) -> dict[str, Any]:
     """`dump` with every path under `root` written relative to it again (what a hash of the config sees)."""
-    return _rewrite(dump, lambda value, kind: _relative(value, root))
+    return _rewrite(dump, lambda value, kind: relative_to_root(value, root))
 
 
 def _rewrite(dump: dict[str, Any], change: Callable[[str, str], str]) -> dict[str, Any]:
@@ -103,6 +103,7 @@ def _is_hub_id(value: str, root: Path) -> bool:
     )
 
 
-def _relative(value: str, root: Path) -> str:
+def relative_to_root(value: str, root: Path) -> str:
+    """`value` with the root's prefix dropped where it holds a path under `root`."""
     prefix = str(root) + "/"
     return value.replace(prefix, "", 1) if prefix in value else value

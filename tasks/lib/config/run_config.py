@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from tasks.lib.config.config_paths import project_root, relative_paths, resolve_paths
+from tasks.lib.config.config_paths import project_root, relative_paths, relative_to_root, resolve_paths
 from tasks.lib.config.data_config import DataConfig
 from tasks.lib.config.evaluation_config import EvaluationConfig, ForgettingConfig, GateConfig
 from tasks.lib.config.model_config import LoraConfig, ModelConfig, QuantizationConfig
@@ -98,6 +98,11 @@ class RunConfig(Section):
         dump = self.model_dump(mode="json")
         root = dump.pop("project_root")
         return relative_paths(dump, Path(root)) if root else dump
+
+    def shown_path(self, path: str) -> str:
+        """A path as reports and descriptions show it: relative to the project root when under it (the same text on
+        any checkout), whole otherwise."""
+        return relative_to_root(str(path), Path(self.project_root)) if self.project_root else str(path)
 
     def fingerprint(self) -> str:
         """Stable hash of the whole config, recorded with every run."""

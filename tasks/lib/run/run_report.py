@@ -31,7 +31,8 @@ def pipeline_markdown(config: RunConfig, result: PipelineResult, tracking: str) 
     if result.data is not None:
         stats = result.data.stats
         lines += [
-            f"- data version (DVC md5): `{result.data.raw_version}`, prepared `{result.data.processed_dir}` "
+            f"- data version (DVC md5): `{result.data.raw_version}`, "
+            f"prepared `{config.shown_path(result.data.processed_dir)}` "
             f"({'reused' if result.data.reused else 'prepared now'})",
             f"- rows: {stats.get('rows_per_split', stats.get('rows', ''))}",
         ]
@@ -110,12 +111,14 @@ def verdict_line(result: PipelineResult) -> str:
 def registered_model_description(config: RunConfig, tracking: str) -> str:
     """The registered model's own description (each version has its model card): what it is, how a version gets
     there and becomes `champion`, how to serve it."""
-    base = config.model.name_or_path + (f" @ `{config.model.revision}`" if config.model.revision else "")
+    base = config.shown_path(config.model.name_or_path) + (
+        f" @ `{config.model.revision}`" if config.model.revision else ""
+    )
     registry = config.registry
     return "\n".join(
         [
-            f"QLoRA fine-tunes of **{base}** on `{config.name}` (data `{config.data.path}`), each merged into the "
-            "dequantized 4-bit base it was trained on.",
+            f"QLoRA fine-tunes of **{base}** on `{config.name}` (data `{config.shown_path(config.data.path)}`), "
+            "each merged into the dequantized 4-bit base it was trained on.",
             "",
             "**How a version gets here.** Only a pipeline run whose gates passed is registered: the tuned model shown "
             "better than the base on the task's test items, and not worse beyond the margins on the forgetting "
@@ -143,7 +146,7 @@ def model_card_markdown(
     model, lora, train = config.model, config.lora, config.train
     evaluation, forgetting, merge = result.evaluation, result.forgetting, result.merge
     title = f"# `{config.registry.model_name}`"
-    base = model.name_or_path + (f" @ `{model.revision}`" if model.revision else "")
+    base = config.shown_path(model.name_or_path) + (f" @ `{model.revision}`" if model.revision else "")
     quantized = f"4-bit {config.quantization.quant_type}" if config.quantization.enabled else "not quantized"
     lines = [
         title,
