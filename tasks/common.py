@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+from prefect import get_run_logger
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_logger
 from pydantic import BaseModel
 
 from tasks.io.tracking import MlflowTracker, configure_mlflow, mlflow_run
@@ -16,6 +20,15 @@ from tasks.lib.core.failpoints import failpoint
 from tasks.lib.core.publish import publish_text
 from tasks.lib.core.run_layout import RunLayout
 from tasks.lib.run.refs import RunContext
+
+
+def step_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run's logger inside a flow or task run (the UI shows its lines), else Prefect's console logger (a
+    step re-run by its own verb: the terminal shows its lines)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return get_logger("qlora")
 
 
 def retry_only_transient(task, task_run, state) -> bool:

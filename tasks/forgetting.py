@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from tasks.common import once, retry_only_transient, step_run
+from tasks.common import once, retry_only_transient, step_logger, step_run
 from tasks.io.models import load_scored_model, load_tokenizer, scoring_identity
 from tasks.io.ray_cluster import ray_connection, score_on_ray
 from tasks.io.score_cache import cached_benchmark_rows
@@ -78,6 +79,27 @@ class BaseScores:
         self._score = scorer(self.config, None)  # drops the loaded base
 
 
+class LookProgress:
+    """Says, as each look of the group-sequential gate starts, which look it is, what it scores and how long the
+    looks left may take at most (the mean look so far times the looks left: a row that decides stops earlier).
+    `say`: where the line goes (default: the step's logger, which the Prefect UI shows)."""
+
+    def __init__(self, max_looks: int, say: Callable[[str], None] | None = None) -> None:
+        self.max_looks, self.look, self.start = max_looks, 0, time.monotonic()
+        self.say = say or (lambda line: step_logger().info("%s", line))
+
+    def started(self, plans: list[BenchmarkPlan]) -> None:
+        elapsed = time.monotonic() - self.start
+        left = elapsed / self.look * (self.max_looks - self.look) if self.look else None
+        self.look += 1
+        blocks = ", ".join(f"{plan.name} {len(plan.drawn) if plan.drawn else plan.limit or 'all'}" for plan in plans)
+        remaining = "" if left is None else f", at most ~{left:.0f} s left"
+        self.say(
+            f"forgetting: look {self.look} of at most {self.max_looks}, base and merged model on {blocks} items; "
+            f"{elapsed:.0f} s so far{remaining}"
+        )
+
+
 def score_base_and_tuned(
     config: RunConfig, merged_dir: str, decide_now: Callable[[dict, dict], GateResult], looks: dict[str, Looks] | None
 ) -> tuple[dict, dict, bool]:
@@ -102,8 +124,10 @@ def _base_and_tuned(
         base.release()
         return base_rows, score_tuned(plans), base.all_cached
     base_rows: dict = {}
+    progress = LookProgress(max(len(row.counts) for row in looks.values()))
 
     def score_look(block_plans: list[BenchmarkPlan]) -> dict:
+        progress.started(block_plans)
         for name, row in base.rows(block_plans).items():
             base_rows[name] = merge_block(base_rows.get(name), row) if name in looks else row
         return score_tuned(block_plans)

@@ -230,3 +230,19 @@ def test_an_unreadable_item_store_is_scored_again(tmp_path: Path, data_dir: Path
     store.write_text("{not json", encoding="utf-8")
     rows, cached = cached_benchmark_rows(_drawn(data_dir, [1, 2]), "v1", 1024, compute, cache)
     assert not cached and compute.asked[-1] == {"hellaswag": [1, 2]} and rows["hellaswag"]["n"] == 2
+
+
+def test_each_look_of_the_forgetting_check_says_where_it_is_and_how_long_is_left():
+    """Scoring in looks takes minutes on a CPU: each look says its number, the items it scores and, from the
+    second on, an upper bound on the time left."""
+    from tasks.forgetting import LookProgress
+    from tasks.lib.general_benchmarks.benchmark_scoring import BenchmarkPlan
+
+    lines: list[str] = []
+    progress = LookProgress(max_looks=4, say=lines.append)
+    block = [BenchmarkPlan(name="hellaswag", metric="acc_norm", limit=None, drawn=list(range(200)))]
+    progress.started(block)
+    progress.started(block)
+    first, second = lines
+    assert "look 1 of at most 4" in first and "hellaswag 200 items" in first and "left" not in first
+    assert "look 2 of at most 4" in second and "s left" in second
