@@ -155,7 +155,8 @@ def version_tags(
     evaluation, metric = result.evaluation, result.evaluation.primary_metric
     return {
         **{key: provenance_tags[key] for key in ("data_version", "config_hash", "git_commit")},
-        "base_model": config.model.name_or_path + (f"@{config.model.revision}" if config.model.revision else ""),
+        "base_model": config.shown_path(config.model.name_or_path)
+        + (f"@{config.model.revision}" if config.model.revision else ""),
         PIPELINE_RUN_TAG: context.run_id,
         "adapter_model_id": result.train.adapter_model_id,
         "gate.verdict": result.forgetting.gate.verdict,
