@@ -63,7 +63,7 @@ def main() -> int:
         scores, took = score(scorer)
         seconds[scorer].append(took)
         results[scorer] = scores
-    different = [name for name in results["hflm"] if results["hflm"][name]["items"] != results["shared"][name]["items"]]
+    different = [name for name in results["hflm"] if results["hflm"][name].items != results["shared"][name].items]
     if different:
         print(f"per-item results differ on {different}")  # e.g. a float tie on another CPU; reported, not hidden
     scored = sum(int(values["n"]) for values in results["shared"].values())

@@ -102,8 +102,8 @@ def base_task_summary(result: Any, cached: bool, cache_dir: str) -> str:
     return f"base model answers on {result.n_items} test items {_cache_state(cached, cache_dir)}: {metrics}"
 
 
-def base_scores_summary(scores: dict[str, dict], cached: bool, cache_dir: str) -> str:
-    counts = ", ".join(f"{name} n={int(values['n'])}" for name, values in scores.items())
+def base_scores_summary(scores: dict[str, Any], cached: bool, cache_dir: str) -> str:
+    counts = ", ".join(f"{name} n={int(row.n)}" for name, row in scores.items())
     return f"base model benchmark results {_cache_state(cached, cache_dir)}: {counts}"
 
 

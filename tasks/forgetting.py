@@ -16,6 +16,7 @@ from tasks.io.ray_cluster import ray_connection, score_on_ray
 from tasks.io.score_cache import cached_benchmark_rows
 from tasks.lib.config import RunConfig
 from tasks.lib.core.run_layout import RunLayout
+from tasks.lib.gate.benchmark_scores import BenchmarkScores
 from tasks.lib.gate.decision import decide
 from tasks.lib.gate.gate_report import forgetting_delta_chart, forgetting_markdown
 from tasks.lib.gate.gate_result import GateResult
@@ -23,6 +24,8 @@ from tasks.lib.gate.sequential import Looks
 from tasks.lib.general_benchmarks.benchmark_looks import block_size, look_order, merge_block, score_in_looks
 from tasks.lib.general_benchmarks.benchmark_scoring import BenchmarkPlan, configured_plans, score_benchmarks
 from tasks.lib.run.refs import ForgettingRef, MergeRef, RunContext, TaskEvalRef
+
+Scores = dict[str, BenchmarkScores]  # benchmark name -> its results
 
 
 def base_model_version(config: RunConfig) -> str:
@@ -67,7 +70,7 @@ class BaseScores:
         self.all_cached = True
         self._score = scorer(config, None)
 
-    def rows(self, plans: list[BenchmarkPlan]) -> dict:
+    def rows(self, plans: list[BenchmarkPlan]) -> Scores:
         bench = self.config.forgetting
         rows, cached = cached_benchmark_rows(
             plans, base_model_version(self.config), bench.max_length, self._score, bench.cache_dir
@@ -101,8 +104,11 @@ class LookProgress:
 
 
 def score_base_and_tuned(
-    config: RunConfig, merged_dir: str, decide_now: Callable[[dict, dict], GateResult], looks: dict[str, Looks] | None
-) -> tuple[dict, dict, bool]:
+    config: RunConfig,
+    merged_dir: str,
+    decide_now: Callable[[Scores, Scores], GateResult],
+    looks: dict[str, Looks] | None,
+) -> tuple[Scores, Scores, bool]:
     """(base results, merged model results, every base result cached) on the items the gate reads. Group-sequential:
     both scored a block of items at a time until the gate decides each row, so neither pays for items no look reads;
     otherwise every item. Here, or each block split over Ray workers (one connection for the whole check)."""
@@ -114,25 +120,25 @@ def score_base_and_tuned(
 
 def _base_and_tuned(
     config: RunConfig,
-    decide_now: Callable[[dict, dict], GateResult],
+    decide_now: Callable[[Scores, Scores], GateResult],
     looks: dict[str, Looks] | None,
     score_tuned: Callable[[list[BenchmarkPlan]], dict],
-) -> tuple[dict, dict, bool]:
+) -> tuple[Scores, Scores, bool]:
     plans, base = configured_plans(config), BaseScores(config)
     if not looks:
         base_rows = base.rows(plans)
         base.release()
         return base_rows, score_tuned(plans), base.all_cached
-    base_rows: dict = {}
+    base_rows: Scores = {}
     progress = LookProgress(max(len(row.counts) for row in looks.values()))
 
-    def score_look(block_plans: list[BenchmarkPlan]) -> dict:
+    def score_look(block_plans: list[BenchmarkPlan]) -> Scores:
         progress.started(block_plans)
         for name, row in base.rows(block_plans).items():
             base_rows[name] = merge_block(base_rows.get(name), row) if name in looks else row
         return score_tuned(block_plans)
 
-    def still_open(tuned: dict) -> set[str]:
+    def still_open(tuned: Scores) -> set[str]:
         rows = decide_now(base_rows, tuned).rows
         return {row.name for row in rows if row.looks and row.verdict not in ("pass", "fail")}
 
@@ -140,7 +146,7 @@ def _base_and_tuned(
     return base_rows, tuned_rows, base.all_cached
 
 
-def score_base_model(config: RunConfig) -> tuple[dict, bool]:
+def score_base_model(config: RunConfig) -> tuple[Scores, bool]:
     """Fill the base-score cache with every configured item (the `qlora score-base` verb): a later run then loads
     only the merged model. Returns (scores, was cached)."""
     base = BaseScores(config)
@@ -152,14 +158,14 @@ def run_forgetting_check(
 ) -> ForgettingRef:
     bench = config.forgetting
     with step_run(config, context, "forgetting") as tracker:
-        base_scores: dict = {}
-        tuned_scores: dict = {}
+        base_scores: Scores = {}
+        tuned_scores: Scores = {}
         cached = False
         note = ""
         margins = {name: setting.margin for name, setting in bench.settings.items() if setting.margin is not None}
         looks: dict[str, Looks] | None = None
 
-        def decide_now(base: dict, tuned: dict) -> GateResult:
+        def decide_now(base: Scores, tuned: Scores) -> GateResult:
             return decide(base, tuned, config.gate, evaluation.task, margins, looks if base else None)
 
         if not (bench.enabled and bench.benchmarks):
@@ -178,9 +184,8 @@ def run_forgetting_check(
             tracker.log_metrics(
                 {
                     f"{side}.{name}.{key}": value
-                    for name, values in scores.items()
-                    for key, value in values.items()
-                    if isinstance(value, int | float)
+                    for name, row in scores.items()
+                    for key, value in {**row.values, "n": row.n}.items()
                 }
             )
         tracker.log_metrics(gate.metrics())

@@ -26,6 +26,7 @@ from tasks.io.launch import LaunchError, read_result, train_this_rank
 from tasks.lib.config import RunConfig
 from tasks.lib.core.errors import cannot_heal
 from tasks.lib.core.run_layout import RunLayout
+from tasks.lib.gate.benchmark_scores import BenchmarkScores
 from tasks.lib.general_benchmarks.benchmark_scoring import BenchmarkPlan, configured_plans, score_benchmarks
 from tasks.lib.training.trainer import TrainResult
 
@@ -76,7 +77,7 @@ def ray_connection(address: str | None) -> Iterator[None]:
             ray.shutdown()
 
 
-def _score_share(config_json: str, plans_json: list[str], merged_dir: str | None) -> dict:
+def _score_share(config_json: str, plans_json: list[str], merged_dir: str | None) -> dict[str, BenchmarkScores]:
     from tasks.io.models import load_scored_model, load_tokenizer
 
     config = RunConfig.model_validate_json(config_json)
@@ -84,7 +85,9 @@ def _score_share(config_json: str, plans_json: list[str], merged_dir: str | None
     return score_benchmarks(config, load_scored_model(config, merged_dir), load_tokenizer(config.model), plans=plans)
 
 
-def score_on_ray(config: RunConfig, merged_dir: str | None, plans: list[BenchmarkPlan] | None = None) -> dict:
+def score_on_ray(
+    config: RunConfig, merged_dir: str | None, plans: list[BenchmarkPlan] | None = None
+) -> dict[str, BenchmarkScores]:
     """`score_benchmarks` for the merged model (or, None, the base) on `plans` (default: every configured
     benchmark), the plans split over Ray tasks."""
     import ray
@@ -101,7 +104,7 @@ def score_on_ray(config: RunConfig, merged_dir: str | None, plans: list[Benchmar
             for share in shares
             if share
         ]
-        results: dict = {}
+        results: dict[str, BenchmarkScores] = {}
         for part in ray.get(pending):
             results.update(part)
     return {plan.name: results[plan.name] for plan in plans}

@@ -21,6 +21,7 @@ from filelock import FileLock
 
 from tasks.lib.core.hashing import file_md5
 from tasks.lib.core.publish import publish_text
+from tasks.lib.gate.benchmark_scores import BenchmarkScores
 from tasks.lib.general_benchmarks.benchmark_looks import block_plan, subset_row
 from tasks.lib.general_benchmarks.benchmark_scoring import BenchmarkPlan
 
@@ -96,9 +97,9 @@ def cached_benchmark_rows(
     plans: list[BenchmarkPlan],
     model_version: str,
     max_length: int | None,
-    compute: Callable[[list[BenchmarkPlan]], dict],
+    compute: Callable[[list[BenchmarkPlan]], dict[str, BenchmarkScores]],
     cache_dir: Path | str = DEFAULT_CACHE_DIR,
-) -> tuple[dict[str, dict[str, Any]], bool]:
+) -> tuple[dict[str, BenchmarkScores], bool]:
     """Each plan's results (`extract_scores`' rows), from the cache where it holds them; the rest scored in one
     `compute(plans)` call (a drawn plan narrowed to its missing items) and cached. Returns (rows, nothing scored)."""
     cache_dir = Path(cache_dir)
@@ -107,7 +108,8 @@ def cached_benchmark_rows(
         if plan.drawn is None:
             key_parts = benchmark_key_parts(model_version, [plan], max_length)
             path = cache_dir / f"{cache_key(key_parts)}.json"
-            row = _read(path, key_parts) if path.is_file() else None
+            stored = _read(path, key_parts) if path.is_file() else None
+            row = BenchmarkScores.model_validate(stored) if stored is not None else None
             whole[plan.name] = (path, key_parts, row)
             if row is None:
                 missing.append(plan)
@@ -122,13 +124,13 @@ def cached_benchmark_rows(
         if unscored:
             missing.append(block_plan(plan, unscored))
     computed = compute(missing) if missing else {}
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[str, BenchmarkScores] = {}
     for plan in plans:
         if plan.name in whole:
             path, key_parts, row = whole[plan.name]
             if row is None:
                 row = computed[plan.name]
-                payload = {"key_parts": key_parts, "scores": row, "created": datetime.now(UTC).isoformat()}
+                payload = {"key_parts": key_parts, "scores": row.model_dump(), "created": datetime.now(UTC).isoformat()}
                 publish_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
             rows[plan.name] = row
             continue
@@ -137,10 +139,10 @@ def cached_benchmark_rows(
             store = _item_store(path, key_parts)
             new = computed.get(plan.name)
             if new is not None:
-                for field in ("items", "choices", "groups"):
-                    store[field] = {**(store.get(field) or {}), **(new.get(field) or {})} or None
-                store["metric"] = new["metric"]
+                for field, added in (("items", new.items), ("choices", new.choices), ("groups", new.groups)):
+                    store[field] = {**(store.get(field) or {}), **(added or {})} or None
+                store["metric"] = new.metric
                 payload = {"key_parts": key_parts, "scores": store, "created": datetime.now(UTC).isoformat()}
                 publish_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
-        rows[plan.name] = subset_row(store, [str(index) for index in plan.drawn or []])
+        rows[plan.name] = subset_row(BenchmarkScores.model_validate(store), [str(index) for index in plan.drawn or []])
     return rows, not missing

@@ -178,17 +178,13 @@ def test_benchmarks_scored_on_two_ray_workers_equal_the_local_scorer_item_by_ite
     local = score_benchmarks(config, load_scored_model(config, None), load_tokenizer(config.model))
     assert list(on_ray) == list(local) == list(config.forgetting.benchmarks)
     for name in local:
-        ray_items, local_items = on_ray[name].pop("items"), local[name].pop("items")
-        assert list(ray_items) == list(local_items) and len(local_items) == local[name]["n"] > 0, name
-        for item, value in local_items.items():  # 0/1 per item, or [log-likelihood, weight] for perplexity
-            assert ray_items[item] == pytest.approx(value, rel=1e-5), (name, item)
-        numbers = {key for key, value in local[name].items() if isinstance(value, float)}
-        assert {key: on_ray[name][key] for key in numbers} == pytest.approx(
-            {key: local[name][key] for key in numbers}, rel=1e-5
-        ), name
-        assert {k: v for k, v in on_ray[name].items() if k not in numbers} == {
-            k: v for k, v in local[name].items() if k not in numbers
-        }, name  # the judged metric, the guessing level, subjects
+        ray_row, local_row = on_ray[name], local[name]
+        assert list(ray_row.items) == list(local_row.items) and len(local_row.items) == local_row.n > 0, name
+        for item, value in local_row.items.items():  # 0/1 per item, or [log-likelihood, weight] for perplexity
+            assert ray_row.items[item] == pytest.approx(value, rel=1e-5), (name, item)
+        assert ray_row.values == pytest.approx(local_row.values, rel=1e-5), name
+        rest = {"items", "values"}  # the judged metric, the guessing level, subjects
+        assert ray_row.model_dump(exclude=rest) == local_row.model_dump(exclude=rest), name
 
 
 def test_the_group_sequential_check_on_ray_reads_the_same_items_as_here_a_block_at_a_time(
@@ -224,11 +220,11 @@ def test_the_group_sequential_check_on_ray_reads_the_same_items_as_here_a_block_
     assert list(ray_base) == list(base) == list(tuned) == list(ray_tuned)
     for name in base:
         for ray_side, side in ((ray_base, base), (ray_tuned, tuned)):
-            assert list(ray_side[name]["items"]) == list(side[name]["items"]), name
-            for item, value in side[name]["items"].items():
-                assert ray_side[name]["items"][item] == pytest.approx(value, rel=1e-5), (name, item)
+            assert list(ray_side[name].items) == list(side[name].items), name
+            for item, value in side[name].items.items():
+                assert ray_side[name].items[item] == pytest.approx(value, rel=1e-5), (name, item)
     looked = [name for name in base if name in looks]
-    assert looked and all(len(base[name]["items"]) == looks[name].every for name in looked)  # decided at look 1
+    assert looked and all(len(base[name].items) == looks[name].every for name in looked)  # decided at look 1
     assert len(looks["hellaswag"].order) == 4 and looks["hellaswag"].every == 2
 
 

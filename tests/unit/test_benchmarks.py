@@ -12,6 +12,7 @@ import pytest
 from lm_eval.api.model import LM
 
 from tasks.lib.config.benchmark_names import HEADLINE, HIGHER_IS_BETTER
+from tasks.lib.gate.benchmark_scores import BenchmarkScores
 from tasks.lib.general_benchmarks.benchmark_data import prepare_benchmarks
 from tasks.lib.general_benchmarks.benchmark_scoring import BenchmarkError, evaluate_lm, run_benchmarks
 from tests.conftest import RAW_DATA_DIR
@@ -121,13 +122,13 @@ def test_task_yamls_score_known_answers_exactly(tiny_data_dir: Path) -> None:
     scores = evaluate_lm(TableLM(table, rolling), ALL, tiny_data_dir, limit=None)
 
     for name, count in correct.items():
-        assert scores[name]["acc"] == pytest.approx(count / 4)
-        assert scores[name]["acc_norm"] == pytest.approx(count / 4)
-        assert scores[name]["n"] == 4
-    assert scores["lambada"]["acc"] == pytest.approx(0.5)
-    assert scores["lambada"]["perplexity"] == pytest.approx(3.0)
-    assert scores["wikitext"]["word_perplexity"] == pytest.approx(7.0)
-    assert scores["wikitext"]["n"] == 3
+        assert scores[name].values["acc"] == pytest.approx(count / 4)
+        assert scores[name].values["acc_norm"] == pytest.approx(count / 4)
+        assert scores[name].n == 4
+    assert scores["lambada"].values["acc"] == pytest.approx(0.5)
+    assert scores["lambada"].values["perplexity"] == pytest.approx(3.0)
+    assert scores["wikitext"].values["word_perplexity"] == pytest.approx(7.0)
+    assert scores["wikitext"].n == 3
 
 
 def test_limit_takes_the_first_items(tiny_data_dir: Path) -> None:
@@ -140,19 +141,19 @@ def test_limit_takes_the_first_items(tiny_data_dir: Path) -> None:
         for i, row in enumerate(rows)
         for k, choice in enumerate(row["choices"])
     }
-    assert evaluate_lm(TableLM(table, {}), ["piqa"], tiny_data_dir, limit=2)["piqa"]["acc"] == 1.0
-    assert evaluate_lm(TableLM(table, {}), ["piqa"], tiny_data_dir, limit=4)["piqa"]["acc"] == 0.5
+    assert evaluate_lm(TableLM(table, {}), ["piqa"], tiny_data_dir, limit=2)["piqa"].values["acc"] == 1.0
+    assert evaluate_lm(TableLM(table, {}), ["piqa"], tiny_data_dir, limit=4)["piqa"].values["acc"] == 0.5
 
 
-def _check_in_range(scores: dict[str, dict[str, float]], names: list[str], items: int) -> None:
+def _check_in_range(scores: dict[str, BenchmarkScores], names: list[str], items: int) -> None:
     for name in names:
-        value = scores[name][HEADLINE[name]]
+        value = scores[name].values[HEADLINE[name]]
         assert math.isfinite(value), (name, value)
         if HIGHER_IS_BETTER[HEADLINE[name]]:
             assert 0.0 <= value <= 1.0
         else:
             assert value >= 1.0
-        assert scores[name]["n"] == items
+        assert scores[name].n == items
 
 
 def test_run_benchmarks_on_the_tiny_model(tiny_model_dir: Path, tiny_data_dir: Path) -> None:
@@ -164,15 +165,15 @@ def test_run_benchmarks_on_the_tiny_model(tiny_model_dir: Path, tiny_data_dir: P
     scores = run_benchmarks(model, tokenizer, ALL, tiny_data_dir, limit=4, batch_size=8)
     assert set(scores) == set(ALL)
     _check_in_range(scores, ["hellaswag", "arc_easy", "piqa", "lambada"], 4)
-    assert math.isfinite(scores["wikitext"]["word_perplexity"]) and scores["wikitext"]["n"] == 3
-    assert 0.0 <= scores["hellaswag"]["acc_norm_stderr"] <= 0.5
-    assert math.isfinite(scores["lambada"]["perplexity"])
+    assert math.isfinite(scores["wikitext"].values["word_perplexity"]) and scores["wikitext"].n == 3
+    assert 0.0 <= scores["hellaswag"].values["acc_norm_stderr"] <= 0.5
+    assert math.isfinite(scores["lambada"].values["perplexity"])
     assert model.training  # the caller's mode is restored
 
     fewer_documents = run_benchmarks(
         model, tokenizer, ["piqa", "wikitext"], tiny_data_dir, limit=4, batch_size=8, perplexity_limit=1
     )
-    assert fewer_documents["piqa"]["n"] == 4 and fewer_documents["wikitext"]["n"] == 1
+    assert fewer_documents["piqa"].n == 4 and fewer_documents["wikitext"].n == 1
 
 
 def test_run_benchmarks_accepts_a_peft_model_on_a_4bit_base(tiny_model_dir: Path, tiny_data_dir: Path) -> None:
@@ -239,19 +240,19 @@ def test_a_users_own_benchmarks_of_every_kind_score_with_their_settings(
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     scores = run_benchmarks(model, tokenizer, plans, tiny_data_dir, limit=4, batch_size=8)
 
-    assert {name: scores[name]["n"] for name in names} == {
+    assert {name: scores[name].n for name in names} == {
         "piqa": 3,
         "mine_mc": 5,
         "mine_cont": 3,
         "mine_text": 2,
         "sciq_local": 4,
     }
-    assert scores["mine_mc"]["metric"] == "acc_norm" and scores["mine_mc"]["chance"] == pytest.approx(1 / 3)
-    assert set(scores["mine_mc"]["items"].values()) <= {0.0, 1.0}
-    assert scores["mine_cont"]["metric"] == "acc" and scores["mine_cont"]["chance"] is None
-    assert scores["mine_text"]["metric"] == "word_perplexity"
-    assert all(len(item) == 2 for item in scores["mine_text"]["items"].values())  # [log-likelihood, words]
-    assert scores["sciq_local"]["metric"] == "acc" and len(scores["sciq_local"]["items"]) == 4
+    assert scores["mine_mc"].metric == "acc_norm" and scores["mine_mc"].chance == pytest.approx(1 / 3)
+    assert set(scores["mine_mc"].items.values()) <= {0.0, 1.0}
+    assert scores["mine_cont"].metric == "acc" and scores["mine_cont"].chance is None
+    assert scores["mine_text"].metric == "word_perplexity"
+    assert all(len(item) == 2 for item in scores["mine_text"].items.values())  # [log-likelihood, words]
+    assert scores["sciq_local"].metric == "acc" and len(scores["sciq_local"].items) == 4
 
 
 def test_mmlu_items_carry_their_subject_and_the_gate_sums_subjects_to_the_row(
@@ -265,9 +266,9 @@ def test_mmlu_items_carry_their_subject_and_the_gate_sums_subjects_to_the_row(
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     base = run_benchmarks(model, tokenizer, ["mmlu"], benchmark_data_dir, limit=60, batch_size=16)
-    assert len(set(base["mmlu"]["groups"].values())) == 57  # interleaved: the first 57 items span every subject
-    assert set(base["mmlu"]["groups"]) == set(base["mmlu"]["items"]) and base["mmlu"]["chance"] == 0.25
-    flipped = {"mmlu": {**base["mmlu"], "items": {k: 1.0 - v for k, v in base["mmlu"]["items"].items()}}}
+    assert len(set(base["mmlu"].groups.values())) == 57  # interleaved: the first 57 items span every subject
+    assert set(base["mmlu"].groups) == set(base["mmlu"].items) and base["mmlu"].chance == 0.25
+    flipped = {"mmlu": base["mmlu"].model_copy(update={"items": {k: 1.0 - v for k, v in base["mmlu"].items.items()}})}
     row = decide(base, flipped, GateConfig()).rows[0]
     assert sum(group.gains for group in row.groups) == row.gains and sum(g.losses for g in row.groups) == row.losses
     assert row.gains + row.losses == 60 and sum(group.n for group in row.groups) == 60
@@ -293,4 +294,4 @@ def test_items_are_drawn_seeded_per_benchmark_and_scored_where_drawn(
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     scores = run_benchmarks(model, tokenizer, plans, benchmark_data_dir, limit=6, batch_size=8)
     for plan in plans:
-        assert list(scores[plan.name]["items"]) == [str(index) for index in plan.drawn], plan.name
+        assert list(scores[plan.name].items) == [str(index) for index in plan.drawn], plan.name

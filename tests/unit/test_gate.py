@@ -12,6 +12,7 @@ from benchmarks.gate_simulation import perplexity_pass_rate, verdict_rates
 from benchmarks.promotion_calibration import skewed_with_ties
 from tasks.lib.config import GateConfig
 from tasks.lib.gate import sequential, stats
+from tasks.lib.gate.benchmark_scores import BenchmarkScores
 from tasks.lib.gate.decision import decide, task_row
 from tasks.lib.gate.gate_result import GateResult, GateRow
 from tasks.lib.general_benchmarks.benchmark_looks import subset_row
@@ -353,16 +354,16 @@ def test_group_sequential_the_chance_test_reads_the_first_block_only_so_the_fami
     looks = {"hellaswag": sequential.Looks(order, 100)}
     base_items = [1] * 30 + [0] * 70 + [1] * 300  # 30% on a 2-choice first block; far above chance afterwards
     row = {**_accuracy(base_items), "metric": "acc_norm", "choices": {key: 2 for key in order}}
-    at_first_look, at_last_look = ({"hellaswag": subset_row(row, order[:n])} for n in (100, 400))
+    at_first_look, at_last_look = ({"hellaswag": subset_row(BenchmarkScores(**row), order[:n])} for n in (100, 400))
     for base in (at_first_look, at_last_look):
-        tuned = {"hellaswag": {**base["hellaswag"]}}
+        tuned = {"hellaswag": base["hellaswag"].model_copy()}
         verdict = _row(decide(base, tuned, GATE, ONE_GAIN, looks=looks), "hellaswag")
         assert verdict.verdict == "uninformative" and "30.0% of 100 items" in verdict.reason
         assert verdict.p_above_chance == pytest.approx(stats.p_above_chance(30, 100, 0.5))
     # Four choices an item, 40 of the first 100 right: shown above chance (25%), so the row is judged.
     row["choices"] = {key: 4 for key in order}
     row["items"].update({str(i): 1.0 for i in range(30, 40)})
-    base = {"hellaswag": subset_row(row, order[:100])}
+    base = {"hellaswag": subset_row(BenchmarkScores.model_validate(row), order[:100])}
     verdict = _row(decide(base, base, GATE, ONE_GAIN, looks=looks), "hellaswag")
     assert verdict.verdict != "uninformative" and verdict.chance == pytest.approx(25.0)
 
@@ -385,8 +386,8 @@ def test_a_near_chance_row_read_group_sequentially_passes_a_drop_at_the_margin_a
         for n in (100, 200, 300, 400):
             verdict = _row(
                 decide(
-                    {"hellaswag": subset_row(row, order[:n])},
-                    {"hellaswag": subset_row(other, order[:n])},
+                    {"hellaswag": subset_row(BenchmarkScores(**row), order[:n])},
+                    {"hellaswag": subset_row(BenchmarkScores(**other), order[:n])},
                     GATE,
                     ONE_GAIN,
                     looks=looks,

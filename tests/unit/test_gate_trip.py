@@ -129,7 +129,7 @@ def test_destructive_fine_tune_trips_the_gate(
     assert math.isfinite(wikitext.tuned) and wikitext.delta > 100 * GATE.max_perplexity_increase
     assert wikitext.ci_low > 0 and wikitext.n >= 10
     # Collapsing onto one word also hurts the other perplexity lm-eval reports (LAMBADA's, not gated).
-    assert tuned["lambada"]["perplexity"] > base_scores["lambada"]["perplexity"]
+    assert tuned["lambada"].values["perplexity"] > base_scores["lambada"].values["perplexity"]
 
 
 def test_harmless_fine_tune_passes_the_gate(

@@ -9,6 +9,7 @@ import pytest
 
 from tasks.io.score_cache import benchmark_key_parts, cache_key, cached_benchmark_rows, get_or_compute
 from tasks.lib.config.benchmark_names import OUTPUT_FILES
+from tasks.lib.gate.benchmark_scores import BenchmarkScores
 from tasks.lib.general_benchmarks.benchmark_scoring import plan_benchmarks
 
 NAMES = ["hellaswag", "wikitext"]
@@ -181,12 +182,12 @@ class ItemCompute:
         rows = {}
         for plan in plans:
             keys = [str(index) for index in plan.drawn] if plan.drawn is not None else ["0"]
-            rows[plan.name] = {
-                "metric": "acc_norm",
-                "acc_norm": 0.5,
-                "items": {key: int(key) % 2 == 0 for key in keys},
-                "choices": {key: 4 for key in keys},
-            }
+            rows[plan.name] = BenchmarkScores(
+                metric="acc_norm",
+                values={"acc_norm": 0.5},
+                items={key: int(key) % 2 == 0 for key in keys},
+                choices={key: 4 for key in keys},
+            )
         return rows
 
 
@@ -203,11 +204,13 @@ def test_drawn_items_are_cached_one_by_one_and_only_the_new_ones_are_scored(tmp_
     assert not cached and compute.asked == [{"hellaswag": [1, 2, 3]}]
     more, cached = cached_benchmark_rows(_drawn(data_dir, [0, 1, 2, 3, 4]), "v1", 1024, compute, cache)
     assert not cached and compute.asked[-1] == {"hellaswag": [0, 4]}
-    assert more["hellaswag"]["items"] == {"0": True, "1": False, "2": True, "3": False, "4": True}
-    assert more["hellaswag"]["acc_norm"] == pytest.approx(0.6) and more["hellaswag"]["chance"] == pytest.approx(0.25)
+    assert more["hellaswag"].items == {"0": True, "1": False, "2": True, "3": False, "4": True}
+    assert more["hellaswag"].values["acc_norm"] == pytest.approx(0.6) and more["hellaswag"].chance == pytest.approx(
+        0.25
+    )
     fewer, cached = cached_benchmark_rows(_drawn(data_dir, [2, 4]), "v1", 1024, compute, cache)
     assert cached and len(compute.asked) == 2
-    assert fewer["hellaswag"]["items"] == {"2": True, "4": True} and fewer["hellaswag"]["n"] == 2
+    assert fewer["hellaswag"].items == {"2": True, "4": True} and fewer["hellaswag"].n == 2
     # Another model version shares nothing.
     _, cached = cached_benchmark_rows(_drawn(data_dir, [2, 4]), "v2", 1024, compute, cache)
     assert not cached and compute.asked[-1] == {"hellaswag": [2, 4]}
@@ -229,7 +232,7 @@ def test_an_unreadable_item_store_is_scored_again(tmp_path: Path, data_dir: Path
     (store,) = cache.glob("items-*.json")
     store.write_text("{not json", encoding="utf-8")
     rows, cached = cached_benchmark_rows(_drawn(data_dir, [1, 2]), "v1", 1024, compute, cache)
-    assert not cached and compute.asked[-1] == {"hellaswag": [1, 2]} and rows["hellaswag"]["n"] == 2
+    assert not cached and compute.asked[-1] == {"hellaswag": [1, 2]} and rows["hellaswag"].n == 2
 
 
 def test_each_look_of_the_forgetting_check_says_where_it_is_and_how_long_is_left():

@@ -9,6 +9,7 @@ from scipy.stats import norm
 
 from tasks.lib.config import GateConfig, load_config
 from tasks.lib.gate import sequential, stats
+from tasks.lib.gate.benchmark_scores import BenchmarkScores
 from tasks.lib.gate.decision import decide, task_row
 from tasks.lib.gate.gate_result import GateRow
 from tasks.lib.general_benchmarks.benchmark_looks import block_plan, look_order, merge_block, score_in_looks
@@ -157,7 +158,7 @@ def test_blocks_are_scored_only_while_a_row_is_open_and_land_on_their_items() ->
     def score(block: list[BenchmarkPlan]) -> dict:
         calls.append({plan.name: len(plan.drawn) for plan in block})
         return {
-            plan.name: {"metric": "acc", "items": {str(d): int(truth[plan.name][d]) for d in plan.drawn}}
+            plan.name: BenchmarkScores(metric="acc", items={str(d): int(truth[plan.name][d]) for d in plan.drawn})
             for plan in block
         }
 
@@ -165,11 +166,11 @@ def test_blocks_are_scored_only_while_a_row_is_open_and_land_on_their_items() ->
     scores = score_in_looks(plans, looks, score, lambda scores: {"piqa"})  # arc_easy decided at the first look
     assert calls == [{"piqa": 100, "arc_easy": 100}, {"piqa": 100}, {"piqa": 100}]
     for plan in plans:
-        items = scores[plan.name]["items"]
+        items = scores[plan.name].items
         assert len(items) == (300 if plan.name == "piqa" else 100)
         assert set(items) == set(order[plan.name][: len(items)])
         assert all(value == truth[plan.name][int(key)] for key, value in items.items())
-    assert scores["piqa"]["acc"] == pytest.approx(np.mean(list(scores["piqa"]["items"].values())))
+    assert scores["piqa"].values["acc"] == pytest.approx(np.mean(list(scores["piqa"].items.values())))
     assert block_plan(plans[0], ["20", "3"]).drawn == [3, 20]
 
 
@@ -191,9 +192,9 @@ def test_blocks_scored_by_lm_eval_equal_the_whole_draw_item_by_item(tiny_model_d
     order = {plan.name: look_order(plan, seed=0) for plan in plans}
     looks = {name: sequential.Looks(tuple(keys), 10) for name, keys in order.items()}
     in_blocks = score_in_looks(plans, looks, score, lambda scores: {"piqa"})
-    assert in_blocks["piqa"]["items"] == whole["piqa"]["items"]
-    arc_items = in_blocks["arc_easy"]["items"]
-    assert len(arc_items) == 10 and arc_items == {key: whole["arc_easy"]["items"][key] for key in arc_items}
+    assert in_blocks["piqa"].items == whole["piqa"].items
+    arc_items = in_blocks["arc_easy"].items
+    assert len(arc_items) == 10 and arc_items == {key: whole["arc_easy"].items[key] for key in arc_items}
 
 
 # ---------------------------------------------------------------- clustered items
@@ -253,12 +254,12 @@ def test_a_sequential_perplexity_row_holds_its_level_at_the_margin_and_stops_at_
     assert "stopped at look 1 of 2, 10 of 20 documents" in row.reason
     merged = merge_block(merge_block(None, _first(base, 10)), _rest(base, 10))
     ll, words = zip(*base["items"].values(), strict=True)
-    assert merged["word_perplexity"] == pytest.approx(np.exp(-sum(ll) / sum(words)))
+    assert merged.values["word_perplexity"] == pytest.approx(np.exp(-sum(ll) / sum(words)))
 
 
-def _first(scores: dict, n: int) -> dict:
-    return {"metric": scores["metric"], "items": dict(list(scores["items"].items())[:n])}
+def _first(scores: dict, n: int) -> BenchmarkScores:
+    return BenchmarkScores(metric=scores["metric"], items=dict(list(scores["items"].items())[:n]))
 
 
-def _rest(scores: dict, n: int) -> dict:
-    return {"metric": scores["metric"], "items": dict(list(scores["items"].items())[n:])}
+def _rest(scores: dict, n: int) -> BenchmarkScores:
+    return BenchmarkScores(metric=scores["metric"], items=dict(list(scores["items"].items())[n:]))

@@ -95,7 +95,7 @@ def test_shared_context_scoring_matches_lm_eval_request_by_request(
         assert shared_by_request[key][0] == pytest.approx(log_likelihood, rel=1e-5, abs=1e-4), key
         assert shared_by_request[key][1] == greedy, key
     for name in plain:
-        assert shared[name]["items"] == plain[name]["items"], name
+        assert shared[name].items == plain[name].items, name
 
 
 def test_models_without_kept_logits_are_scored_by_hflm() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel
@@ -14,6 +14,7 @@ from scipy.stats import norm
 from tasks.lib.config import GateConfig
 from tasks.lib.config.benchmark_names import HEADLINE, HIGHER_IS_BETTER
 from tasks.lib.gate import sequential, stats
+from tasks.lib.gate.benchmark_scores import BenchmarkScores
 from tasks.lib.gate.gate_result import GateRow, Verdict
 from tasks.lib.gate.row_findings import (
     MIN_PERPLEXITY_DOCUMENTS,
@@ -29,12 +30,12 @@ from tasks.lib.gate.row_findings import (
 
 
 def _paired_items(
-    base_scores: dict | None, tuned_scores: dict | None, tuned_may_stop_early: bool = False
+    base_scores: BenchmarkScores | None, tuned_scores: BenchmarkScores | None, tuned_may_stop_early: bool = False
 ) -> tuple[list, list] | str:
     """The per-item results of both sides on the same documents, or why they cannot be paired. Group-sequential:
     the tuned model is scored on the items of the looks it needed, the base on all."""
-    base_items = (base_scores or {}).get("items")
-    tuned_items = (tuned_scores or {}).get("items")
+    base_items = base_scores.items if base_scores else {}
+    tuned_items = tuned_scores.items if tuned_scores else {}
     missing = [side for side, items in (("base", base_items), ("tuned", tuned_items)) if not items]
     if missing:
         return f"no per-item results for {' and '.join(missing)}: cannot pair"
@@ -253,9 +254,20 @@ def _perplexity_pending(
     )
 
 
+class _Paired(NamedTuple):
+    """A benchmark whose items pair: where its row goes, and what both sides scored on them."""
+
+    position: int
+    name: str
+    kind: Literal["accuracy", "perplexity"]
+    metric: str
+    base_items: list
+    tuned_items: list
+
+
 def benchmark_rows(
-    base: dict,
-    tuned: dict,
+    base: Mapping[str, BenchmarkScores],
+    tuned: Mapping[str, BenchmarkScores],
     gate: GateConfig,
     margins: Mapping[str, float],
     looks: Mapping[str, sequential.Looks] | None = None,
@@ -264,10 +276,10 @@ def benchmark_rows(
     looks = looks or {}
     names = list(base) + [name for name in tuned if name not in base]
     rows: list[GateRow | None] = []
-    built: list[tuple[int, str, Literal["accuracy", "perplexity"], str, list, list]] = []
+    built: list[_Paired] = []
     for name in names:
-        scores = base.get(name) or tuned.get(name) or {}
-        metric = scores.get("metric") or HEADLINE.get(name)
+        scores = base.get(name) or tuned.get(name) or BenchmarkScores()
+        metric = scores.metric or HEADLINE.get(name)
         if metric is None:
             rows.append(unscorable(name, "?", "accuracy", f"unknown benchmark {name!r}"))
             continue
@@ -281,20 +293,24 @@ def benchmark_rows(
             why = f"{metric} is neither right/wrong per item nor a perplexity: no paired test (set its metric)"
             rows.append(unscorable(name, metric, "accuracy", why))
             continue
-        built.append((len(rows), name, kind, metric, *paired))
+        built.append(_Paired(len(rows), name, kind, metric, *paired))
         rows.append(None)
     # Rows the base cannot do leave the family before anything is compared (they depend on the base alone).
-    informative, set_aside, chances = [], {}, {}
-    for position, name, kind, metric, base_items, tuned_items in built:
-        evidence = chance_evidence(base.get(name) or {"items": {}}, looks.get(name)) if kind == "accuracy" else None
+    informative: list[_Paired] = []
+    set_aside, chances = {}, {}
+    for row in built:
+        base_row = base.get(row.name)
+        evidence = chance_evidence(base_row, looks.get(row.name)) if row.kind == "accuracy" and base_row else None
         if evidence:
             correct, n, chance = evidence
             p_chance = stats.p_above_chance(correct, n, chance)
             if p_chance >= gate.alpha:
-                set_aside[position] = uninformative(name, metric, base_items, tuned_items, evidence, p_chance, gate)
+                set_aside[row.position] = uninformative(
+                    row.name, row.metric, row.base_items, row.tuned_items, evidence, p_chance, gate
+                )
                 continue
-            chances[position] = (100.0 * chance, p_chance)
-        informative.append((position, name, kind, metric, base_items, tuned_items))
+            chances[row.position] = (100.0 * chance, p_chance)
+        informative.append(row)
     k = max(len(informative), 1)
     pending: list[tuple[int, _Pending]] = []
     for position, name, kind, metric, base_items, tuned_items in informative:
@@ -303,7 +319,7 @@ def benchmark_rows(
                 margin, pending_row = margins.get(name, gate.max_accuracy_drop), _sequential_accuracy_pending
             else:
                 margin, pending_row = margins.get(name, gate.max_perplexity_increase), _sequential_perplexity_pending
-            item = pending_row(name, metric, base[name]["items"], tuned[name]["items"], looks[name], gate, k, margin)
+            item = pending_row(name, metric, base[name].items, tuned[name].items, looks[name], gate, k, margin)
             if isinstance(item, str):
                 rows[position] = unscorable(name, metric, kind, item)
                 continue
@@ -349,9 +365,9 @@ def benchmark_rows(
             row.chance, row.p_above_chance = chances[position]
         rows[position] = row
     rows = [set_aside.get(position, row) for position, row in enumerate(rows)]
-    for position, name, kind, _metric, _base_items, _tuned_items in built:
-        groups = (base.get(name) or {}).get("groups")
-        if kind == "accuracy" and groups:
-            counts = group_counts(groups, base[name]["items"], tuned[name]["items"])
-            rows[position] = rows[position].model_copy(update={"groups": counts})
+    for paired in built:
+        groups = base[paired.name].groups if paired.name in base else None
+        if paired.kind == "accuracy" and groups:
+            counts = group_counts(groups, base[paired.name].items, tuned[paired.name].items)
+            rows[paired.position] = rows[paired.position].model_copy(update={"groups": counts})
     return [row for row in rows if row is not None]

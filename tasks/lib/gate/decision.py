@@ -42,6 +42,7 @@ import numpy as np
 from tasks.lib.config import GateConfig
 from tasks.lib.gate import sequential, stats
 from tasks.lib.gate.benchmark_rows import benchmark_rows
+from tasks.lib.gate.benchmark_scores import BenchmarkScores, as_benchmark_scores
 from tasks.lib.gate.gate_result import VERDICT_CODE, GateResult, GateRow, Verdict
 from tasks.lib.gate.row_findings import paired_fields, passes, unscorable
 
@@ -137,14 +138,14 @@ def overall_verdict(rows: Sequence[GateRow]) -> Verdict:
 
 
 def decide(
-    base: dict[str, dict[str, Any]],
-    tuned: dict[str, dict[str, Any]],
+    base: Mapping[str, BenchmarkScores | Mapping[str, Any]],
+    tuned: Mapping[str, BenchmarkScores | Mapping[str, Any]],
     gate: GateConfig,
     task: GateRow | None = None,
     margins: Mapping[str, float] | None = None,
     looks: Mapping[str, sequential.Looks] | None = None,
 ) -> GateResult:
-    """Compare base and tuned benchmark results ({name: {metric: value, "items": {doc: result}}}); with the task row
+    """Compare base and tuned benchmark results ({name: BenchmarkScores}, or the same as plain data); with the task row
     (`task_row`, decided once by the evaluation; None: no task results) the overall verdict.
 
     `margins`: a benchmark's own margin (accuracy points, or a relative perplexity rise) instead of the gate's.
@@ -152,7 +153,7 @@ def decide(
     of their items in the given order and stop at the first boundary crossed; other rows are judged once. None: the
     fixed design, Holm across the rows.
     """
-    rows = benchmark_rows(base, tuned, gate, margins or {}, looks)
+    rows = benchmark_rows(as_benchmark_scores(base), as_benchmark_scores(tuned), gate, margins or {}, looks)
     task = task or task_row(None, None, gate, "correct")
     verdict = overall_verdict([*rows, task])
     return GateResult(

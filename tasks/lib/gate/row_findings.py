@@ -3,11 +3,12 @@ uninformative."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from tasks.lib.config import GateConfig
 from tasks.lib.config.benchmark_names import HIGHER_IS_BETTER
 from tasks.lib.gate import sequential, stats
+from tasks.lib.gate.benchmark_scores import BenchmarkScores
 from tasks.lib.gate.gate_result import GateRow, GroupCounts, Verdict
 
 
@@ -71,17 +72,17 @@ def row_kind(metric: str, items: list) -> Literal["accuracy", "perplexity"] | No
     return None
 
 
-def chance_evidence(base: dict[str, Any], looks: sequential.Looks | None) -> tuple[int, int, float] | None:
+def chance_evidence(base: BenchmarkScores, looks: sequential.Looks | None) -> tuple[int, int, float] | None:
     """(base items right, items, chance accuracy) the "above chance" test reads, for a multiple-choice row: the base
     alone, on all its items in the fixed design and on the first look's block in the group-sequential one (read
     before any look, so which rows form the family never changes between looks); None: no chance level."""
-    items, choices = base["items"], base.get("choices")
+    items, choices = base.items, base.choices
     keys = list(looks.order[: looks.every]) if looks else list(items)
     keys = [key for key in keys if key in items]
     if choices:
         chance = sum(1.0 / choices[key] for key in keys) / len(keys) if keys else None
     else:
-        chance = base.get("chance")
+        chance = base.chance
     if not chance or not keys:
         return None
     return int(sum(bool(items[key]) for key in keys)), len(keys), chance

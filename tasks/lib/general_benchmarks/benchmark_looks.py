@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tasks.lib.gate.benchmark_scores import BenchmarkScores
 from tasks.lib.gate.sequential import Looks
 from tasks.lib.general_benchmarks.benchmark_scoring import BenchmarkPlan, chance_level
 
@@ -40,11 +41,11 @@ def block_plan(plan: BenchmarkPlan, keys: list[str]) -> BenchmarkPlan:
 
 
 def items_row(
-    metric: str,
+    metric: str | None,
     items: Mapping[str, Any],
     choices: Mapping[str, int] | None = None,
     groups: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
+) -> BenchmarkScores:
     """A benchmark's results on exactly these items: the judged metric recomputed over them (lm-eval's other
     aggregates, and its stderr, belong to the items it scored and are not carried)."""
     values = list(items.values())
@@ -54,44 +55,44 @@ def items_row(
         headline = per_unit / math.log(2) if metric == "bits_per_byte" else math.exp(per_unit)
     else:
         headline = float(np.mean([float(value) for value in values]))
-    return {
-        "metric": metric,
-        metric: headline,
-        "n": float(len(items)),
-        "items": dict(sorted(items.items(), key=lambda item: int(item[0]))),
-        "choices": dict(choices) if choices else None,
-        "chance": chance_level(choices),
-        "groups": dict(groups) if groups else None,
-    }
-
-
-def merge_block(scores: dict[str, Any] | None, block: dict[str, Any]) -> dict[str, Any]:
-    """Add one block's results to a benchmark's results so far (`items_row` over every item so far)."""
-    merged = scores or {}
-    return items_row(
-        block["metric"],
-        {**merged.get("items", {}), **block["items"]},
-        {**(merged.get("choices") or {}), **(block.get("choices") or {})},
-        {**(merged.get("groups") or {}), **(block.get("groups") or {})},
+    return BenchmarkScores(
+        metric=metric,
+        values={metric: headline} if metric else {},
+        n=float(len(items)),
+        items=dict(sorted(items.items(), key=lambda item: int(item[0]))),
+        choices=dict(choices) if choices else None,
+        chance=chance_level(choices),
+        groups=dict(groups) if groups else None,
     )
 
 
-def subset_row(row: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+def merge_block(scores: BenchmarkScores | None, block: BenchmarkScores) -> BenchmarkScores:
+    """Add one block's results to a benchmark's results so far (`items_row` over every item so far)."""
+    merged = scores or BenchmarkScores()
+    return items_row(
+        block.metric,
+        {**merged.items, **block.items},
+        {**(merged.choices or {}), **(block.choices or {})},
+        {**(merged.groups or {}), **(block.groups or {})},
+    )
+
+
+def subset_row(row: BenchmarkScores, keys: Iterable[str]) -> BenchmarkScores:
     """A benchmark's results restricted to the items of `keys` that it holds."""
     keys = list(keys)
 
     def pick(mapping: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return {key: mapping[key] for key in keys if key in mapping} if mapping else None
 
-    return items_row(row["metric"], pick(row["items"]) or {}, pick(row.get("choices")), pick(row.get("groups")))
+    return items_row(row.metric, pick(row.items) or {}, pick(row.choices), pick(row.groups))
 
 
 def score_in_looks(
     plans: list[BenchmarkPlan],
     looks: Mapping[str, Looks],
-    score: Callable[[list[BenchmarkPlan]], dict[str, dict[str, Any]]],
-    still_open: Callable[[dict[str, dict[str, Any]]], set[str]],
-) -> dict[str, dict[str, Any]]:
+    score: Callable[[list[BenchmarkPlan]], dict[str, BenchmarkScores]],
+    still_open: Callable[[dict[str, BenchmarkScores]], set[str]],
+) -> dict[str, BenchmarkScores]:
     """Group-sequential scoring: the first look scores the first block of each benchmark in `looks` (and every other
     benchmark whole); each later look scores the next block of the benchmarks `still_open(scores so far)` names,
     until none is open or their items run out. `score(plans)` returns `extract_scores`' rows."""
@@ -100,7 +101,7 @@ def score_in_looks(
         block_plan(plan, list(looks[plan.name].order[: looks[plan.name].every])) if plan.name in looks else plan
         for plan in plans
     ]
-    scores: dict[str, dict[str, Any]] = {}
+    scores: dict[str, BenchmarkScores] = {}
     for name, result in score(first).items():
         scores[name] = merge_block(None, result) if name in looks else result
     look = 1

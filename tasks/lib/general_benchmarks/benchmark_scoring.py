@@ -37,6 +37,7 @@ from tasks.lib.config.benchmark_names import (
     task_yaml_dir,
 )
 from tasks.lib.core.errors import UserError
+from tasks.lib.gate.benchmark_scores import BenchmarkScores
 from tasks.lib.general_benchmarks.benchmark_data import convert_custom
 
 if TYPE_CHECKING:
@@ -229,32 +230,38 @@ def _headline(row: dict[str, float], wanted: str | None, name: str, reported: li
     return wanted
 
 
-def extract_scores(results: dict, metrics: Mapping[str, str | None]) -> dict[str, dict[str, Any]]:
-    """lm-eval results -> {name: {metric: value, metric_stderr: value, "n": items, "metric": the judged one,
-    "items": {doc: result}, "choices": {doc: how many}, "chance": guessing accuracy, "groups": {doc: subject}}}.
+def extract_scores(results: dict, metrics: Mapping[str, str | None]) -> dict[str, BenchmarkScores]:
+    """lm-eval results -> {name: its scores}: every aggregate lm-eval reported (filter suffixes dropped), the items it
+    scored, the metric it is judged on, and per item (when lm-eval logged samples) the result on that metric, the
+    number of choices, the guessing accuracy and the subject.
 
-    `metrics` maps each benchmark to the metric it is judged on (None: the first one lm-eval reports). Filter
-    suffixes are dropped; "items" holds the per-document results on that metric when lm-eval logged samples.
-    """
-    scores: dict[str, dict[str, Any]] = {}
+    `metrics` maps each benchmark to the metric it is judged on (None: the first one lm-eval reports)."""
+    scores: dict[str, BenchmarkScores] = {}
     for name, wanted in metrics.items():
-        raw = results["results"][name]
-        row: dict[str, Any] = {}
-        for key, value in raw.items():
+        values: dict[str, float] = {}
+        for key, value in results["results"][name].items():
             metric, _, _filter = key.partition(",")
             number = _number(value)
             if metric != "alias" and number is not None and not math.isnan(number):
-                row[metric] = number
-        reported = [metric for metric in row if not metric.endswith("_stderr")]
+                values[metric] = number
+        reported = [metric for metric in values if not metric.endswith("_stderr")]
         n_samples = results.get("n-samples", {}).get(name, {})
-        row["n"] = float(n_samples.get("effective", n_samples.get("original", 0)))
-        row["metric"] = _headline(row, wanted, name, reported)
+        row = BenchmarkScores(
+            metric=_headline(values, wanted, name, reported),
+            values=values,
+            n=float(n_samples.get("effective", n_samples.get("original", 0))),
+        )
         samples = results.get("samples", {}).get(name)
         if samples:
-            row["items"] = per_item_results(samples, row["metric"])
-            row["choices"] = choice_counts(samples)
-            row["chance"] = chance_level(row["choices"])
-            row["groups"] = item_groups(samples)
+            choices = choice_counts(samples)
+            row = row.model_copy(
+                update={
+                    "items": per_item_results(samples, row.metric),
+                    "choices": choices,
+                    "chance": chance_level(choices),
+                    "groups": item_groups(samples),
+                }
+            )
         scores[name] = row
     return scores
 
@@ -269,7 +276,7 @@ def _as_plans(
 
 def evaluate_lm(
     lm: Any, names: list[str] | list[BenchmarkPlan], data_dir: Path, limit: int | None
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, BenchmarkScores]:
     """Run the benchmark tasks on any lm-eval `LM` (the HF wrapper, or a test double): packaged names, or plans."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
@@ -309,7 +316,7 @@ def run_benchmarks(
     batch_size: int,
     max_length: int = 1024,
     perplexity_limit: int | None = None,
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, BenchmarkScores]:
     """Score an in-memory model (plain, 4-bit, or a PeftModel) on the first items of each benchmark.
 
     `names`: packaged benchmark names (scored on `limit` items, perplexity ones on `perplexity_limit` documents,
@@ -330,7 +337,7 @@ def run_benchmarks(
     for plan in plans:
         groups.setdefault((plan.rolling, "drawn" if plan.drawn is not None else plan.limit), []).append(plan)
     was_training = getattr(model, "training", False)
-    scores: dict[str, dict[str, Any]] = {}
+    scores: dict[str, BenchmarkScores] = {}
     try:
         with shared_context_scoring(model) as lm_class:
             for (rolling, group_limit), group in groups.items():
@@ -364,7 +371,7 @@ def score_benchmarks(
     tokenizer: Any,
     names: list[str] | None = None,
     plans: list[BenchmarkPlan] | None = None,
-) -> dict:
+) -> dict[str, BenchmarkScores]:
     """`run_benchmarks` with the run's forgetting settings, on `plans` or `names` (default: every configured
     benchmark)."""
     bench = config.forgetting
