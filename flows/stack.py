@@ -23,10 +23,12 @@ from pathlib import Path
 
 import psutil
 
+from tasks.lib.config.release_config import LOCAL_ARTIFACT_ROOT, LOCAL_TRACKING_STORE
+
 STACK_DIR = Path(".stack")
 SERVICES = ("prefect", "mlflow", "serve")
-BACKEND_STORE = "sqlite:///mlruns.db"
-ARTIFACT_ROOT = "mlartifacts"
+BACKEND_STORE = f"sqlite:///{LOCAL_TRACKING_STORE}"
+ARTIFACT_ROOT = LOCAL_ARTIFACT_ROOT
 
 
 def ports() -> dict[str, int]:

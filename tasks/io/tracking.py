@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tasks.lib.config.release_config import LOCAL_TRACKING_STORE
 from tasks.lib.core.errors import UserError
 
 # A whole name segment, so `HF_TOKEN` and `db.password` are secrets but `max_new_tokens` and `tokenizer` are not.
@@ -25,7 +26,7 @@ SECRET_KEY_PATTERN = re.compile(
 # Up to the authority's last "@", so a password with a raw (unencoded) "@" is masked whole.
 URI_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s]*@")
 HF_TOKEN_VALUE = re.compile(r"(?<![A-Za-z0-9])hf_[A-Za-z0-9]{30,}")  # a Hugging Face access token
-DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+DEFAULT_TRACKING_URI = f"sqlite:///{LOCAL_TRACKING_STORE}"  # a config not loaded from a file: the working directory
 
 
 def _known_secret_values() -> list[str]:

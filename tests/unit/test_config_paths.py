@@ -95,3 +95,19 @@ def test_resume_settings_reapply_the_overrides_a_run_started_with_and_refuse_an_
     assert load_config(str(run_dir / "config.json")).lora.r == 4
     with pytest.raises(UserError, match="closest: 20261207-101500-ab12"):
         resume_settings(config, [], "20261207-101500-ab21")
+
+
+def test_without_a_tracking_uri_every_directory_uses_the_projects_store(tmp_path, monkeypatch):
+    """Run from another directory, the default store is still the project's mlruns.db (and mlartifacts/ for a new
+    experiment), not a new one in the working directory; $MLFLOW_TRACKING_URI, when set, is left to decide."""
+    from tasks.lib.config import load_config
+    from tests.conftest import REPO_ROOT
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    config = load_config(REPO_ROOT / "configs" / "demo.yaml")
+    assert config.tracking.uri == f"sqlite:///{REPO_ROOT / 'mlruns.db'}"
+    assert config.tracking.artifact_location == (REPO_ROOT / "mlartifacts").as_uri()
+    assert config.portable_dump()["tracking"]["uri"] == "sqlite:///mlruns.db"  # the same hash on any checkout
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert load_config(REPO_ROOT / "configs" / "demo.yaml").tracking.uri is None

@@ -40,12 +40,22 @@ class RegistryConfig(Section):
     )
 
 
+# The local tracking store and artifact root, in the project root: what `qlora run` uses without a tracking URI and
+# what the local stack (`make up`) serves.
+LOCAL_TRACKING_STORE = "mlruns.db"
+LOCAL_ARTIFACT_ROOT = "mlartifacts"
+
+
 class TrackingConfig(Section):
     uri: str | None = Field(
-        None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db."
+        None,
+        description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else the SQLite store mlruns.db in the project "
+        "root (from any working directory).",
     )
     experiment: str = Field("qlora", description="MLflow experiment the runs are logged in.")
-    artifact_location: str | None = Field(None, description="Artifact root for a new experiment.")
+    artifact_location: str | None = Field(
+        None, description="Artifact root for a new experiment; with the local store, default mlartifacts/ beside it."
+    )
 
     @field_validator("uri", "artifact_location")
     @classmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,14 @@ from tasks.lib.config.config_paths import project_root, relative_paths, relative
 from tasks.lib.config.data_config import DataConfig
 from tasks.lib.config.evaluation_config import EvaluationConfig, ForgettingConfig, GateConfig
 from tasks.lib.config.model_config import LoraConfig, ModelConfig, QuantizationConfig
-from tasks.lib.config.release_config import MergeConfig, RegistryConfig, ScheduleConfig, TrackingConfig
+from tasks.lib.config.release_config import (
+    LOCAL_ARTIFACT_ROOT,
+    LOCAL_TRACKING_STORE,
+    MergeConfig,
+    RegistryConfig,
+    ScheduleConfig,
+    TrackingConfig,
+)
 from tasks.lib.config.section import ConfigError, Section
 from tasks.lib.config.training_config import RayConfig, ResourcesConfig, SweepConfig, TrainConfig
 
@@ -158,6 +166,17 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def _local_tracking(dump: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Without a tracking URI (in the config or $MLFLOW_TRACKING_URI), the project's own store and artifact root,
+    whatever directory the run starts from (a relative `sqlite:///mlruns.db` would be a new store in each one)."""
+    tracking = dump["tracking"]
+    if tracking["uri"] is None and not os.environ.get("MLFLOW_TRACKING_URI"):
+        tracking["uri"] = f"sqlite:///{root / LOCAL_TRACKING_STORE}"
+        if tracking["artifact_location"] is None:
+            tracking["artifact_location"] = (root / LOCAL_ARTIFACT_ROOT).as_uri()
+    return dump
+
+
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>", root: Path | None = None) -> RunConfig:
     """A validated config with its paths made absolute: under its own `project_root` when it names one, else under
     `root` (the config file's project), else under the working directory."""
@@ -166,7 +185,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>", root: Path | N
     try:  # the paths written, then the defaults' (validators that look at files see absolute paths)
         config = RunConfig.model_validate(resolve_paths(copy.deepcopy(raw), base))
         return RunConfig.model_validate(
-            {**resolve_paths(config.model_dump(mode="json"), base), "project_root": str(base)}
+            {**resolve_paths(_local_tracking(config.model_dump(mode="json"), base), base), "project_root": str(base)}
         )
     except ValidationError as error:
         raise ConfigError(_format_errors(error, source)) from None
