@@ -41,6 +41,7 @@ def run(
         config, overrides = resume_settings(config, overrides, run_id)
     elif config is None:
         raise ConfigError("give a config file (e.g. configs/demo.yaml), or --run-id of a run to resume")
+    _use_local_stack()  # before the config loads: with the stack up, its MLflow server is the default store
     loaded = load_checked(config, overrides)  # refuse a bad config before Prefect starts
     if new_run_id:
         from tasks.lib.core.run_layout import RunLayout
@@ -48,7 +49,6 @@ def run(
         if RunLayout.of(loaded.runs_dir() / new_run_id).is_pipeline_run():
             raise ConfigError(f"--new-run-id {new_run_id}: that run exists; resume it with --run-id {new_run_id}")
         run_id = new_run_id
-    _use_local_stack()
     from flows.finetune import finetune
 
     result = finetune(config, overrides, run_id=run_id, skip_if_unchanged=skip_if_unchanged)

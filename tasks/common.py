@@ -8,9 +8,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from prefect import get_run_logger
-from prefect.exceptions import MissingContextError
-from prefect.logging import get_logger
 from pydantic import BaseModel
 
 from tasks.io.tracking import MlflowTracker, configure_mlflow, mlflow_run
@@ -25,6 +22,12 @@ from tasks.lib.run.refs import RunContext
 def step_logger() -> logging.Logger | logging.LoggerAdapter:
     """The Prefect run's logger inside a flow or task run (the UI shows its lines), else Prefect's console logger (a
     step re-run by its own verb: the terminal shows its lines)."""
+    # Imported here, not at the top: the CLI imports this module before it points Prefect at the local stack and
+    # sets its startup timeout, and Prefect reads its settings once, when first imported.
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_logger
+
     try:
         return get_run_logger()
     except MissingContextError:

@@ -147,3 +147,16 @@ def test_no_module_imports_itself_back_through_others():
 
 def test_a_circle_is_seen():
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c", "a"]]
+
+
+def test_the_cli_imports_prefect_only_after_pointing_it_at_the_stack():
+    """Prefect reads its settings (API URL, the temporary server's startup timeout) once, when first imported; the
+    CLI sets them after it starts, so importing the CLI must not import Prefect (a module-level `from prefect ...` in
+    shared glue sent runs to a temporary server while the local stack was up)."""
+    import subprocess
+    import sys
+
+    probe = "import sys, flows.cli; print(sorted(m for m in sys.modules if m.split('.')[0] == 'prefect')[:3])"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
