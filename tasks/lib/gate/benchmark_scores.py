@@ -40,10 +40,6 @@ class BenchmarkScores(BaseModel):
         }
         return {**{key: value for key, value in data.items() if key in fields}, "values": aggregates}
 
-    def headline(self) -> float | None:
-        """The judged metric's aggregate, when known."""
-        return self.values.get(self.metric) if self.metric else None
-
 
 def as_benchmark_scores(rows: dict[str, Any]) -> dict[str, BenchmarkScores]:
     """{name: results} with every row typed (a row already typed is kept as it is)."""
